@@ -1,0 +1,261 @@
+"""Typed configuration: the schema every `conf/` file is validated against at start-up.
+
+Plain dataclasses (no Hydra import): the runner merges the composed YAML onto `RunConfig` with OmegaConf, which
+checks types, then calls `validate`, which checks values. Every field has a `help` so `--cfg job` output and
+these classes document the knobs in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("baseline", "s0", "state_offset", "lora", "prefix")
+STATE_METHODS = ("s0", "state_offset")
+TASKS = ("humaneval", "math500", "gsm8k", "spider")
+ALPHA_MODES = ("inference", "train_and_inference", "normalized")
+FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and says what is allowed."""
+
+
+def _help(text: str, default: Any = None, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("registry name, the file name in conf/model/", "")
+    family: str = _help("transformers family: qwen3_5, falcon_h1 or qwen2", "")
+    hub_id: str | None = _help("Hugging Face Hub id of the weights", None)
+    revision: str | None = _help("hub revision (commit) to pin", None)
+    weights: str = _help("hub (pretrained), random (real-size architecture, random weights) or meta", "hub")
+    dtype: str = _help("model dtype; states and adapters train in fp32 regardless", "bfloat16")
+    tiny: str | None = _help("tiny counterpart in conf/model/ used by debug=smoke", None)
+    params_b: float | None = _help("nominal size in billions, for tables", None)
+    lora_targets: list[str] = _help("module names LoRA adapts (paper Sec 4.3)", factory=list)
+    arch: dict[str, Any] = _help(
+        "architecture fields of the transformers config, for offline builds", factory=dict
+    )
+    notes: str = _help("provenance of the architecture numbers", "")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _help("baseline, s0, state_offset, lora or prefix", "baseline")
+    # Shared training loop (paper App A, Table 4).
+    lr: float = _help("Adam learning rate", 1e-3)
+    steps: int = _help("optimizer steps; each step covers every training example (reference practice)", 20)
+    l2: float = _help("L2 penalty on the trainable tensors (lambda in Sec 3.1)", 0.0)
+    grad_clip: float = _help("global grad-norm clip; 0 disables", 1.0)
+    batching: str = _help("packed (one varlen batch), padded, or per_example (reference loop)", "padded")
+    max_train_examples: int | None = _help("cap on verified solutions used (App D data efficiency)", None)
+    # S0 and state-offset (Sec 3, 5.5).
+    alpha: float = _help("state scale alpha (0.07 GDN, 0.65 Mamba-2; Sec 3.1, App E)", 1.0)
+    alpha_mode: str = _help(
+        "inference: train raw S, inject alpha*S (reference practice); train_and_inference: alpha*S in the "
+        "loss too (Algorithm 1); normalized: alpha*S/||S|| per layer (reference MATH-500 runs)",
+        "inference",
+    )
+    layers: list[int] | None = _help(
+        "ordinal positions among recurrent layers to tune; null = all (Table 5)", None
+    )
+    # LoRA (Sec 4.3, App A, App F) through peft.
+    r: int = _help("LoRA rank", 24)
+    lora_alpha: int | None = _help("LoRA scaling numerator; null = 2r (App F)", None)
+    lora_dropout: float = _help("LoRA dropout", 0.0)
+    merge: bool = _help("merge LoRA into the weights for evaluation (default: unmerged)", False)
+    # Prefix tuning (Sec 5.8) through peft.
+    num_virtual_tokens: int = _help("prefix length", 30)
+    prefix_projection: bool = _help("reparameterise the prefix through an MLP", True)
+
+
+@dataclass
+class TaskConfig:
+    name: str = _help("humaneval, math500, gsm8k or spider", "humaneval")
+    data_root: str | None = _help("local data directory (offline copy); null = the hub", None)
+    n_train: int | None = _help("training problems offered to collection; null = the task's default", None)
+    n_eval: int | None = _help("evaluation problems; null = the whole eval split", None)
+    db_dir: str | None = _help("Spider: directory of <db_id>/<db_id>.sqlite databases", None)
+
+
+@dataclass
+class CollectConfig:
+    samples: int = _help("samples per training problem from the frozen base model", 16)
+    temperature: float = _help("collection sampling temperature", 0.7)
+    top_p: float = _help("collection nucleus mass", 0.95)
+    max_per_problem: int = _help("passing completions kept per problem (Sec 4.2: at most one)", 1)
+    max_new_tokens: int = _help("token budget per collected sample", 512)
+    fallback_to_reference: bool = _help(
+        "if nothing passes, train on the task's execution-verified reference solutions (tiny-model demo only)",
+        False,
+    )
+
+
+@dataclass
+class EvalConfig:
+    mode: str = _help("greedy or sampled decoding", "greedy")
+    samples: int = _help("samples per problem (sampled mode; pass@k needs samples >= k)", 1)
+    temperature: float = _help("sampling temperature", 0.7)
+    top_p: float = _help("nucleus mass", 0.95)
+    ks: list[int] = _help("pass@k values to report", factory=lambda: [1])
+    max_new_tokens: int = _help("generation budget (App A: 512)", 512)
+    max_length: int = _help("prompt + completion token limit (App A: 2048)", 2048)
+    batch_size: int = _help("prompts per generation batch", 16)
+
+
+@dataclass
+class LimitConfig:
+    """Caps applied after everything else; debug=smoke sets them so any experiment runs in seconds."""
+
+    n_train: int | None = _help("cap on training problems", None)
+    n_eval: int | None = _help("cap on evaluation problems", None)
+    steps: int | None = _help("cap on optimizer steps", None)
+    max_new_tokens: int | None = _help("cap on generated tokens", None)
+    samples: int | None = _help("cap on collection samples per problem", None)
+
+
+@dataclass
+class BackendConfig:
+    gdn: str = _help("GatedDeltaNet kernel: auto, fla or torch", "auto")
+    mamba: str = _help("Mamba-2 kernel: auto, mamba_ssm or torch", "auto")
+
+
+@dataclass
+class PathsConfig:
+    root: str = _help("repository root", ".")
+    data_root: str | None = _help("default local data directory for every task", None)
+    results: str = _help("where run directories are written", "results/runs")
+    cache: str = _help("collected data and baseline evaluations shared across runs", "results/cache")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = _help("none or wandb", "none")
+    mode: str = _help("wandb mode: offline (default) or online", "offline")
+    project: str = _help("wandb project", "s0-tuning")
+
+
+@dataclass
+class RunConfig:
+    experiment: str | None = _help("experiment name (conf/experiment/)", None)
+    paper_ref: str = _help("paper section or table this experiment reproduces", "")
+    seed: int | None = _help("run one seed; null = every seed of the experiment", None)
+    seeds: list[int] = _help("the experiment's seeds", factory=lambda: [42])
+    seeds_per_model: dict[str, list[int]] = _help("per-model seed lists overriding `seeds`", factory=dict)
+    models: list[str] | None = _help(
+        "models swept by the experiment (conf/model names); null = `model`", None
+    )
+    arm: str | None = _help("run one arm of the experiment; null = all arms", None)
+    arms: dict[str, dict[str, Any]] = _help(
+        "named method variants: {name: {method: <conf/method name>, <field>: <value>}}; empty = `method`",
+        factory=dict,
+    )
+    eval_tasks: list[str] | None = _help("tasks evaluated after training; null = the training task", None)
+    selection: dict[str, Any] = _help("how a best-of-grid arm is chosen (Table 1 LoRA)", factory=dict)
+    analyses: list[str] = _help(
+        "mechanistic analyses to run (Sec 6): persistence, divergence, probe", factory=list
+    )
+    plan: bool = _help("list the concrete runs and exit without loading a model", False)
+    smoke: bool = _help("swap every model for its tiny counterpart (debug=smoke)", False)
+    device: str = _help("auto, cpu, cuda or cuda:N", "auto")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    limit: LimitConfig = field(default_factory=LimitConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate_method(m: MethodConfig, key: str = "method") -> None:
+    """Value checks for one method (types are already checked by OmegaConf)."""
+    _choice(f"{key}.name", m.name, METHODS)
+    _choice(f"{key}.alpha_mode", m.alpha_mode, ALPHA_MODES)
+    _choice(f"{key}.batching", m.batching, ("packed", "padded", "per_example"))
+    _positive(f"{key}.alpha", m.alpha)
+    _positive(f"{key}.lr", m.lr)
+    _positive(f"{key}.steps", m.steps, allow_zero=m.name == "baseline")
+    _positive(f"{key}.l2", m.l2, allow_zero=True)
+    _positive(f"{key}.grad_clip", m.grad_clip, allow_zero=True)
+    _positive(f"{key}.max_train_examples", m.max_train_examples)
+    _positive(f"{key}.r", m.r)
+    _positive(f"{key}.lora_alpha", m.lora_alpha)
+    _positive(f"{key}.num_virtual_tokens", m.num_virtual_tokens)
+    if not 0 <= m.lora_dropout < 1:
+        raise ConfigError(f"{key}.lora_dropout: must be in [0, 1), got {m.lora_dropout}")
+    if m.layers is not None:
+        if not m.layers:
+            raise ConfigError(f"{key}.layers: empty list; use null for all recurrent layers")
+        if min(m.layers) < 0:
+            raise ConfigError(f"{key}.layers: indices must be >= 0, got {min(m.layers)}")
+
+
+def validate_layers(
+    layers: list[int] | None, n_recurrent: int, model_name: str, key: str = "method.layers"
+) -> None:
+    """A layer subset must index the model's recurrent layers (0 .. n_recurrent-1)."""
+    if layers and max(layers) >= n_recurrent:
+        raise ConfigError(
+            f"{key}: index {max(layers)} out of range; {model_name} has {n_recurrent} recurrent layers "
+            f"(valid 0..{n_recurrent - 1})"
+        )
+
+
+def validate_model_method(model: ModelConfig, method: MethodConfig, key: str = "method") -> None:
+    """Checks that need both: state methods need recurrent layers, LoRA needs targets."""
+    if method.name in STATE_METHODS and model.family == "qwen2":
+        raise ConfigError(
+            f"{key}.name: {method.name} needs recurrent layers, but model '{model.name}' is a pure Transformer; "
+            "use method=prefix (the paper's negative control, Sec 5.8) or method=lora"
+        )
+    if method.name == "lora" and not model.lora_targets:
+        raise ConfigError(f"model.lora_targets: empty for '{model.name}'; LoRA needs target module names")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks for a whole run config; raises ConfigError naming the first bad key."""
+    _choice("model.family", cfg.model.family, FAMILIES)
+    _choice("model.weights", cfg.model.weights, ("hub", "random", "meta"))
+    _choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16", "float64"))
+    _choice("task.name", cfg.task.name, TASKS)
+    for name in cfg.eval_tasks or []:
+        _choice("eval_tasks", name, TASKS)
+    _choice("eval.mode", cfg.eval.mode, ("greedy", "sampled"))
+    _choice("backend.gdn", cfg.backend.gdn, ("auto", "fla", "torch"))
+    _choice("backend.mamba", cfg.backend.mamba, ("auto", "mamba_ssm", "torch"))
+    _choice("logger.name", cfg.logger.name, ("none", "wandb"))
+    _choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    for name in cfg.analyses:
+        _choice("analyses", name, ("persistence", "divergence", "probe"))
+    if not cfg.seeds:
+        raise ConfigError("seeds: empty; give at least one integer seed")
+    for key in ("samples", "max_new_tokens", "max_length", "batch_size"):
+        _positive(f"eval.{key}", getattr(cfg.eval, key))
+    if cfg.eval.mode == "sampled" and max(cfg.eval.ks) > cfg.eval.samples:
+        raise ConfigError(f"eval.ks: pass@{max(cfg.eval.ks)} needs eval.samples >= {max(cfg.eval.ks)}")
+    for key in ("samples", "max_per_problem", "max_new_tokens"):
+        _positive(f"collect.{key}", getattr(cfg.collect, key))
+    for key in ("n_train", "n_eval", "steps", "max_new_tokens", "samples"):
+        _positive(f"limit.{key}", getattr(cfg.limit, key))
+    _positive("task.n_train", cfg.task.n_train)
+    _positive("task.n_eval", cfg.task.n_eval)
+    validate_method(cfg.method)

@@ -1,0 +1,251 @@
+"""Model registry: build the paper's models (hub weights, random weights, meta device or tiny), their
+tokenizers, and find their recurrent layers with each layer's native state shape.
+
+    from s0.models import build_model, build_tokenizer, recurrent_layers
+    model = build_model(family="qwen3_5", arch=TINY_ARCH["qwen3_5"], weights="random")
+    [(r.index, r.kind, r.state_shape) for r in recurrent_layers(model)]
+    # [(0, 'gdn', (4, 16, 8)), (1, 'gdn', (4, 16, 8)), (2, 'gdn', (4, 16, 8))]
+
+No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Weights = Literal["hub", "random", "meta"]
+
+# The transformers classes behind each family (the real ones: tiny models use them with small configs).
+FAMILIES: dict[str, tuple[str, str]] = {
+    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+# Tiny architectures for tests and the CPU demo. Key and value dims differ on purpose (16 vs 8), so a
+# transposed state cannot pass a shape check by accident; the Falcon chunk size (8) is smaller than a
+# prompt, so the chunked scan crosses chunk boundaries.
+TINY_VOCAB = 272
+TINY_ARCH: dict[str, dict[str, Any]] = {
+    "qwen3_5": dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,  # 6 GDN + 2 attention, [GDN, GDN, GDN, attn] x 2, so layer groups can be ablated
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=8,
+        linear_conv_kernel_dim=4,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ),
+    "falcon_h1": dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        mamba_d_ssm=32,
+        mamba_n_heads=4,
+        mamba_d_head=8,
+        mamba_d_state=16,
+        mamba_n_groups=1,
+        mamba_chunk_size=8,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ),
+    "qwen2": dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ),
+}
+
+
+class ModelError(RuntimeError):
+    """A model cannot be built or loaded; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RecurrentLayer:
+    """One recurrent mixer of a hybrid model and the shape of its per-sequence state."""
+
+    index: int  # decoder layer index (the cache's layer_idx)
+    kind: Literal["gdn", "mamba2"]
+    module: nn.Module
+    # GDN: (value heads, key dim, value dim); Mamba-2: (heads, head dim, d_state). Batch dim excluded.
+    state_shape: tuple[int, int, int]
+
+    @property
+    def numel(self) -> int:
+        return self.state_shape[0] * self.state_shape[1] * self.state_shape[2]
+
+
+def recurrent_layers(model: nn.Module) -> list[RecurrentLayer]:
+    """Every GatedDeltaNet or Mamba-2 mixer of `model`, in layer order.
+
+    Found by structure, not by model name, so Qwen3-Next style GDN layers and other Mamba-2 hybrids work too.
+    """
+    found = []
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("GatedDeltaNet"):
+            shape = (module.num_v_heads, module.head_k_dim, module.head_v_dim)
+            found.append(RecurrentLayer(module.layer_idx, "gdn", module, shape))
+        elif hasattr(module, "ssm_state_size") and hasattr(module, "A_log") and hasattr(module, "head_dim"):
+            shape = (module.num_heads, module.head_dim, module.ssm_state_size)
+            found.append(RecurrentLayer(module.layer_idx, "mamba2", module, shape))
+    return sorted(found, key=lambda r: r.index)
+
+
+def require_recurrent_layers(model: nn.Module, model_name: str = "this model") -> list[RecurrentLayer]:
+    """`recurrent_layers`, raising a clear error for a pure Transformer."""
+    layers = recurrent_layers(model)
+    if not layers:
+        raise ModelError(
+            f"{model_name} has no recurrent (GatedDeltaNet or Mamba-2) layers, so S0 and state-offset do not "
+            "apply; use method=prefix or method=lora for a pure Transformer (paper Sec 5.8)."
+        )
+    return layers
+
+
+def build_config(family: str, arch: dict[str, Any]):
+    """The transformers config object for `family` with the architecture fields `arch`."""
+    if family not in FAMILIES:
+        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
+    import transformers
+
+    config_cls = getattr(transformers, FAMILIES[family][0])
+    return config_cls(**arch)
+
+
+def build_model(
+    family: str,
+    arch: dict[str, Any] | None = None,
+    hub_id: str | None = None,
+    weights: Weights = "random",
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    revision: str | None = None,
+) -> nn.Module:
+    """Build a causal LM in eval mode with every weight frozen.
+
+    weights="hub" loads `hub_id` from the Hugging Face Hub (or its local cache);
+    "random" builds `arch` with weights drawn from `seed` (real-size speed and memory work, tiny models);
+    "meta" builds `arch` on the meta device (parameter counts, no memory).
+    """
+    import transformers
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model_cls = getattr(transformers, FAMILIES[family][1]) if family in FAMILIES else None
+    if model_cls is None:
+        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
+    if weights == "hub":
+        if not hub_id:
+            raise ModelError("weights=hub needs model.hub_id")
+        try:
+            model = model_cls.from_pretrained(hub_id, dtype=dtype, revision=revision).to(device)
+        except OSError as err:
+            raise ModelError(
+                f"cannot load '{hub_id}' from the Hugging Face Hub or its local cache ({err.__class__.__name__}). "
+                "Check the network or HF_HOME, or run offline with model.weights=random (random weights, for "
+                "speed and memory work) or a tiny model (model=tiny_qwen3_5)."
+            ) from err
+    elif weights in ("random", "meta"):
+        if arch is None:
+            raise ModelError(f"weights={weights} needs model.arch (the architecture fields)")
+        config = build_config(family, arch)
+        ctx = torch.device("meta") if weights == "meta" else torch.device(device)
+        with ctx, _fork_rng(seed):
+            model = model_cls(config)
+        if weights == "random":
+            model = model.to(dtype)
+    else:
+        raise ModelError(f"model.weights must be hub, random or meta, not '{weights}'")
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+@contextlib.contextmanager
+def _fork_rng(seed: int):
+    # Tiny models must be identical across processes and test orders, without touching the global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# A ChatML template in the style of Qwen's: `enable_thinking=False` writes an empty think block, which is
+# how Qwen3.5 switches chain-of-thought off (paper Sec 4.1, "no_thinking mode").
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer with a chat template, built offline (no vocabulary file, no hub).
+
+    Every UTF-8 byte is one token, so any text round-trips; the special tokens follow Qwen's names.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=TINY_SPECIAL_TOKENS[1:2] + TINY_SPECIAL_TOKENS[3:],
+    )
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok.padding_side = "left"
+    if len(tok) > TINY_VOCAB:
+        raise ModelError(f"tiny tokenizer has {len(tok)} tokens, more than TINY_VOCAB={TINY_VOCAB}")
+    return tok
+
+
+def build_tokenizer(hub_id: str | None, tiny: bool = False, revision: str | None = None):
+    """The tokenizer of a hub model, or the offline tiny tokenizer. Left padding for batched generation."""
+    if tiny:
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(hub_id, revision=revision)
+    except OSError as err:
+        raise ModelError(
+            f"cannot load the tokenizer of '{hub_id}' from the Hugging Face Hub or its local cache. "
+            "Check the network or HF_HOME, or use a tiny model (model=tiny_qwen3_5)."
+        ) from err
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
