@@ -11,6 +11,7 @@ scripts compare reproduced results against these rows instead of copying numbers
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,8 @@ COLUMNS = (
     "source", "experiment", "model", "task", "method", "setting", "seed", "metric", "stat",
     "relation", "value", "unit", "printed", "row", "column", "also_in", "note",
 )  # fmt: skip
+# First number in a printed cell: optional sign, digits, decimals, optionally "×10^-4" or a bare "10^-8".
+_NUMBER = re.compile(r"(?P<sign>[+-])?(?P<mant>\d+(?:\.\d+)?)(?:×10\^(?P<exp>-?\d+))?")
 # Together these locate one printed number; the test suite checks that no two rows share them.
 KEY = (
     "source", "experiment", "model", "task", "method", "setting", "seed", "metric", "stat", "row", "column",
@@ -58,3 +61,28 @@ def paper_value(df: pd.DataFrame | None = None, **filters: object) -> float:
             f"{len(rows)} rows match {filters}, need exactly 1" + ("" if rows.empty else f":\n{shown}")
         )
     return float(rows["value"].iloc[0])
+
+
+def parse_printed(printed: str) -> float | None:
+    """The first number in a ``printed`` cell ('+23.6' -> 23.6, '5×10^-4' -> 5e-4, 'p<10^-8' -> 1e-8), or None."""
+    m = _NUMBER.search(printed)
+    if m is None:
+        return None
+    if printed[m.end() : m.end() + 2] == "^-" and m["exp"] is None:  # bare power of ten: "10^-8"
+        m2 = re.match(r"\^(-?\d+)", printed[m.end() :])
+        return float(m["mant"]) ** int(m2[1]) if m2 else None
+    value = float(m["mant"]) * (10.0 ** int(m["exp"]) if m["exp"] else 1.0)
+    return -value if m["sign"] == "-" else value
+
+
+def rounding_halfwidth(printed: str) -> float:
+    """Half a unit in the last printed digit of the first number ('+23.6' -> 0.05, 'p=0.00002' -> 5e-6).
+
+    A reproduced value within this of the printed one is indistinguishable from it after the paper's rounding.
+    """
+    m = _NUMBER.search(printed)
+    if m is None:
+        raise ValueError(f"no number in {printed!r}")
+    decimals = len(m["mant"].partition(".")[2])
+    scale = 10.0 ** int(m["exp"]) if m["exp"] else 1.0
+    return 0.5 * 10.0**-decimals * scale
