@@ -85,6 +85,7 @@ class Summary:
 class TestResult:
     """Outcome of one hypothesis test; ``estimate`` is the mean (difference) the CI is about."""
 
+    __test__ = False  # the name starts with "Test"; keep pytest from trying to collect it in test modules
     name: str
     statistic: float
     pvalue: float
