@@ -31,7 +31,6 @@ import ctypes
 import functools
 import json
 import os
-import secrets
 import select
 import selectors
 import shutil
@@ -226,7 +225,7 @@ def _guard() -> None:
     import builtins
     import socket
 
-    for name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
+    for name in ("kill", "killpg", "system", "remove", "removedirs", "rmdir", "fchdir", "setuid",
                  "fork", "forkpty", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
                  "chmod", "chown", "chroot", "lchown", "popen", "execv", "execve", "execvp", "execvpe",
                  "spawnv", "spawnve", "posix_spawn", "posix_spawnp", "setsid"):  # fmt: skip
@@ -339,6 +338,7 @@ def _boot_server(cfg: dict) -> None:
 
 def _boot_main() -> None:
     cfg = json.loads(sys.stdin.buffer.readline())
+    sys.path.extend(cfg["sys_path"])  # started with -S: site-packages without the cost of their .pth files
     report = _boot_setup(cfg)
     if cfg["mode"] != "server":
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -383,7 +383,7 @@ def _world_readable(paths: Iterable[str]) -> bool:
 
 def _spawn(prefix: list[str], cfg: dict, out_fd: int | None, pass_fds: Sequence[int]) -> subprocess.Popen:
     env = dict(_ENV, HOME="/tmp" if cfg["mount"] else os.getcwd(), TMPDIR="/tmp" if cfg["mount"] else ".")
-    proc = subprocess.Popen([*prefix, sys.executable, "-I", "-B", "-u", _THIS], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*prefix, sys.executable, "-I", "-S", "-B", "-u", _THIS], stdin=subprocess.PIPE,
                             stdout=out_fd if out_fd is not None else subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             pass_fds=pass_fds, cwd=cfg.pop("cwd"), env=env, start_new_session=True)  # fmt: skip
     try:
@@ -394,6 +394,11 @@ def _spawn(prefix: list[str], cfg: dict, out_fd: int | None, pass_fds: Sequence[
     except BrokenPipeError:
         pass  # the child died at startup; the caller sees EOF
     return proc
+
+
+def _random_uid() -> int:
+    # A fresh unprivileged uid per process: RLIMIT_NPROC and the sweep below then cover exactly this run.
+    return 100_000 + int.from_bytes(os.urandom(4), "little") % 400_000
 
 
 def _sweep_uid(uid: int) -> None:
@@ -423,11 +428,12 @@ class _Proc:
                  iso: dict | None = None):  # fmt: skip
         iso = iso or isolation()
         self.dir = tempfile.mkdtemp(prefix="s0sb-")
-        self.uid = 100_000 + secrets.randbelow(400_000) if iso["uid_drop"] else None
+        self.uid = _random_uid() if iso["uid_drop"] else None
         if self.uid is not None:
             os.chown(self.dir, self.uid, self.uid)
         plan = _mount_plan(expose) if iso["mount"] else {"hide": [], "binds": []}
         cfg = {"mode": mode, "mount": iso["mount"], "uid": self.uid, "cwd": self.dir, "repo": _REPO,
+               "sys_path": [p for p in sys.path if "-packages" in p],
                "parent_netns": os.readlink("/proc/self/ns/net"), "watchdog_s": watchdog_s,
                "limits": {"memory_mb": memory_mb, "cpu_s": cpu_s, "nproc": 64}, **plan, **payload}  # fmt: skip
         self.proc = _spawn(iso["prefix"], cfg, out_fd, pass_fds)
