@@ -43,7 +43,9 @@ class GSM8KTask(Task):
     def _example(self, i: int, src: str, row: dict) -> Example:
         gold = normalize_number(row["answer"].split("####")[-1])
         msg = {"role": "user", "content": INSTRUCTION.format(question=row["question"])}
-        return Example(f"gsm8k/{src}/{i}", [msg], gold, {"question": row["question"], "solution": row["answer"]})
+        return Example(
+            f"gsm8k/{src}/{i}", [msg], gold, {"question": row["question"], "solution": row["answer"]}
+        )
 
     def plain_prompt(self, example: Example) -> str:
         return f"Question: {example.meta['question']}\nAnswer:"

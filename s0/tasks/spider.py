@@ -102,7 +102,9 @@ class SpiderTask(Task):
         check_lengths(examples, completions)
         preds = [extract_sql(c) for c in completions]
         items = [(self.db_path(ex.meta["db_id"]), ex.gold, p) for ex, p in zip(examples, preds) if p]
-        matches = iter(sandbox.sql_match_many(items, workers=workers, timeout=self.timeout, progress=progress))
+        matches = iter(
+            sandbox.sql_match_many(items, workers=workers, timeout=self.timeout, progress=progress)
+        )
         out = []
         for ex, p in zip(examples, preds):
             if not p:
