@@ -249,3 +249,14 @@ def build_tokenizer(hub_id: str | None, tiny: bool = False, revision: str | None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def n_recurrent_layers(family: str, arch: dict[str, Any]) -> int:
+    """How many recurrent layers an architecture has, from its config alone (no weights built)."""
+    if family == "qwen2":
+        return 0
+    arch = arch or TINY_ARCH[family]
+    config = build_config(family, arch)
+    if family == "qwen3_5":
+        return sum(t == "linear_attention" for t in config.layer_types)
+    return config.num_hidden_layers  # FalconH1: a Mamba-2 mixer in every layer

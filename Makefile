@@ -1,0 +1,43 @@
+# Every command the README shows. `make help` lists them.
+PY ?= python
+EXPERIMENTS_IN_ORDER := main_qwen main_falcon lora_rank_matched state_offset scaling alpha_sweep_qwen \
+	alpha_sweep_falcon layer_ablation data_efficiency passk prefix_control transfer_math500 transfer_gsm8k \
+	transfer_code_to_math spider_boundary mechanism
+
+.PHONY: help install install-cpu lint format test test-slow test-gpu demo plan reproduce-all tables figures report bench
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install-cpu:  ## CPU-only install (no CUDA wheels), with the dev tools
+	$(PY) -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install -e '.[dev]'
+
+install:  ## GPU install: torch with CUDA from PyPI, flash-linear-attention, dev tools
+	$(PY) -m pip install -e '.[gpu,dev]'
+
+lint:  ## ruff lint and format check
+	ruff check .
+	ruff format --check .
+
+format:  ## apply ruff's formatting and safe fixes
+	ruff check --fix .
+	ruff format .
+
+test: lint  ## lint, then the CPU test suite
+	$(PY) -m pytest
+
+test-slow:  ## longer end-to-end tests (smoke runs of every experiment)
+	$(PY) -m pytest -m slow
+
+test-gpu:  ## GPU tests, on a CUDA machine
+	$(PY) -m pytest -m gpu
+
+demo:  ## the whole pipeline on tiny models, offline, CPU, a few minutes
+	$(PY) scripts/demo.py
+
+plan:  ## list the concrete runs of every experiment
+	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py experiment=$$e plan=true | head -8; echo; done
+
+reproduce-all:  ## every experiment of the paper, in dependency order (GPU, days)
+	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py -m experiment=$$e || exit 1; done

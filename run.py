@@ -1,0 +1,163 @@
+"""The runner: the only place that knows about Hydra.
+
+    python run.py experiment=main_qwen seed=42          # one seed, every arm of the experiment
+    python run.py -m experiment=main_qwen               # the experiment's seed sweep, one job per seed
+    python run.py experiment=main_qwen plan=true        # list the concrete runs, load nothing
+    python run.py experiment=main_qwen debug=smoke      # tiny models, seconds on CPU
+
+Composes conf/, checks types and values against s0/config.py, expands the experiment into runs (s0/plan.py)
+and hands them to the pipeline. A config mistake ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parent / "conf"
+# Config groups a command line may select by name; each name must be a file in conf/<group>/.
+GROUPS = ("experiment", "model", "method", "task", "logger", "debug", "paths", "hydra/launcher")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Unknown group options get one line naming the choices, before Hydra prints its own report."""
+    for arg in argv:
+        m = re.fullmatch(r"[+~]*([\w/]+)=(.*)", arg)
+        if not m or m.group(1) not in GROUPS or m.group(2) in ("", "null"):
+            continue
+        group, value = m.groups()
+        choices = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        values = re.sub(r"^(choice|glob)\((.*)\)$", r"\2", value).split(",")
+        for name in values:
+            if name.strip() not in choices and not (group == "hydra/launcher" and name in ("basic",)):
+                fail(f"unknown {group.split('/')[-1]} '{name.strip()}'; choose from: {', '.join(choices)}")
+
+
+def check_keys(argv: list[str]) -> None:
+    """A misspelt key (`sed=42`, `method.alhpa=0.1`) gets one line instead of Hydra's struct error."""
+    import dataclasses
+    import typing
+
+    from s0.config import RunConfig
+
+    for arg in argv:
+        m = re.fullmatch(r"([\w.]+)=.*", arg)
+        if not m or m.group(1) in GROUPS or m.group(1).startswith("hydra"):
+            continue
+        node: typing.Any = RunConfig
+        for part in m.group(1).split("."):
+            if not dataclasses.is_dataclass(node):
+                break  # a free-form dict (arms, arch, selection): anything goes beneath it
+            fields = {f.name: f for f in dataclasses.fields(node)}
+            if part not in fields:
+                fail(f"unknown config key '{m.group(1)}' ('{part}' is not one of {', '.join(fields)})")
+            node = typing.get_type_hints(node)[part]
+
+
+def register_schema() -> None:
+    """Every key of RunConfig exists before composition, so `plan=true` needs no `+`. Types are checked later,
+    by s0/config.py, so that a wrong value gets one line rather than Hydra's report."""
+    import dataclasses
+
+    from hydra.core.config_store import ConfigStore
+
+    from s0.config import RunConfig
+
+    ConfigStore.instance().store(name="run_schema", node=dataclasses.asdict(RunConfig()))
+
+
+def main() -> None:
+    check_group_choices(sys.argv[1:])
+    check_keys(sys.argv[1:])
+    register_schema()
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def hydra_entry(cfg: DictConfig) -> None:
+        from s0.config import ConfigError
+        from s0.models import ModelError
+
+        try:
+            execute(cfg)
+        except (ConfigError, ModelError) as err:
+            fail(str(err))
+
+    hydra_entry()
+
+
+def load_group(group: str, schema: type, resolve_with: dict | None = None) -> dict:
+    """Every entry of a conf/ group as a typed dataclass, by file name."""
+    from omegaconf import OmegaConf
+
+    from s0.plan import merge_typed
+
+    entries = {}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        raw = OmegaConf.load(path)
+        if resolve_with is not None:  # interpolations such as ${paths.data_root} resolve against the run
+            raw = OmegaConf.merge(OmegaConf.create(resolve_with), {"_entry": raw})._entry
+            raw = OmegaConf.create(OmegaConf.to_container(raw, resolve=True))
+        entries[path.stem] = merge_typed(schema(), OmegaConf.to_container(raw), key=f"{group}/{path.stem}")
+    return entries
+
+
+def to_run_config(cfg):
+    """The composed Hydra config as a validated `RunConfig`."""
+    from omegaconf import OmegaConf
+
+    from s0.config import RunConfig, validate
+    from s0.plan import merge_typed
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    run_cfg = merge_typed(RunConfig(), plain, key="")
+    validate(run_cfg)
+    return run_cfg, plain
+
+
+def execute(cfg) -> None:
+    from s0.config import MethodConfig, ModelConfig, TaskConfig
+    from s0.plan import expand, format_plan
+
+    run_cfg, plain = to_run_config(cfg)
+    context = {"paths": plain["paths"]}
+    methods = load_group("method", MethodConfig)
+    models = load_group("model", ModelConfig)
+    tasks = load_group("task", TaskConfig, resolve_with=context)
+    runs = expand(run_cfg, methods, models, tasks)
+    print(summary(run_cfg, runs))
+    if run_cfg.plan:
+        print(format_plan(runs))
+        return
+    from s0.pipeline import run_all
+
+    run_all(runs, run_cfg, resolved=plain)
+
+
+def summary(cfg, runs) -> str:
+    """One screen: what will run, where results go, and the protocol knobs that matter most."""
+    models = sorted({r.model.name for r in runs})
+    arms = list(dict.fromkeys(r.arm for r in runs))
+    seeds = list(dict.fromkeys(r.seed for r in runs))
+    lines = [
+        f"experiment  {cfg.experiment or '(none)'}  [{cfg.paper_ref or 'ad hoc'}]"
+        + ("  SMOKE" if cfg.smoke else ""),
+        f"models      {', '.join(models)}",
+        f"task        {cfg.task.name} -> {', '.join(cfg.eval_tasks or [cfg.task.name])}",
+        f"arms        {', '.join(arms)}",
+        f"seeds       {', '.join(map(str, seeds))}",
+        f"decoding    {cfg.eval.mode}, {cfg.eval.max_new_tokens} new tokens, pass@{cfg.eval.ks}",
+        f"results     {cfg.paths.results}",
+        f"runs        {len(runs)}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Expand an experiment config into the concrete runs it implies (model x arm x seed x eval task).
+
+A run is identified by a hash of exactly the fields that determine its result, so two experiments that
+imply the same run (main_qwen's 4B S0 seeds and scaling's 4B point, say) share one run directory and a
+rerun of a sweep finds finished runs by name (DomainBed style).
+
+    runs = expand(cfg, methods={"s0": MethodConfig(...), ...}, models={"qwen3_5_4b": ModelConfig(...)},
+                  tasks={"humaneval": TaskConfig(...)})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from s0.config import (
+    CollectConfig,
+    ConfigError,
+    EvalConfig,
+    LimitConfig,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    validate_layers,
+    validate_method,
+    validate_model_method,
+)
+from s0.models import TINY_ARCH, n_recurrent_layers
+
+# Bump when the meaning of a run changes without its config changing (a fixed bug in training, say):
+# every run id changes with it, so stale results are never mixed with new ones.
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One concrete run: everything that determines its result, and nothing else."""
+
+    experiment: str | None
+    arm: str
+    seed: int
+    model: ModelConfig
+    method: MethodConfig
+    task: TaskConfig  # where training data comes from
+    eval_task: TaskConfig  # what is evaluated
+    collect: CollectConfig
+    eval: EvalConfig
+
+    def key(self) -> dict[str, Any]:
+        """The fields hashed into the run id (the experiment name and arm label are not among them)."""
+        key = {
+            "plan_version": PLAN_VERSION,
+            "seed": self.seed,
+            "model": _model_key(self.model),
+            "method": dataclasses.asdict(self.method),
+            "eval_task": dataclasses.asdict(self.eval_task),
+            "eval": dataclasses.asdict(self.eval),
+        }
+        if self.method.name != "baseline":  # the baseline trains nothing, so its data does not matter
+            key["task"] = dataclasses.asdict(self.task)
+            key["collect"] = dataclasses.asdict(self.collect)
+        return key
+
+    @property
+    def run_id(self) -> str:
+        return config_hash(self.key())
+
+    def describe(self) -> str:
+        """The hyperparameters that distinguish this arm, for plan listings and logs."""
+        m = self.method
+        parts = {
+            "baseline": [],
+            "s0": [f"alpha={m.alpha}", f"mode={m.alpha_mode}"],
+            "state_offset": [f"alpha={m.alpha}", f"mode={m.alpha_mode}"],
+            "lora": [f"r={m.r}", f"lora_alpha={m.lora_alpha or 2 * m.r}", f"merge={m.merge}"],
+            "prefix": [f"tokens={m.num_virtual_tokens}", f"projection={m.prefix_projection}"],
+        }[m.name]
+        if m.name != "baseline":
+            parts += [f"lr={m.lr:g}", f"steps={m.steps}"]
+        if m.layers is not None:
+            parts.append(f"layers={_ranges(m.layers)}")
+        if m.max_train_examples is not None:
+            parts.append(f"n={m.max_train_examples}")
+        return " ".join(parts)
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """A stable short hash of a JSON-serialisable object (sorted keys, so dict order never matters)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _model_key(model: ModelConfig) -> dict[str, Any]:
+    # Names, notes and sizes do not change results; the weights, architecture and precision do.
+    keep = ("family", "hub_id", "revision", "weights", "dtype", "arch", "lora_targets")
+    return {k: getattr(model, k) for k in keep}
+
+
+def _ranges(xs: list[int]) -> str:
+    return f"{min(xs)}-{max(xs)}" if list(xs) == list(range(min(xs), max(xs) + 1)) else ",".join(map(str, xs))
+
+
+def merge_typed(schema: Any, *overrides: dict[str, Any], key: str) -> Any:
+    """Overlay plain dicts on a dataclass instance with OmegaConf's type checks; errors name `key`."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *[OmegaConf.create(o) for o in overrides])
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        full_key = ".".join(k for k in (key, getattr(err, "full_key", "") or "") if k)
+        raise ConfigError(f"{full_key}: {str(err).splitlines()[0]}") from err
+
+
+def resolve_arms(cfg: RunConfig, methods: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+    """Each arm's full method config: conf/method/<name>.yaml with the arm's fields on top."""
+    if not cfg.arms:
+        return {cfg.method.name: cfg.method}
+    resolved = {}
+    for arm, fields in cfg.arms.items():
+        fields = dict(fields)
+        name = fields.pop("method", None)
+        if name not in methods:
+            raise ConfigError(f"arms.{arm}.method: '{name}' is not one of {', '.join(sorted(methods))}")
+        method = merge_typed(methods[name], fields, key=f"arms.{arm}")
+        validate_method(method, key=f"arms.{arm}")
+        resolved[arm] = method
+    return resolved
+
+
+def apply_limits(run: PlannedRun, limit: LimitConfig) -> PlannedRun:
+    """Cap problems, steps, samples and tokens (debug=smoke); None leaves a value as it is."""
+
+    def cap(value: int | None, bound: int | None) -> int | None:
+        if bound is None:
+            return value
+        return bound if value is None else min(value, bound)
+
+    method = dataclasses.replace(run.method, steps=cap(run.method.steps, limit.steps))
+    task = dataclasses.replace(run.task, n_train=cap(run.task.n_train, limit.n_train))
+    eval_task = dataclasses.replace(run.eval_task, n_eval=cap(run.eval_task.n_eval, limit.n_eval))
+    collect = dataclasses.replace(
+        run.collect,
+        samples=cap(run.collect.samples, limit.samples),
+        max_new_tokens=cap(run.collect.max_new_tokens, limit.max_new_tokens),
+    )
+    evalc = dataclasses.replace(run.eval, max_new_tokens=cap(run.eval.max_new_tokens, limit.max_new_tokens))
+    if evalc.mode == "sampled" and limit.samples is not None:
+        # keep pass@k computable: fewer samples, and only the k values they support
+        evalc = dataclasses.replace(evalc, samples=max(min(evalc.samples, limit.samples), 1))
+        evalc = dataclasses.replace(evalc, ks=[k for k in evalc.ks if k <= evalc.samples] or [1])
+    return dataclasses.replace(
+        run, method=method, task=task, eval_task=eval_task, collect=collect, eval=evalc
+    )
+
+
+def expand(
+    cfg: RunConfig,
+    methods: dict[str, MethodConfig],
+    models: dict[str, ModelConfig],
+    tasks: dict[str, TaskConfig],
+) -> list[PlannedRun]:
+    """Every concrete run of `cfg`, after the `seed` and `arm` filters, in a stable order.
+
+    `methods`, `models` and `tasks` are the conf/ group entries by name (the runner loads them).
+    """
+    arms = resolve_arms(cfg, methods)
+    if cfg.arm is not None:
+        if cfg.arm not in arms:
+            raise ConfigError(f"arm: '{cfg.arm}' is not an arm of this experiment ({', '.join(arms)})")
+        arms = {cfg.arm: arms[cfg.arm]}
+    model_names = cfg.models or [cfg.model.name]
+    for name in model_names:
+        if name not in models:
+            raise ConfigError(f"models: unknown model '{name}'; known: {', '.join(sorted(models))}")
+    eval_names = cfg.eval_tasks or [cfg.task.name]
+    runs = []
+    for model_name in model_names:
+        model = cfg.model if model_name == cfg.model.name and not cfg.models else models[model_name]
+        n_full = n_recurrent_layers(model.family, model.arch)
+        if cfg.smoke:
+            model = tiny_counterpart(model, models)
+        seeds = cfg.seeds_per_model.get(model_name, cfg.seeds)
+        if cfg.seed is not None:
+            seeds = [cfg.seed]
+        n_rec = n_recurrent_layers(model.family, model.arch)
+        for arm, method in arms.items():
+            if cfg.smoke and method.layers and n_rec < n_full:
+                method = dataclasses.replace(method, layers=scale_layers(method.layers, n_full, n_rec))
+            validate_model_method(model, method, key=f"arms.{arm}" if cfg.arms else "method")
+            validate_layers(
+                method.layers, n_rec, model.name, key=f"arms.{arm}.layers" if cfg.arms else "method.layers"
+            )
+            for seed in seeds:
+                for eval_name in eval_names:
+                    eval_task = cfg.task if eval_name == cfg.task.name else tasks[eval_name]
+                    run = PlannedRun(
+                        cfg.experiment, arm, seed, model, method, cfg.task, eval_task, cfg.collect, cfg.eval
+                    )
+                    runs.append(apply_limits(run, cfg.limit))
+    return runs
+
+
+def scale_layers(layers: list[int], n_from: int, n_to: int) -> list[int]:
+    """Map layer positions onto a model with fewer recurrent layers, keeping early/middle/late groups apart."""
+    return sorted({i * n_to // n_from for i in layers})
+
+
+def tiny_counterpart(model: ModelConfig, models: dict[str, ModelConfig]) -> ModelConfig:
+    """The tiny model of the same family, with its architecture filled in from s0.models.TINY_ARCH."""
+    if not model.tiny or model.tiny not in models:
+        raise ConfigError(f"model.tiny: '{model.name}' names no tiny counterpart in conf/model/")
+    tiny = models[model.tiny]
+    return dataclasses.replace(tiny, arch=tiny.arch or dict(TINY_ARCH[tiny.family]))
+
+
+def format_plan(runs: list[PlannedRun]) -> str:
+    """A fixed-width listing, one line per run."""
+    header = f"{'#':>4}  {'run_id':12}  {'model':20} {'task':22} {'arm':18} {'seed':>5}  hyperparameters"
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(runs, 1):
+        task = r.task.name if r.task.name == r.eval_task.name else f"{r.task.name}->{r.eval_task.name}"
+        lines.append(
+            f"{i:>4}  {r.run_id}  {r.model.name:20} {task:22} {r.arm:18} {r.seed:>5}  {r.describe()}"
+        )
+    return "\n".join(lines)
