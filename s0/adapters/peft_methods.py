@@ -1,0 +1,187 @@
+"""LoRA and prefix tuning through `peft`, behind the same surface as S0 (not reimplementations).
+
+    LoRA    (paper Sec 4.3, App A, App F): LoraConfig(r, lora_alpha=2r by default, target_modules from the model
+            config: {q,k,v,o}_proj on Qwen3.5, {q,k,v,in}_proj on FalconH1), dropout 0.
+    Prefix  (Sec 4.3, 5.8): PrefixTuningConfig(num_virtual_tokens=30, prefix_projection=True), the negative
+            control on a pure Transformer.
+
+peft wraps the model, so `adapter.model` is the PeftModel (call it for forward and generate); the base model's
+own weights are untouched (LoRA adds modules beside them; `merge()` folds them in, `unmerge()` takes them out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from s0.adapters.base import (
+    META_FILE,
+    Adapter,
+    AdapterError,
+    ConfigMixin,
+    check_identity,
+    model_identity,
+    read_json,
+    write_json,
+)
+
+# Paper Sec 4.3. Used when the caller gives no target_modules (the runner passes model.lora_targets).
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    "qwen3_5_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3_5": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "falcon_h1": ["q_proj", "k_proj", "v_proj", "in_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
+@dataclasses.dataclass
+class LoraAdapterConfig(ConfigMixin):
+    r: int = dataclasses.field(default=24, metadata={"help": "rank"})
+    lora_alpha: int | None = dataclasses.field(default=None, metadata={"help": "None = 2r (App F)"})
+    lora_dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    target_modules: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "None = per-family default"}
+    )
+
+
+@dataclasses.dataclass
+class PrefixAdapterConfig(ConfigMixin):
+    num_virtual_tokens: int = dataclasses.field(default=30, metadata={"help": "prefix length"})
+    prefix_projection: bool = dataclasses.field(default=True, metadata={"help": "MLP reparameterisation"})
+
+
+class _PeftAdapter(Adapter):
+    config_cls: type = LoraAdapterConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any = None,
+        seed: int | None = None,
+        _peft_model: Any = None,
+        **fields: Any,
+    ):
+        super().__init__()
+        import peft
+
+        if config is None:
+            config = self.config_cls(**fields)
+        elif fields:
+            config = dataclasses.replace(config, **fields)
+        self.config, self.base_model = config, model
+        if _peft_model is not None:
+            self.model = _peft_model
+        else:
+            # peft draws the initial adapter weights from the global RNG: fork it so `seed` alone decides them.
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                self.model = peft.get_peft_model(model, self._peft_config(model))
+        self._disabled = contextlib.ExitStack()
+        self._active = True  # peft adapters are live as soon as they are created
+
+    def _peft_config(self, model: nn.Module):
+        raise NotImplementedError
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def activate(self) -> _PeftAdapter:
+        if not self._active:
+            self._disabled.close()
+            self._active = True
+        return self
+
+    def deactivate(self) -> _PeftAdapter:
+        if self._active:
+            self._disabled.enter_context(self.model.disable_adapter())
+            self._active = False
+        return self
+
+    def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(d))  # adapter_config.json + adapter_model.safetensors (peft's format)
+        write_json(
+            d / META_FILE,
+            {
+                "s0_method": self.method,
+                "config": self.config.to_dict(),
+                "num_trainable": self.num_trainable(),
+                "model": model_identity(self.base_model),
+                "extra_meta": extra_meta or {},
+            },
+        )
+        return d
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, model: nn.Module, is_trainable: bool = False, **kwargs: Any
+    ) -> _PeftAdapter:
+        from peft import PeftModel
+
+        d = Path(directory)
+        meta = read_json(d / META_FILE)
+        if meta.get("s0_method") != cls.method:
+            raise AdapterError(f"{d} holds a '{meta.get('s0_method')}' adapter, not '{cls.method}'")
+        check_identity(meta["model"], model, d, strict_layers=False)
+        peft_model = PeftModel.from_pretrained(model, str(d), is_trainable=is_trainable)
+        adapter = cls(model, cls.config_cls.from_dict(meta["config"]), _peft_model=peft_model)
+        adapter.saved_meta = meta
+        return adapter
+
+
+class LoraAdapter(_PeftAdapter):
+    method = "lora"
+    config_cls = LoraAdapterConfig
+
+    def _peft_config(self, model: nn.Module):
+        from peft import LoraConfig
+
+        c = self.config
+        targets = c.target_modules or DEFAULT_LORA_TARGETS.get(getattr(model.config, "model_type", ""))
+        if not targets:
+            raise AdapterError(
+                f"no LoRA target_modules given and no default for model_type "
+                f"'{getattr(model.config, 'model_type', '?')}'; pass target_modules (model.lora_targets)"
+            )
+        c.target_modules = list(targets)
+        return LoraConfig(
+            r=c.r,
+            lora_alpha=c.lora_alpha if c.lora_alpha is not None else 2 * c.r,
+            lora_dropout=c.lora_dropout,
+            target_modules=list(targets),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def merge(self) -> None:
+        """Fold the LoRA update into the weights (evaluation without the extra branch); `unmerge` undoes it."""
+        self.model.merge_adapter()
+
+    def unmerge(self) -> None:
+        self.model.unmerge_adapter()
+
+
+class PrefixAdapter(_PeftAdapter):
+    method = "prefix"
+    config_cls = PrefixAdapterConfig
+
+    def _peft_config(self, model: nn.Module):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=self.config.num_virtual_tokens,
+            prefix_projection=self.config.prefix_projection,
+            encoder_hidden_size=model.config.hidden_size,
+        )

@@ -1,0 +1,231 @@
+"""The one training loop every method uses (paper Sec 3.1 loss, Algorithm 1, App A Table 4).
+
+    from s0.train import TrainExample, train
+    result = train(adapter, examples, steps=20, lr=1e-3, l2=5e-4, grad_clip=1.0, seed=42)
+
+Objective per step, over all N training examples (the reference's full pass per step):
+
+    L = (1/N) sum_i CE_i + l2 * sum_tensors ||S||^2,
+    CE_i = mean over example i's completion tokens of -log p(y_t | x, y_<t)      (prompt tokens masked)
+
+i.e. tokens are averaged within each example, then examples are averaged: the reference accumulates one example
+at a time (per-example mean CE, backward, divided by N). Batched modes compute the same sum, so the gradient is
+the same up to floating point (tested to 1e-6 in float64). Then the global grad norm is clipped and Adam steps.
+
+Batching (how the N examples are grouped; never what is computed):
+    per_example  one forward/backward per example (the reference loop)
+    padded       length-sorted micro-batches of `micro_batch_size`, right-padded by default: every real token
+                 keeps its unpadded position and no pad precedes it, so the result is exact for every method
+                 without relying on masking (left padding is also supported and exact through the S0 pad fix)
+    packed       length-sorted micro-batches filled up to `max_tokens` tokens (padded rows, one sequence per row;
+                 true varlen packing through cu_seqlens needs fla + flash-attention and is not used)
+
+The model stays in eval mode (no dropout, and FalconH1 never takes its fused training path that ignores S0);
+only the adapter's tensors receive gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from s0.adapters.base import Adapter
+
+
+@dataclasses.dataclass
+class TrainExample:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    losses: list[float]  # per step: (1/N) sum_i CE_i, before the update
+    objectives: list[float]  # per step: loss + L2 term
+    state_norms: list[float]  # per step, after the update: sqrt(sum ||S||^2) over trainable tensors
+    grad_norms: list[float]  # per step, before clipping
+    layer_norms: list[dict[str, float]]  # per step, after the update: each tensor's norm
+    seconds: float
+    steps: int
+    n_examples: int
+    n_completion_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def encode_pair(
+    tokenizer: Any,
+    prompt_text: str,
+    completion_text: str,
+    max_length: int | None = None,
+    add_eos: bool = False,
+) -> TrainExample:
+    """Tokenise prompt and completion separately (the loss boundary stays exact). Over `max_length`, the
+    completion is cut at the end; if the prompt leaves no room, it is cut at the start to keep one token."""
+    p = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    c = list(tokenizer(completion_text, add_special_tokens=False)["input_ids"])
+    if add_eos and tokenizer.eos_token_id is not None:
+        c.append(tokenizer.eos_token_id)
+    if max_length is not None and len(p) + len(c) > max_length:
+        if len(p) >= max_length:
+            p = p[len(p) - max_length + 1 :]
+        c = c[: max_length - len(p)]
+    return TrainExample(p, c)
+
+
+def make_batches(
+    examples: list[TrainExample], batching: str, micro_batch_size: int = 8, max_tokens: int = 4096
+) -> list[list[int]]:
+    """Indices of the examples in each forward pass."""
+    if batching == "per_example":
+        return [[i] for i in range(len(examples))]
+    order = sorted(
+        range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].completion_ids)
+    )
+    if batching == "padded":
+        return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+    if batching == "packed":
+        batches: list[list[int]] = [[]]
+        for i in order:  # sorted ascending, so the row length of a bin is its last example's length
+            n = len(examples[i].prompt_ids) + len(examples[i].completion_ids)
+            if batches[-1] and n * (len(batches[-1]) + 1) > max_tokens:
+                batches.append([])
+            batches[-1].append(i)
+        return batches
+    raise ValueError(f"batching must be per_example, padded or packed, not '{batching}'")
+
+
+def collate(
+    examples: list[TrainExample], pad_id: int, padding_side: str = "right", device: Any = "cpu"
+) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask (B, L); `predict` (B, L) bool marks positions whose next token is a completion
+    token (the logits kept); `target` (B, L) holds that next token."""
+    length = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    predict = torch.zeros_like(ids, dtype=torch.bool)
+    for row, e in enumerate(examples):
+        seq = e.prompt_ids + e.completion_ids
+        start = 0 if padding_side == "right" else length - len(seq)
+        ids[row, start : start + len(seq)] = torch.tensor(seq)
+        mask[row, start : start + len(seq)] = 1
+        # logits at position t predict token t+1: completion tokens sit at P..P+C-1, so predict at P-1..P+C-2
+        p = start + len(e.prompt_ids)
+        predict[row, p - 1 : p - 1 + len(e.completion_ids)] = True
+    target = torch.roll(ids, shifts=-1, dims=1)
+    return {
+        k: v.to(device)
+        for k, v in dict(input_ids=ids, attention_mask=mask, predict=predict, target=target).items()
+    }
+
+
+def completion_ce_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum over the batch's examples of each example's mean completion CE (a scalar)."""
+    predict = batch["predict"]
+    # A boolean logits_to_keep projects only the completion positions onto the vocabulary: (n_kept, V).
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=predict)
+    logits = out.logits
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, batch["target"][predict][:, None]).squeeze(-1)
+    rows = torch.arange(predict.shape[0], device=predict.device)[:, None].expand_as(predict)[predict]
+    per_row = torch.zeros(predict.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+    return (per_row / predict.sum(dim=1).clamp_min(1)).sum()
+
+
+def train(
+    adapter: Adapter,
+    examples: list[TrainExample],
+    steps: int,
+    lr: float,
+    l2: float = 0.0,
+    grad_clip: float = 1.0,
+    batching: str = "padded",
+    seed: int = 0,
+    progress: bool = True,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+    micro_batch_size: int = 8,
+    max_tokens: int = 4096,
+    padding_side: str = "right",
+    pad_token_id: int = 0,
+) -> TrainResult:
+    """Train `adapter.parameters()` in place for `steps` full passes over `examples`; returns the log."""
+    if not examples:
+        raise ValueError("no training examples")
+    if any(not e.completion_ids or not e.prompt_ids for e in examples):
+        raise ValueError("every example needs at least one prompt token and one completion token")
+    from tqdm.auto import tqdm
+
+    model = adapter.model
+    params = adapter.parameters()
+    named = adapter.named_parameters()
+    device = next(model.parameters()).device
+    n = len(examples)
+    batches = [
+        collate([examples[i] for i in b], pad_token_id, padding_side, device)
+        for b in make_batches(examples, batching, micro_batch_size, max_tokens)
+    ]
+    result = TrainResult([], [], [], [], [], 0.0, steps, n, sum(len(e.completion_ids) for e in examples))
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    rng_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=rng_devices), adapter.active(), adapter.train_mode():
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(params, lr=lr)
+        bar = tqdm(range(steps), disable=not progress, desc=f"train {adapter.method}", leave=False)
+        for step in bar:
+            opt.zero_grad(set_to_none=True)
+            ce_total = 0.0
+            for batch in batches:
+                loss = completion_ce_sum(model, batch) / n
+                loss.backward()
+                ce_total += loss.item()
+            reg_value = 0.0
+            if l2 > 0:
+                reg = l2 * sum(p.pow(2).sum() for p in params)
+                reg.backward()
+                reg_value = reg.item()
+            grad_norm = _clip(params, grad_clip)
+            opt.step()
+            with torch.no_grad():
+                layer_norms = {k: float(torch.linalg.vector_norm(v)) for k, v in named.items()}
+            state_norm = math.sqrt(sum(v * v for v in layer_norms.values()))
+            result.losses.append(ce_total)
+            result.objectives.append(ce_total + reg_value)
+            result.grad_norms.append(grad_norm)
+            result.state_norms.append(state_norm)
+            result.layer_norms.append(layer_norms)
+            bar.set_postfix(loss=f"{ce_total:.4f}", norm=f"{state_norm:.3g}")
+            if log_fn is not None:
+                log_fn(
+                    {
+                        "step": step + 1,
+                        "loss": ce_total,
+                        "objective": ce_total + reg_value,
+                        "l2_term": reg_value,
+                        "grad_norm": grad_norm,
+                        "state_norm": state_norm,
+                    }
+                )
+    model.train(was_training)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _clip(params: list[torch.Tensor], max_norm: float) -> float:
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        raise RuntimeError("no trainable tensor received a gradient: the adapter is not wired into the model")
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads])))
