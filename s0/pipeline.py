@@ -1,0 +1,338 @@
+"""The pipeline of one run: collect -> train -> evaluate -> record, each stage cached when its inputs repeat.
+
+    run_all(runs, cfg)   # runs from s0.plan.expand; cfg is the RunConfig they came from
+
+- collect: sample `collect.samples` completions per training problem from the frozen base model, verify them
+  in the sandbox, keep at most `collect.max_per_problem` passing ones per problem in problem order. Cached
+  by (model, task, collection config, seed) under paths.cache, shared by every method of a seed.
+- train: one loop for every method (s0.train), the adapter saved in the run directory.
+- evaluate: greedy or sampled decoding with the adapter active on the eval split; per-problem records.
+  The frozen model's evaluation is cached by (model, eval task, decoding[, seed if sampled]) and reused.
+- record: s0.records' layout, `done` last. A run with `done` is skipped on rerun; one without is redone,
+  reusing its saved adapter if training had finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s0 import records
+from s0.config import RunConfig
+from s0.generation import GenerationSpec, GenerationStats, generate
+from s0.plan import PlannedRun, config_hash
+from s0.provenance import provenance
+
+log = logging.getLogger("s0")
+
+
+class PipelineError(RuntimeError):
+    """A run cannot go on; the message says why and which knob to turn."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def task_for(task_cfg, split_size_key: str | None = None):
+    """The s0.tasks object of a TaskConfig (no model code there)."""
+    from s0.tasks import get_task
+
+    options: dict[str, Any] = {
+        "data_root": task_cfg.data_root,
+        "n_train": task_cfg.n_train,
+        "n_eval": task_cfg.n_eval,
+    }
+    if task_cfg.name == "spider":
+        options["db_dir"] = task_cfg.db_dir
+    return get_task(task_cfg.name, **{k: v for k, v in options.items() if v is not None or k == "data_root"})
+
+
+def load_model(run: PlannedRun, device: torch.device):
+    """The frozen base model and its tokenizer, in the run's dtype (fp32 on CPU, where bf16 is slow)."""
+    from s0.models import TINY_ARCH, build_model, build_tokenizer
+
+    m = run.model
+    tiny = m.name.startswith("tiny_")
+    dtype = m.dtype if device.type == "cuda" else "float32"
+    arch = m.arch or (TINY_ARCH[m.family] if tiny else None)
+    model = build_model(
+        m.family, arch, hub_id=m.hub_id, weights=m.weights, dtype=dtype, device=device, revision=m.revision
+    )
+    tokenizer = build_tokenizer(m.hub_id, tiny=tiny or m.weights != "hub", revision=m.revision)
+    return model, tokenizer
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Everything the `s0` logger says during a run also goes to run_dir/run.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _oom_message(stage: str) -> str:
+    return (
+        f"out of GPU memory during {stage}. Lower eval.batch_size, collect.samples or eval.max_new_tokens, "
+        "use method.batching=per_example for training, or pick a smaller model."
+    )
+
+
+class Pipeline:
+    """Runs planned runs on one device, loading each model once for all the runs that use it."""
+
+    def __init__(self, cfg: RunConfig, resolved: dict | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.resolved = resolved or {}
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.results = Path(cfg.paths.results)
+        self.cache = Path(cfg.paths.cache)
+        self._model_key: str | None = None
+        self.model = self.tokenizer = None
+
+    # ---------------------------------------------------------------------------------------- plumbing
+    def _ensure_model(self, run: PlannedRun) -> None:
+        key = config_hash(run.key()["model"])
+        if key != self._model_key:
+            self.model = self.tokenizer = None
+            self.model, self.tokenizer = load_model(run, self.device)
+            self._model_key = key
+
+    def _spec(self, evalc, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
+        return GenerationSpec(
+            max_new_tokens=max_new_tokens,
+            do_sample=sampled,
+            temperature=evalc.temperature,
+            top_p=evalc.top_p,
+            samples=samples,
+            batch_size=self.cfg.eval.batch_size,
+            max_length=self.cfg.eval.max_length,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------------------------------ stages
+    def collect(self, run: PlannedRun, task) -> tuple[list[dict], dict]:
+        """Verified (prompt, completion) pairs for training, cached across methods of one seed."""
+        key = {"model": run.key()["model"], "task": dataclasses.asdict(run.task), "collect": dataclasses.asdict(run.collect),
+               "seed": run.seed, "task_version": task.VERSION}  # fmt: skip
+        path = self.cache / "collect" / f"{config_hash(key)}.json"
+        if path.exists():
+            cached = json.loads(path.read_text())
+            log.info("collect: %d verified solutions from cache %s", len(cached["pairs"]), path.name)
+            return cached["pairs"], cached["info"]
+        examples = task.load_split("train")
+        prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
+        c = run.collect
+        spec = GenerationSpec(c.max_new_tokens, True, c.temperature, c.top_p, c.samples, self.cfg.eval.batch_size,
+                              self.cfg.eval.max_length, run.seed)  # fmt: skip
+        texts = generate(self.model, self.tokenizer, prompts, spec, self.progress, desc="collect")
+        flat_ex = [ex for ex in examples for _ in range(c.samples)]
+        scored = task.score(flat_ex, [t for row in texts for t in row], progress=self.progress)
+        pairs: list[dict] = []
+        for i, ex in enumerate(examples):
+            passing = [texts[i][s] for s in range(c.samples) if scored[i * c.samples + s]["correct"]]
+            pairs += [
+                {"id": ex.id, "prompt": prompts[i], "completion": t} for t in passing[: c.max_per_problem]
+            ]
+        info = {"problems": len(examples), "samples": c.samples, "source": "model", "passed": len(pairs)}
+        if not pairs and c.fallback_to_reference:
+            pairs, info = self._reference_pairs(task, examples, prompts, info)
+        if not pairs:
+            raise PipelineError(
+                f"empty training set after collection: tried {len(examples)} problems x {c.samples} samples from "
+                f"the frozen {run.model.name}, and none passed. Raise collect.samples or collect.max_new_tokens, "
+                "or check the task's prompt and extraction."
+            )
+        info["data_hash"] = config_hash([[p["id"], p["completion"]] for p in pairs], 16)
+        records.write_json(path, {"pairs": pairs, "info": info, "key": key})
+        log.info(
+            "collect: %d verified solutions from %d problems (%s)", len(pairs), len(examples), info["source"]
+        )
+        return pairs, info
+
+    def _reference_pairs(self, task, examples, prompts, info) -> tuple[list[dict], dict]:
+        """The tiny-model demo's fallback: the task's own reference solutions, verified in the sandbox too."""
+        refs = [task.reference_completion(ex) or "" for ex in examples]
+        scored = task.score(examples, refs, progress=self.progress)
+        pairs = [{"id": ex.id, "prompt": p, "completion": r}
+                 for ex, p, r, s in zip(examples, prompts, refs, scored) if s["correct"]]  # fmt: skip
+        log.warning(
+            "collect: the model solved none of %d problems; training on %d execution-verified REFERENCE solutions "
+            "instead (collect.fallback_to_reference=true, meant for the tiny-model demo only)",
+            len(examples), len(pairs),
+        )  # fmt: skip
+        return pairs, {**info, "source": "reference", "passed": 0, "reference_verified": len(pairs)}
+
+    def train(self, run: PlannedRun, pairs: list[dict], run_dir: Path):
+        """The adapter for `run`, trained (or reloaded if an interrupted run had finished training)."""
+        from s0.adapters import build_adapter, load_adapter
+        from s0.train import encode_pair, train
+
+        m = run.method
+        adapter_dir, train_log = run_dir / "adapter", run_dir / "train.json"
+        if adapter_dir.exists() and train_log.exists():
+            log.info("train: reusing the adapter saved by an interrupted attempt")
+            return load_adapter(adapter_dir, self.model)
+        if m.max_train_examples is not None and m.max_train_examples < len(pairs):
+            # assumption (App D): a seeded random subset, so seeds differ in which solutions they see
+            pairs = random.Random(run.seed).sample(pairs, m.max_train_examples)
+        # assumption: the completion ends with EOS, so the model also learns where a solution stops
+        examples = [encode_pair(self.tokenizer, p["prompt"], p["completion"], self.cfg.eval.max_length, add_eos=True)
+                    for p in pairs]  # fmt: skip
+        fields = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("name",)}
+        if m.name == "lora":
+            fields["target_modules"] = list(run.model.lora_targets)
+        adapter = build_adapter(m.name, self.model, seed=run.seed, **fields)
+        result = train(adapter, examples, m.steps, m.lr, m.l2, m.grad_clip, m.batching, run.seed, self.progress,
+                       log_fn=lambda row: log.debug("train %s", row), pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+        log.info("train: %d examples, %d steps, loss %.4f -> %.4f, %.1fs", len(examples), m.steps,
+                 result.losses[0], result.losses[-1], result.seconds)  # fmt: skip
+        data_hash = config_hash([[p["id"], p["completion"]] for p in pairs], 16)
+        tmp = run_dir / "adapter.partial"
+        adapter.save(
+            tmp, extra_meta={"train": dataclasses.asdict(m), "data_hash": data_hash, "run_id": run.run_id}
+        )
+        tmp.replace(adapter_dir)
+        records.write_json(train_log, {**result.to_dict(), "data_hash": data_hash, "n_pairs": len(pairs)})
+        return adapter
+
+    def evaluate(self, run: PlannedRun, task, adapter) -> list[dict]:
+        """Per-sample records on the eval split, with the adapter active (cached for the frozen model)."""
+        e = run.eval
+        sampled = e.mode == "sampled"
+        cache_path = None
+        if run.method.name == "baseline":
+            key = {"model": run.key()["model"], "eval_task": dataclasses.asdict(run.eval_task),
+                   "eval": dataclasses.asdict(e), "seed": run.seed if sampled else None, "task_version": task.VERSION}  # fmt: skip
+            cache_path = self.cache / "eval" / f"{config_hash(key)}.jsonl"
+            if cache_path.exists():
+                log.info("evaluate: frozen-model evaluation from cache %s", cache_path.name)
+                return records.read_jsonl(cache_path)
+        examples = task.load_split("eval")
+        prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
+        samples = e.samples if sampled else 1
+        spec = self._spec(e, run.seed, sampled, samples, e.max_new_tokens)
+        stats = GenerationStats()
+        model = adapter.model if adapter is not None else self.model
+        with adapter.active() if adapter is not None else _nullcontext():
+            texts = generate(model, self.tokenizer, prompts, spec, self.progress, stats, desc="evaluate")
+        flat_ex = [ex for ex in examples for _ in range(samples)]
+        flat = [t for row in texts for t in row]
+        scored = task.score(flat_ex, flat, progress=self.progress)
+        rows = [{**s, "sample": j % samples, "completion": t} for j, (s, t) in enumerate(zip(scored, flat))]
+        log.info(
+            "evaluate: %d problems x %d samples, %.0f new tokens/s",
+            len(examples),
+            samples,
+            stats.tokens_per_second,
+        )
+        if cache_path is not None:
+            records.write_jsonl(cache_path, rows)
+        return rows
+
+
+@contextmanager
+def _nullcontext():
+    yield
+
+
+def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, float]:
+    """pass@k in percent: the unbiased estimator over samples; for greedy runs, the share correct."""
+    from s0.passk import pass_at_k_from_records
+
+    metrics = {m: 100.0 * v for m, v in pass_at_k_from_records(rows, ks if sampled else [1]).items()}
+    return {"n_eval": float(len({r["id"] for r in rows})), **metrics}
+
+
+def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
+    """Every stage of one run; writes the run directory and, last, its `done` marker."""
+    from s0.adapters.base import weights_checksum
+
+    run_dir = pipe.results / run.run_id
+    eval_task = task_for(run.eval_task)
+    train_task = task_for(run.task) if run.method.name != "baseline" else None
+    eval_task.load_split("eval")  # fail on missing data before anything is written or loaded
+    timing: dict[str, float] = {}
+    with run_log(run_dir):
+        log.info("run %s: %s %s seed %d (%s)", run.run_id, run.model.name, run.arm, run.seed, run.describe())
+        records.write_json(run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id})
+        records.write_json(run_dir / "provenance.json", provenance(pipe.cfg.paths.root))
+        if pipe.resolved:
+            from omegaconf import OmegaConf
+
+            records.atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(pipe.resolved)))
+        t0 = time.perf_counter()
+        pipe._ensure_model(run)
+        timing["load_model"] = time.perf_counter() - t0
+        checksum = weights_checksum(pipe.model)
+        adapter, info = None, {}
+        try:
+            if train_task is not None:
+                t0 = time.perf_counter()
+                pairs, info = pipe.collect(run, train_task)
+                timing["collect"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                adapter = pipe.train(run, pairs, run_dir)
+                timing["train"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rows = pipe.evaluate(run, eval_task, adapter)
+            timing["evaluate"] = time.perf_counter() - t0
+        except torch.cuda.OutOfMemoryError as err:
+            raise PipelineError(_oom_message("this run")) from err
+        finally:
+            if adapter is not None:
+                adapter.deactivate()
+                getattr(adapter, "remove", lambda: None)()
+        if weights_checksum(pipe.model) != checksum:
+            raise PipelineError(f"run {run.run_id} changed the frozen weights; refusing to record it")
+        metrics = metrics_from(rows, run.eval.ks, run.eval.mode == "sampled")
+        metrics["n_train"] = float(
+            info.get("passed", 0) if info.get("source") == "model" else len(pairs) if adapter else 0
+        )
+        records.write_jsonl(run_dir / "samples.jsonl", rows)
+        records.write_json(run_dir / "metrics.json", metrics)
+        records.write_json(run_dir / "timing.json", timing)
+        if info:
+            records.write_json(run_dir / "collect.json", info)
+        records.mark_done(run_dir, {"metrics": metrics, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log.info("done %s: %s", run.run_id, ", ".join(f"{k}={v:.1f}" for k, v in metrics.items()))
+    return metrics
+
+
+def run_all(
+    runs: list[PlannedRun], cfg: RunConfig, resolved: dict | None = None, progress: bool = True
+) -> dict:
+    """Execute every unfinished run, skipping finished ones; returns {run_id: metrics or 'skipped'}."""
+    pipe = Pipeline(cfg, resolved, progress)
+    outcome: dict[str, Any] = {}
+    # One model load per model: runs are grouped by model, in plan order otherwise.
+    order = sorted(range(len(runs)), key=lambda i: (config_hash(runs[i].key()["model"]), i))
+    for i in order:
+        run = runs[i]
+        run_dir = pipe.results / run.run_id
+        if run.run_id in outcome or records.is_done(run_dir):
+            records.add_membership(run_dir, run.experiment, run.arm)
+            outcome.setdefault(run.run_id, "skipped")
+            log.info("skip %s (%s %s seed %d): already done", run.run_id, run.model.name, run.arm, run.seed)
+            continue
+        outcome[run.run_id] = execute_run(pipe, run)
+        records.add_membership(run_dir, run.experiment, run.arm)
+    return outcome

@@ -1,0 +1,144 @@
+"""The results store: one directory per run, named by the hash of its config, and a loader into pandas.
+
+    results/runs/<run_id>/
+        run.json            the planned run (every field that determines the result)
+        config.yaml         the whole resolved config of the command that made it
+        provenance.json     git commit, package versions, hardware
+        adapter/            adapter_model.safetensors + adapter_config.json (trained methods)
+        train.json          per-step loss and state norm, seconds
+        samples.jsonl       one line per problem x sample: completion, verdict, correct
+        metrics.json        {metric: value}, plus counts
+        timing.json         seconds per stage
+        member-*.json       which experiment and arm asked for this run (one file each)
+        run.log             the log of the process that made it
+        done                written last, atomically: only runs with it are results
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half-written file under
+its final name, and a run without `done` is never read as a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DONE = "done"
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def is_done(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / DONE).exists()
+
+
+def mark_done(run_dir: str | Path, summary: dict) -> None:
+    """The last write of a run: its presence is what makes the directory a result."""
+    write_json(Path(run_dir) / DONE, summary)
+
+
+def add_membership(run_dir: str | Path, experiment: str | None, arm: str) -> None:
+    """Record that `experiment`/`arm` uses this run (a run can serve several experiments)."""
+    name = f"member-{experiment or 'adhoc'}-{arm}.json".replace("/", "_")
+    write_json(Path(run_dir) / name, {"experiment": experiment, "arm": arm})
+
+
+@dataclass
+class Results:
+    """Every finished run as tidy frames, and what could not be read."""
+
+    metrics: pd.DataFrame  # one row per run x membership x metric, config fields as columns
+    samples: pd.DataFrame  # one row per run x problem x sample
+    unfinished: list[str] = field(default_factory=list)
+    corrupt: dict[str, str] = field(default_factory=dict)
+
+    def report(self) -> str:
+        lines = [f"{self.metrics['run_id'].nunique() if len(self.metrics) else 0} finished runs"]
+        if self.unfinished:
+            lines.append(
+                f"{len(self.unfinished)} unfinished (no 'done'): {', '.join(sorted(self.unfinished))}"
+            )
+        for run_id, why in sorted(self.corrupt.items()):
+            lines.append(f"corrupt {run_id}: {why}")
+        return "\n".join(lines)
+
+
+def _flat_run(run: dict) -> dict:
+    """The columns a table filters on, from run.json."""
+    method, model = run["method"], run["model"]
+    return {
+        "model": model.get("name"),
+        "family": model.get("family"),
+        "weights": model.get("weights"),
+        "method": method["name"],
+        "alpha": method.get("alpha") if method["name"] in ("s0", "state_offset") else None,
+        "alpha_mode": method.get("alpha_mode") if method["name"] in ("s0", "state_offset") else None,
+        "layers": json.dumps(method.get("layers")) if method.get("layers") is not None else None,
+        "lr": method.get("lr") if method["name"] != "baseline" else None,
+        "steps": method.get("steps") if method["name"] != "baseline" else None,
+        "r": method.get("r") if method["name"] == "lora" else None,
+        "max_train_examples": method.get("max_train_examples"),
+        "task": run["task"]["name"],
+        "eval_task": run["eval_task"]["name"],
+        "decoding": run["eval"]["mode"],
+        "seed": run["seed"],
+    }
+
+
+def load_results(results_dir: str | Path, with_samples: bool = True) -> Results:
+    """Read every run directory under `results_dir`; only runs with a valid `done` become rows."""
+    metric_rows, sample_rows, unfinished, corrupt = [], [], [], {}
+    root = Path(results_dir)
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        run_id = run_dir.name
+        if not is_done(run_dir):
+            unfinished.append(run_id)
+            continue
+        try:
+            run = json.loads((run_dir / "run.json").read_text())
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            json.loads((run_dir / DONE).read_text())
+            members = [json.loads(p.read_text()) for p in sorted(run_dir.glob("member-*.json"))]
+            samples = read_jsonl(run_dir / "samples.jsonl") if with_samples else []
+        except (OSError, ValueError, KeyError) as err:
+            corrupt[run_id] = f"{type(err).__name__}: {err}"
+            continue
+        base = {"run_id": run_id, **_flat_run(run)}
+        for member in members or [{"experiment": run.get("experiment"), "arm": run.get("arm")}]:
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metric_rows.append({**base, **member, "metric": metric, "value": float(value)})
+        for s in samples:
+            sample_rows.append({"run_id": run_id, **s})
+    return Results(pd.DataFrame(metric_rows), pd.DataFrame(sample_rows), unfinished, corrupt)

@@ -1,0 +1,82 @@
+"""The results store: atomic writes, `done` last, and a loader that never reads a partial run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s0 import records
+
+
+def make_run(root, run_id: str, done: bool = True, metrics: dict | None = None, arm: str = "s0") -> None:
+    d = root / run_id
+    run = {
+        "experiment": "main_qwen",
+        "arm": arm,
+        "seed": 42,
+        "model": {"name": "tiny_qwen3_5", "family": "qwen3_5", "weights": "random"},
+        "method": {
+            "name": "s0",
+            "alpha": 0.07,
+            "alpha_mode": "inference",
+            "lr": 1e-3,
+            "steps": 20,
+            "layers": None,
+        },
+        "task": {"name": "humaneval"},
+        "eval_task": {"name": "humaneval"},
+        "eval": {"mode": "greedy"},
+    }
+    records.write_json(d / "run.json", run)
+    records.write_json(d / "metrics.json", metrics or {"pass@1": 50.0, "n_eval": 2.0})
+    records.write_jsonl(
+        d / "samples.jsonl",
+        [{"id": "HumanEval/80", "correct": True}, {"id": "HumanEval/81", "correct": False}],
+    )
+    records.add_membership(d, "main_qwen", arm)
+    if done:
+        records.mark_done(d, {})
+
+
+def test_loader_reads_only_finished_runs(tmp_path):
+    make_run(tmp_path, "aaa")
+    make_run(tmp_path, "bbb", done=False)
+    res = records.load_results(tmp_path)
+    assert set(res.metrics["run_id"]) == {"aaa"}
+    assert res.unfinished == ["bbb"]
+    assert sorted(res.metrics["metric"]) == ["n_eval", "pass@1"]
+    row = res.metrics[res.metrics.metric == "pass@1"].iloc[0]
+    assert (row.model, row.method, row.alpha, row.seed, row.experiment, row.arm, row.value) == (
+        "tiny_qwen3_5", "s0", 0.07, 42, "main_qwen", "s0", 50.0,
+    )  # fmt: skip
+    assert len(res.samples) == 2 and res.samples.correct.sum() == 1
+
+
+def test_corrupt_run_is_reported_not_read(tmp_path):
+    make_run(tmp_path, "ccc")
+    (tmp_path / "ccc" / "metrics.json").write_text("{not json")
+    res = records.load_results(tmp_path)
+    assert len(res.metrics) == 0
+    assert "ccc" in res.corrupt and "ccc" in res.report()
+
+
+def test_a_run_shared_by_two_experiments_has_a_row_for_each(tmp_path):
+    make_run(tmp_path, "ddd")
+    records.add_membership(tmp_path / "ddd", "state_offset", "s0")
+    res = records.load_results(tmp_path)
+    assert sorted(res.metrics[res.metrics.metric == "pass@1"].experiment) == ["main_qwen", "state_offset"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.json"
+    records.write_json(target, {"a": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        records.write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
