@@ -225,6 +225,7 @@ def _guard() -> None:
     import builtins
     import socket
 
+    tempfile.gettempdir()  # cache it now: finding it later probes with os.unlink, which goes below
     for name in ("kill", "killpg", "system", "remove", "removedirs", "rmdir", "fchdir", "setuid",
                  "fork", "forkpty", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown",
                  "chmod", "chown", "chroot", "lchown", "popen", "execv", "execve", "execvp", "execvpe",
@@ -425,10 +426,10 @@ class _Proc:
 
     def __init__(self, mode: str, payload: dict, *, memory_mb: int, cpu_s: int, watchdog_s: float | None,
                  pass_fds: Sequence[int] = (), out_fd: int | None = None, expose: Iterable[str] = (),
-                 iso: dict | None = None):  # fmt: skip
+                 iso: dict | None = None, drop_uid: bool = True):  # fmt: skip
         iso = iso or isolation()
         self.dir = tempfile.mkdtemp(prefix="s0sb-")
-        self.uid = _random_uid() if iso["uid_drop"] else None
+        self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
         if self.uid is not None:
             os.chown(self.dir, self.uid, self.uid)
         plan = _mount_plan(expose) if iso["mount"] else {"hide": [], "binds": []}
@@ -626,15 +627,16 @@ class Worker:
     """
 
     def __init__(self, target: str, *, memory_mb: int = 4096, expose: Iterable[str] = (),
-                 start_timeout: float = 120.0):  # fmt: skip
+                 start_timeout: float = 120.0, drop_uid: bool = True):  # fmt: skip
         self.target, self.memory_mb, self.expose = target, memory_mb, tuple(expose)
-        self.start_timeout, self._p, self._lines = start_timeout, None, None
+        self.start_timeout, self.drop_uid, self._p, self._lines = start_timeout, drop_uid, None, None
 
     def _start(self) -> None:
         r, w = os.pipe()
         try:
             self._p = _Proc("server", {"target": self.target, "resp_fd": w}, memory_mb=self.memory_mb,
-                            cpu_s=86_400, watchdog_s=None, pass_fds=(w,), expose=self.expose)  # fmt: skip
+                            cpu_s=86_400, watchdog_s=None, pass_fds=(w,), expose=self.expose,
+                            drop_uid=self.drop_uid)  # fmt: skip
         finally:
             os.close(w)
         self._lines = _Lines(r)
@@ -670,13 +672,16 @@ class Worker:
 
 
 def map_worker(target: str, requests: Sequence[dict], *, timeout: float, workers: int = 2, progress: bool = True,
-               desc: str = "worker", expose: Iterable[str] = (), memory_mb: int = 4096) -> list[dict]:  # fmt: skip
+               desc: str = "worker", expose: Iterable[str] = (), memory_mb: int = 4096,
+               drop_uid: bool = True) -> list[dict]:  # fmt: skip
     """Answer each request with `workers` persistent Workers; a timed-out request gives {"timeout": True}."""
     import queue
 
     isolation()
     pool: queue.Queue = queue.Queue()
-    made = [Worker(target, memory_mb=memory_mb, expose=expose) for _ in range(max(1, workers))]
+    made = [
+        Worker(target, memory_mb=memory_mb, expose=expose, drop_uid=drop_uid) for _ in range(max(1, workers))
+    ]
     for w in made:
         pool.put(w)
 
@@ -709,6 +714,9 @@ class SqlResult:
 
 
 _SQL_DENY_FUNCS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
+# SQL workers keep (namespace) root instead of a dropped uid: database dirs are user data, often 0700, and
+# SQL cannot run code here (no extensions, reads-only authorizer), so the uid drop would add little.
+_SQL_TARGET = "s0.sandbox:_sql_request"
 
 
 def _sql_authorizer(action: int, arg1, arg2, db, source) -> int:
@@ -733,8 +741,8 @@ def _sql_request(req: dict) -> dict:
     import sqlite3
     import urllib.parse
 
-    if not os.path.isfile(req["db"]):
-        return {"results": [{"error": f"no database file {req['db']}"} for _ in req["queries"]]}
+    if not os.access(req["db"], os.R_OK):
+        return {"results": [{"error": f"cannot read database file {req['db']}"} for _ in req["queries"]]}
     conn = sqlite3.connect(f"file:{urllib.parse.quote(req['db'])}?mode=ro&immutable=1", uri=True)
     # As test-suite-sql-eval: some Spider text is not valid UTF-8.
     conn.text_factory = lambda b: b.decode(errors="ignore")
@@ -771,7 +779,9 @@ def _sql_req(db: str, queries: list[str], timeout: float, max_rows: int) -> dict
 
 def run_sql(db_path: str, query: str, timeout: float = 30.0, max_rows: int = 100_000) -> SqlResult:
     """Run one query read-only in a sandboxed worker (a fresh one per call: simple, not fast)."""
-    w = Worker("s0.sandbox:_sql_request", memory_mb=2048, expose=[os.path.dirname(os.path.realpath(db_path))])
+    w = Worker(
+        _SQL_TARGET, memory_mb=2048, expose=[os.path.dirname(os.path.realpath(db_path))], drop_uid=False
+    )
     try:
         return _sql_results(w.call(_sql_req(db_path, [query], timeout, max_rows), timeout + 30), 1)[0]
     except WorkerTimeout:
@@ -842,8 +852,8 @@ def sql_match_many(items: Sequence[tuple[str, str, str]], *, workers: int = 2, t
     """`sql_match` over (db_path, gold, pred) triples with persistent sandboxed SQL workers."""
     dirs = sorted({os.path.dirname(os.path.dirname(os.path.realpath(db))) for db, _, _ in items})
     reqs = [_sql_req(db, [g, p], timeout, max_rows) for db, g, p in items]
-    resps = map_worker("s0.sandbox:_sql_request", reqs, timeout=2 * timeout + 30, workers=workers,
-                       progress=progress, desc="sql", expose=dirs, memory_mb=2048)  # fmt: skip
+    resps = map_worker(_SQL_TARGET, reqs, timeout=2 * timeout + 30, workers=workers, progress=progress,
+                       desc="sql", expose=dirs, memory_mb=2048, drop_uid=False)  # fmt: skip
     return [_match(g, *_sql_results(r, 2)) for (_, g, _), r in zip(items, resps)]
 
 

@@ -1,0 +1,439 @@
+"""Adversarial tests for s0.sandbox. Every case asserts the verdict and that the parent is unharmed.
+
+The autouse fixture checks after each test: a canary file in the test's tmp dir and another outside /tmp
+are intact, the parent's environment is unchanged, no sandbox work dir is left, and no process is left
+(children of this process, or anything carrying the test's tag in its command line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from s0 import sandbox
+from s0.sandbox import isolation, results_match, run_many, run_python, run_sql, sql_match
+
+ISO = isolation()
+STRONG = ISO["pidns"] or ISO["uid_drop"]  # a program cannot signal processes outside its own run
+TAG = f"{9000 + uuid.uuid4().int % 900}.{uuid.uuid4().int % 10**6:06d}"  # a unique `sleep` argument
+TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+GOOD = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a - b\n"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from tests.fixtures.spider.build import build_dbs  # noqa: E402
+
+
+def judged(code: str, test: str = TEST, timeout: float = 5.0, **kw) -> sandbox.SandboxResult:
+    return run_python(code, test=test, entry_point="add", timeout=timeout, **kw)
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def _work_dirs() -> set[str]:
+    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("s0sb-")}
+
+
+def _strays() -> list[str]:
+    """Live processes that are our descendants or carry TAG (zombies are already dead)."""
+    me, out = os.getpid(), []
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        procs[int(pid)] = (stat[0], int(stat[1]), cmd)
+    for pid, (state, _, cmd) in procs.items():
+        if state in "ZX":
+            continue
+        p, seen = pid, set()
+        while p in procs and p not in seen and p != me:
+            seen.add(p)
+            p = procs[p][1]
+        if (p == me and pid != me) or TAG in cmd:
+            out.append(f"{pid} {cmd}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def outside_dir():
+    """A canary dir that no sandbox hides (not under /tmp or $HOME): only read-only / protects it."""
+    d = tempfile.mkdtemp(prefix=".s0-canary-", dir=REPO)
+    with open(os.path.join(d, "canary.txt"), "w") as f:
+        f.write("alive")
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture(autouse=True)
+def parent_unharmed(tmp_path, outside_dir):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    env, dirs = _env(), _work_dirs()
+    yield canary
+    assert canary.read_text() == "alive"
+    with open(os.path.join(outside_dir, "canary.txt")) as f:
+        assert f.read() == "alive"
+    assert sorted(os.listdir(outside_dir)) == ["canary.txt"]
+    assert _env() == env
+    assert _work_dirs() <= dirs, "a sandbox work dir was left behind"
+    for _ in range(50):  # killed processes may take a moment to be reaped
+        if not _strays():
+            break
+        time.sleep(0.1)
+    assert not _strays(), _strays()
+
+
+def test_isolation_layers_reported():
+    assert set(ISO) >= {"prefix", "mount", "uid_drop", "pidns", "netns", "ro_root", "hidden"}
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        assert ISO["pidns"] and ISO["netns"] and ISO["mount"], ISO
+
+
+# ---------------------------------------------------------------------------------------------- controls
+@pytest.mark.parametrize(
+    "code",
+    [
+        GOOD,
+        GOOD + "print('some output')\nimport sys\nprint('err', file=sys.stderr)\n",
+        GOOD + "if __name__ == '__main__':\n    import sys\n    sys.exit(1)\n",
+        "import tempfile, os\nopen('scratch.txt', 'w').write('x')\nd = tempfile.mkdtemp()\n" + GOOD,
+        "import threading\nthreading.Thread(target=lambda: None).start()\n" + GOOD,
+    ],
+    ids=["plain", "prints", "main-guard", "writes-own-dir", "thread"],
+)
+def test_correct_programs_pass(code):
+    r = judged(code)
+    assert r.verdict == "pass", r
+
+
+def test_plain_data_round_trips():
+    code = "def add(x, k=None):\n    return x\n"
+    test = (
+        "def check(candidate):\n"
+        "    for v in [None, True, 3, 2.5, 'a', b'z', [1, (2, 3)], {'a': {1, 2}}, frozenset({4}), 1j,"
+        " {(1, 2): [None]}, 10**40, float('inf')]:\n"
+        "        out = candidate(v, k=1)\n"
+        "        assert out == v and type(out) is type(v), (out, v)\n"
+        "    assert candidate(True) is True\n"
+    )
+    assert judged(code, test).verdict == "pass"
+
+
+def test_candidate_exception_reaches_tests():
+    code = "def add(a, b):\n    raise ValueError('bad input')\n"
+    test = "def check(candidate):\n    try:\n        candidate(1, 2)\n    except ValueError:\n        return\n    assert False\n"
+    assert judged(code, test).verdict == "pass"
+
+
+def test_helpers_from_setup_are_trusted_copies():
+    # The tests call a prompt helper; the program's own redefinition of it must not be what they see.
+    setup = "def helper(x):\n    return x * 2\n"
+    code = "def helper(x):\n    return 0\ndef add(a, b):\n    return 0\n"
+    test = "def check(candidate):\n    assert helper(candidate(1, 1)) == 4\n"
+    assert judged(code, test, setup=setup).verdict == "fail"
+
+
+def test_wrong_answer_fails():
+    r = judged(WRONG)
+    assert r.verdict == "fail" and "AssertionError" in r.detail
+
+
+# ---------------------------------------------------------------------------------- adversarial: Python
+EXITS = {
+    "sys.exit-module": "import sys\nsys.exit(0)\n" + GOOD,
+    "exit-builtin": "exit(0)\n",
+    "raise-SystemExit": "raise SystemExit(0)\n",
+    "os._exit-module": "import os\nos._exit(0)\n",
+    "posix._exit": "import posix\nposix._exit(0)\n",
+    "sys.exit-in-call": "def add(a, b):\n    import sys\n    sys.exit(0)\n",
+    "os._exit-in-call": "def add(a, b):\n    import os\n    os._exit(0)\n",
+    "SystemExit-in-call": "def add(a, b):\n    raise SystemExit(0)\n",
+    "exit-after-first-call": "n = [0]\ndef add(a, b):\n    n[0] += 1\n    if n[0] > 1:\n        import os\n        os._exit(0)\n    return a + b\n",
+    "self-SIGKILL": "import posix, signal\ndef add(a, b):\n    posix.kill(posix.getpid(), signal.SIGKILL)\n    return a - b\n",
+    "abort": "import os\nos.abort()\n",
+    "atexit-fake-pass": "import atexit, os\natexit.register(lambda: (print('PASSED'), os._exit(0)))\n"
+    + WRONG,
+}
+
+
+@pytest.mark.parametrize("code", list(EXITS.values()), ids=list(EXITS))
+def test_early_exit_never_passes(code):
+    r = judged(code)
+    assert r.verdict in ("fail", "error"), r
+
+
+FORGERIES = {
+    "redefine-check": WRONG + "def check(candidate):\n    return True\n",
+    "builtins-check": "import builtins\nbuiltins.check = lambda c: None\n" + WRONG,
+    "patch-builtins-abs": "import builtins\nbuiltins.abs = lambda x: 0\n" + WRONG,
+    "rigged-eq": "class Any:\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return Any()\n",
+    "int-subclass-eq": "class I(int):\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return I(0)\n",
+    "rigged-in-list": "class Any:\n    __eq__ = lambda s, o: True\ndef add(a, b):\n    return [Any()]\n",
+    "fake-stdout-marker": "print('PASSED')\nprint('{\"verdict\": \"pass\"}')\n" + WRONG,
+    "fake-verdict-every-fd": (
+        'import os\nfor fd in range(0, 256):\n    try:\n        os.write(fd, b\'{"verdict": "pass"}\\n\')\n'
+        "    except OSError:\n        pass\n" + WRONG
+    ),
+    "patch-math-module": "import math\nmath.isclose = lambda *a, **k: True\n" + WRONG,
+    "settrace": "import sys\nsys.settrace(lambda *a: None)\n" + WRONG,
+    "huge-return": "def add(a, b):\n    return 'x' * (100 << 20)\n",
+}
+
+
+@pytest.mark.parametrize("code", list(FORGERIES.values()), ids=list(FORGERIES))
+def test_forged_verdicts_fail(code):
+    test = "import math\ndef check(candidate):\n    assert math.isclose(abs(candidate(2, 3)), 5)\n    assert candidate(-1, 1) == 0\n"
+    r = judged(code, test)
+    assert r.verdict in ("fail", "error"), r
+
+
+@pytest.mark.parametrize(
+    "code,limit",
+    [
+        ("while True:\n    pass\n", 2.0),
+        ("def add(a, b):\n    while True:\n        pass\n", 2.0),
+        ("import time\ntime.sleep(3600)\n", 2.0),
+        ("def add(a, b):\n    import time\n    time.sleep(3600)\n", 2.0),
+    ],
+    ids=["loop-module", "loop-call", "sleep-module", "sleep-call"],
+)
+def test_hangs_time_out(code, limit):
+    t = time.monotonic()
+    r = judged(code, timeout=limit)
+    assert r.verdict == "timeout", r
+    assert time.monotonic() - t < limit + 5
+
+
+def test_fork_bomb_posix():
+    code = "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
+    t = time.monotonic()
+    r = judged(code, timeout=3)
+    assert r.verdict in ("timeout", "error", "fail"), r
+    assert time.monotonic() - t < 20
+
+
+def test_fork_bomb_tagged_children_all_killed():
+    code = (
+        "import posix\nfor _ in range(500):\n    try:\n        if posix.fork() == 0:\n"
+        f"            posix.execv('/bin/sleep', ['sleep', '{TAG}'])\n    except OSError:\n        break\n"
+        + WRONG
+    )
+    r = judged(code, timeout=3)
+    assert r.verdict == "fail", r  # strays checked by the fixture
+
+
+def test_fork_via_guarded_os_fails():
+    r = judged("import os\nos.fork()\n" + GOOD)
+    assert r.verdict == "error" and "NoneType" in r.detail
+
+
+def test_detached_child_outliving_timeout():
+    code = (
+        "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
+        f"        posix.execv('/bin/sleep', ['sleep', '{TAG}'])\n    posix._exit(0)\ntime.sleep(60)\n"
+    )
+    r = judged(code, timeout=2)
+    assert r.verdict == "timeout", r  # the fixture asserts that no `sleep TAG` survived
+
+
+def test_ten_gigabyte_allocation():
+    r = judged("x = bytearray(10 * 1024**3)\n" + GOOD)
+    assert r.verdict == "error" and "MemoryError" in r.detail, r
+
+
+def test_one_gigabyte_of_output():
+    t = time.monotonic()
+    r = judged(
+        "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n" + GOOD, timeout=30
+    )
+    assert r.verdict == "fail" and "output" in r.detail, r
+    assert len(r.output) <= 8192 and time.monotonic() - t < 30
+
+
+def test_files_outside_work_dir_untouched(parent_unharmed, outside_dir):
+    tmp_canary, out_canary = str(parent_unharmed), os.path.join(outside_dir, "canary.txt")
+    code = (
+        "import posix, shutil\nfor p in ['" + tmp_canary + "', '" + out_canary + "']:\n"
+        "    for f in (posix.unlink, posix.remove, lambda p: posix.rename(p, p + '.moved')):\n"
+        "        try:\n            f(p)\n        except Exception:\n            pass\n"
+        "for p in ['" + outside_dir + "/evil', '" + os.path.dirname(tmp_canary) + "/evil', "
+        f"'/tmp/s0-evil-{TAG}', '/var/tmp/s0-evil-{TAG}', '/dev/shm/s0-evil-{TAG}']:\n"
+        "    try:\n        open(p, 'w').write('pwned')\n    except OSError:\n        pass\n"
+        "try:\n    posix.rmdir('" + outside_dir + "')\nexcept OSError:\n    pass\n" + WRONG
+    )
+    r = judged(code)
+    assert r.verdict == "fail", r
+    for p in (f"/tmp/s0-evil-{TAG}", f"/var/tmp/s0-evil-{TAG}", f"/dev/shm/s0-evil-{TAG}"):
+        assert not os.path.exists(p)
+    assert not os.path.exists(os.path.join(os.path.dirname(tmp_canary), "evil"))
+
+
+def test_secret_environment_unreadable(monkeypatch):
+    secret = "sk-" + uuid.uuid4().hex
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", secret + "-hf")
+    code = (
+        "import os, glob\nS = '" + secret + "'\nleaks = []\n"
+        "if S in str(os.environ) or 'WANDB_API_KEY' in os.environ or 'HF_TOKEN' in os.environ:\n"
+        "    leaks.append('os.environ')\n"
+        "for p in ['/proc/self/environ', '/proc/1/environ', '/proc/%d/environ' % os.getppid(),"
+        f" '/proc/{os.getpid()}/environ'] + glob.glob('/proc/*/environ'):\n"
+        "    try:\n        if S.encode() in open(p, 'rb').read():\n            leaks.append(p)\n"
+        "    except OSError:\n        pass\n"
+        "print('LEAKS', leaks)\nprint('DONE')\n" + WRONG
+    )
+    r = judged(code)
+    assert r.verdict == "fail" and "DONE" in r.output, r
+    assert "LEAKS []" in r.output, r.output
+
+
+def test_no_network():
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    code = (
+        "import _socket, socket\nres = []\n"
+        "for make in (lambda: socket.socket(), lambda: _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)):\n"
+        "    try:\n        s = make()\n        s.settimeout(2)\n"
+        f"        s.connect(('127.0.0.1', {port}))\n        res.append('CONNECTED')\n"
+        "    except Exception as e:\n        res.append(type(e).__name__)\n"
+        "try:\n    u = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)\n"
+        "    u.sendto(b'x', ('8.8.8.8', 53))\n    res.append('SENT')\nexcept Exception as e:\n"
+        "    res.append(type(e).__name__)\nprint(res)\n" + WRONG
+    )
+    try:
+        r = judged(code)
+        assert r.verdict == "fail", r
+        assert "CONNECTED" not in r.output and "SENT" not in r.output, r.output
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_cannot_kill_parent():
+    me = os.getpid()
+    code = f"import posix, signal\nfor pid in ({me}, posix.getppid()):\n"
+    code += "    try:\n        posix.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
+    if STRONG:  # kill(-1) from an unconfined process of our own uid would take this test run down with it
+        code += "try:\n    posix.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
+    r = judged(code + WRONG)
+    assert r.verdict in ("fail", "error"), r
+    assert os.getpid() == me  # still here
+
+
+def test_parallel_mixed_batch():
+    jobs = [
+        dict(code=c, test=TEST, entry_point="add", timeout=3)
+        for c in (GOOD, WRONG, "while True: pass\n", "import os\nos._exit(0)\n", GOOD, "raise SystemExit\n")
+    ]
+    verdicts = [r.verdict for r in run_many(jobs, workers=2, progress=False)]
+    assert verdicts == ["pass", "fail", "timeout", "error", "pass", "error"]
+
+
+def test_program_only_mode():
+    assert run_python("x = 1\n").verdict == "pass"
+    assert run_python("1 / 0\n").verdict == "error"
+    assert run_python("import sys\nsys.exit(0)\n").verdict == "error"
+
+
+# ------------------------------------------------------------------------------------- adversarial: SQL
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    d = build_dbs(str(tmp_path_factory.mktemp("spider_db")))
+    return os.path.join(d, "concert_singer", "concert_singer.sqlite")
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_sql_read_works(db):
+    r = run_sql(db, "SELECT count(*) FROM singer;")
+    assert r.ok and r.rows == [(6,)]
+
+
+SQL_REFUSED = {
+    "insert": "INSERT INTO singer VALUES (9, 'x', 'y', 'z', '2000', 1, 'T')",
+    "update": "UPDATE singer SET age = 0",
+    "delete": "DELETE FROM singer",
+    "drop": "DROP TABLE singer",
+    "create": "CREATE TABLE evil (x)",
+    "attach": "ATTACH DATABASE '{tmp}/evil.db' AS evil",
+    "vacuum-into": "VACUUM INTO '{tmp}/copy.db'",
+    "pragma-write": "PRAGMA writable_schema = ON",
+    "pragma-journal": "PRAGMA journal_mode = WAL",
+    "load-extension": "SELECT load_extension('{tmp}/evil.so')",
+    "multiple-statements": "SELECT 1; DELETE FROM singer",
+    "cte-delete": "WITH x AS (SELECT 1) DELETE FROM singer",
+    "huge-blob": "SELECT randomblob(1500000000)",
+}
+
+
+@pytest.mark.parametrize("query", list(SQL_REFUSED.values()), ids=list(SQL_REFUSED))
+def test_sql_refused(db, tmp_path, query):
+    before = _digest(db)
+    r = run_sql(db, query.format(tmp=tmp_path))
+    assert not r.ok and r.error, r
+    assert _digest(db) == before
+    assert not os.path.exists(tmp_path / "evil.db") and not os.path.exists(tmp_path / "copy.db")
+    assert run_sql(db, "SELECT count(*) FROM singer").rows == [(6,)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        "SELECT count(*) FROM singer a, singer b, singer c, singer d, singer e, singer f, singer g, singer h,"
+        " singer i, singer j, singer k, singer l",
+    ],
+    ids=["recursive-forever", "cross-join"],
+)
+def test_sql_runaway_interrupted(db, query):
+    t = time.monotonic()
+    r = run_sql(db, query, timeout=1.0)
+    assert not r.ok and r.timed_out, r
+    assert time.monotonic() - t < 15
+
+
+def test_sql_result_row_cap(db):
+    r = run_sql(db, "SELECT * FROM singer a, singer b, singer c", max_rows=100)
+    assert not r.ok and "larger than" in r.error
+
+
+def test_sql_match_semantics(db):
+    assert sql_match(db, "SELECT name FROM singer", "select NAME from singer")["correct"]
+    assert not sql_match(db, "SELECT name FROM singer", "SELECT country FROM singer")["correct"]
+    m = sql_match(db, "SELECT name FROM singer", "DELETE FROM singer")
+    assert not m["correct"] and m["verdict"] == "error"
+
+
+def test_results_match_test_suite_semantics():
+    g = [(1, "a"), (2, "b"), (2, "b")]
+    assert results_match(g, [(2, "b"), (1, "a"), (2, "b")], order_matters=False)  # multiset, any order
+    assert not results_match(g, [(2, "b"), (1, "a"), (2, "b")], order_matters=True)  # ORDER BY gold
+    assert not results_match(g, [(1, "a"), (2, "b")], order_matters=False)  # duplicates count
+    assert not results_match(g, [(1, "a"), (1, "a"), (2, "b")], order_matters=False)
+    assert results_match(g, [("a", 1), ("b", 2), ("b", 2)], order_matters=True)  # columns may permute
+    assert results_match([], [], order_matters=False)
+    assert not results_match([(1,)], [(1, 2)], order_matters=False)
+    wide = [tuple(range(i, i + 6)) for i in range(5)]
+    assert results_match(wide, [tuple(reversed(r)) for r in wide], order_matters=True)
