@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -428,7 +429,7 @@ class _Proc:
                  pass_fds: Sequence[int] = (), out_fd: int | None = None, expose: Iterable[str] = (),
                  iso: dict | None = None, drop_uid: bool = True):  # fmt: skip
         iso = iso or isolation()
-        self.dir = tempfile.mkdtemp(prefix="s0sb-")
+        self.dir = tempfile.mkdtemp(prefix=f"s0sb-{os.getpid()}-")
         self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
         if self.uid is not None:
             os.chown(self.dir, self.uid, self.uid)
@@ -487,7 +488,15 @@ def isolation() -> dict:
             continue
         if (drop and report.get("uid") != p.uid) or (info["mount"] and "/tmp" not in report["hidden"]):
             continue
-        return {**info, **{k: report[k] for k in ("pidns", "netns", "ro_root", "hidden")}}
+        info.update({k: report[k] for k in ("pidns", "netns", "ro_root", "hidden")})
+        if not (info["pidns"] or info["uid_drop"]):
+            warnings.warn(
+                "s0.sandbox: neither namespaces nor a uid drop work on this machine; untrusted programs "
+                f"then share the caller's uid and can reach its files and processes ({info})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return info
     raise SandboxError("cannot start a sandboxed Python process on this machine")
 
 
