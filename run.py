@@ -35,7 +35,9 @@ def check_group_choices(argv: list[str]) -> None:
         choices = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         values = re.sub(r"^(choice|glob)\((.*)\)$", r"\2", value).split(",")
         for name in values:
-            if name.strip() not in choices and not (group == "hydra/launcher" and name in ("basic",)):
+            if name.strip() not in choices and not (
+                group == "hydra/launcher" and name in ("basic", "submitit_local", "submitit_slurm")
+            ):
                 fail(f"unknown {group.split('/')[-1]} '{name.strip()}'; choose from: {', '.join(choices)}")
 
 
@@ -81,12 +83,15 @@ def main() -> None:
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def hydra_entry(cfg: DictConfig) -> None:
+        from s0.adapters import AdapterError
         from s0.config import ConfigError
         from s0.models import ModelError
+        from s0.pipeline import PipelineError
+        from s0.tasks import TaskDataError
 
         try:
             execute(cfg)
-        except (ConfigError, ModelError) as err:
+        except (ConfigError, ModelError, PipelineError, TaskDataError, AdapterError) as err:
             fail(str(err))
 
     hydra_entry()

@@ -312,9 +312,27 @@ def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
         records.write_json(run_dir / "timing.json", timing)
         if info:
             records.write_json(run_dir / "collect.json", info)
+        if pipe.cfg.logger.name == "wandb":
+            log_to_wandb(pipe.cfg.logger, run, run_dir, metrics)
         records.mark_done(run_dir, {"metrics": metrics, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("done %s: %s", run.run_id, ", ".join(f"{k}={v:.1f}" for k, v in metrics.items()))
     return metrics
+
+
+def log_to_wandb(logger_cfg, run: PlannedRun, run_dir: Path, metrics: dict[str, float]) -> None:
+    """Optional mirror of a finished run in Weights & Biases (offline by default; the records stay the truth)."""
+    try:
+        import wandb
+    except ImportError as err:
+        raise PipelineError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from err
+    train_log = run_dir / "train.json"
+    wb = wandb.init(project=logger_cfg.project, mode=logger_cfg.mode, name=f"{run.arm}-s{run.seed}-{run.run_id}",
+                    group=run.experiment, config=run.key(), dir=str(run_dir), reinit=True)  # fmt: skip
+    if train_log.exists():
+        for step, loss in enumerate(json.loads(train_log.read_text())["losses"], 1):
+            wb.log({"train/loss": loss}, step=step)
+    wb.summary.update(metrics)
+    wb.finish()
 
 
 def run_all(
