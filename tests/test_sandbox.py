@@ -134,6 +134,18 @@ def test_plain_data_round_trips():
     assert judged(code, test).verdict == "pass"
 
 
+def test_subclass_returns_cross_as_plain_values():
+    code = "import collections\nP = collections.namedtuple('P', 'x y')\ndef add(k):\n"
+    code += (
+        "    return {'c': collections.Counter('aab'), 'p': P(1, 2), 'f': type('F', (float,), {})(0.5)}[k]\n"
+    )
+    test = (
+        "def check(candidate):\n    assert candidate('c') == {'a': 2, 'b': 1} and type(candidate('c')) is dict\n"
+        "    assert candidate('p') == (1, 2)\n    assert candidate('f') == 0.5\n"
+    )
+    assert judged(code, test).verdict == "pass"
+
+
 def test_candidate_exception_reaches_tests():
     code = "def add(a, b):\n    raise ValueError('bad input')\n"
     test = "def check(candidate):\n    try:\n        candidate(1, 2)\n    except ValueError:\n        return\n    assert False\n"
