@@ -172,6 +172,11 @@ class Adapter:
         finally:
             self.training = prev
 
+    def remove(self) -> None:
+        """Detach from the model for good (the runner reuses one loaded model across runs): afterwards the model
+        is exactly the base model again, with no adapter modules, hooks or wrappers left."""
+        self.deactivate()
+
     # -- persistence
     def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
         raise NotImplementedError

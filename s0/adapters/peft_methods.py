@@ -107,6 +107,16 @@ class _PeftAdapter(Adapter):
             self._active = False
         return self
 
+    def remove(self) -> None:
+        """Take the peft modules out of the base model (LoRA layers are unloaded unmerged, so the base weights
+        are bit-identical to before); `self.model` must not be used afterwards."""
+        self.activate()  # leave peft's disable_adapter context first
+        if getattr(self.model.peft_config[self.model.active_adapter], "is_prompt_learning", False):
+            return  # prefix tuning wraps the model but never modifies it
+        if any(getattr(m, "merged", False) for m in self.model.modules()):
+            self.model.unmerge_adapter()
+        self.model.unload()
+
     def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

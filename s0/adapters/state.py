@@ -92,10 +92,12 @@ class StateAdapter(Adapter):
         config: S0Config | None = None,
         dtype: torch.dtype = torch.float32,
         fix_padding: bool = True,
+        device: torch.device | str | None = None,
         **fields: Any,
     ):
-        """`fields` override `config` fields. `dtype` float64 is for exactness tests; `fix_padding=False`
-        reproduces the naive injection (pads decay the state), kept only to show the bug in tests."""
+        """`fields` override `config` fields. The states live on `device` (default: the model's), in `dtype`
+        (float32 as in the paper; float64 for exactness tests). `fix_padding=False` reproduces the naive injection
+        (pads decay the state), kept only to show the bug in tests."""
         super().__init__()
         if config is None:
             config = self.config_cls(**fields)
@@ -106,7 +108,7 @@ class StateAdapter(Adapter):
             model, getattr(model.config, "_name_or_path", "") or type(model).__name__
         )
         self.layers: list[RecurrentLayer] = self._select(all_layers, config.layers)
-        device = next(model.parameters()).device
+        device = device if device is not None else next(model.parameters()).device
         self.states = nn.ParameterDict(
             {
                 str(r.index): nn.Parameter(torch.zeros(r.state_shape, dtype=dtype, device=device))
