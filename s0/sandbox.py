@@ -520,16 +520,20 @@ def isolation() -> dict:
 
 
 def _drain(outs: dict[int, bytearray]) -> None:
+    """What is already buffered (bounded: a program may still be writing)."""
     for fd, buf in outs.items():
         p = select.poll()
         p.register(fd, select.POLLIN)
-        while p.poll(0) and (chunk := os.read(fd, 1 << 16)):
+        for _ in range(16):
+            if not p.poll(0) or not (chunk := os.read(fd, 1 << 16)):
+                break
             buf += chunk
             del buf[:-_OUTPUT_KEEP]
 
 
 def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float) -> dict:
-    """Drain the outputs (bounded) until a verdict line arrives, the channel closes, or time runs out."""
+    """Drain the outputs (bounded) until a message arrives on `verdict_fd` ({"message": parsed line}),
+    the channel closes, too much output arrives, or time runs out (those three: {"verdict", "detail"})."""
     sel = selectors.DefaultSelector()
     sel.register(verdict_fd, selectors.EVENT_READ)
     for fd in outs:
@@ -553,10 +557,25 @@ def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float) -> dict
                 vbuf += chunk
                 if b"\n" in vbuf:
                     _drain(outs)
-                    return json.loads(vbuf.split(b"\n")[0])
+                    try:
+                        return {"message": json.loads(vbuf.split(b"\n")[0])}
+                    except ValueError:
+                        return {"message": None}
         return {"verdict": "timeout", "detail": ""}
     finally:
         sel.close()
+
+
+def _interpret(msg, judged: bool) -> dict:
+    if judged:  # the judge's report (trusted)
+        if msg["verdict"] == "harness_error":
+            raise SandboxError(f"the trusted tests failed to run:\n{msg['detail']}")
+        return msg
+    if msg == {"ready": True}:  # program-only mode: the candidate's own message, strictly parsed
+        return {"verdict": "pass"}
+    if isinstance(msg, dict) and "init_error" in msg:
+        return {"verdict": "error", "detail": str(msg["init_error"])}
+    return {"verdict": "fail", "detail": "malformed message from the program"}
 
 
 def run_python(code: str, *, setup: str = "", test: str = "", entry_point: str | None = None,
@@ -597,18 +616,12 @@ def run_python(code: str, *, setup: str = "", test: str = "", entry_point: str |
             close(req_r, req_w, resp_w, res_w, out_w, jout_w)  # EOF on requests ends the candidate
             verdict_fd = resp_r
         outs = {out_r: bytearray(), jout_r: bytearray()}
-        msg = _await(verdict_fd, outs, start + timeout)
-        if "init_error" in msg or "ready" in msg:  # program-only mode: the candidate's own message
-            msg = (
-                {"verdict": "error", "detail": msg["init_error"]}
-                if "init_error" in msg
-                else {"verdict": "pass"}
-            )
-        if msg["verdict"] == "harness_error":
-            raise SandboxError(f"the trusted tests failed to run:\n{msg['detail']}")
+        res = _await(verdict_fd, outs, start + timeout)
+        if "message" in res:
+            res = _interpret(res["message"], judged=bool(test))
         out = outs[out_r].decode(errors="replace")
         return SandboxResult(
-            msg["verdict"], str(msg.get("detail", ""))[-4000:], out, time.monotonic() - start
+            res["verdict"], str(res.get("detail", ""))[-4000:], out, time.monotonic() - start
         )
     finally:
         for p in procs:
@@ -665,6 +678,9 @@ class Worker:
             self._p = _Proc("server", {"target": self.target, "resp_fd": w}, memory_mb=self.memory_mb,
                             cpu_s=86_400, watchdog_s=None, pass_fds=(w,), expose=self.expose,
                             drop_uid=self.drop_uid)  # fmt: skip
+        except BaseException:
+            os.close(r)
+            raise
         finally:
             os.close(w)
         self._lines = _Lines(r)
