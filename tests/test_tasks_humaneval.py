@@ -67,6 +67,8 @@ def test_prompt_asks_for_the_body_and_shows_the_signature():
         "x = a + b\n    return x\n",  # first line lost its indentation
         "\tresult = a + b\n\treturn result\n",
         "</think>\n\n```python\nfrom typing import List\n\ndef add(a, b):\n    return a + b\n```",
+        "    return helper(a) + b\n\n\ndef helper(x):\n    return x\n",
+        "        return a + b\n",
     ],
     ids=[
         "body",
@@ -78,6 +80,8 @@ def test_prompt_asks_for_the_body_and_shows_the_signature():
         "lost-indent",
         "tabs",
         "close-think",
+        "body+helper",
+        "over-indented",
     ],
 )
 def test_extraction_variants_pass(completion):

