@@ -34,6 +34,7 @@ def test_registry_and_options():
     assert set(TASKS) == {"humaneval", "math500", "gsm8k", "spider"}
     with pytest.raises(TypeError):
         get_task("humaneval", db_dir="x")
+    assert get_task("humaneval", db_dir=None, n_eval=3).n_eval == 3  # unset foreign options are ignored
     with pytest.raises(KeyError):
         get_task("mbpp")
 

@@ -26,11 +26,12 @@ def get_task(name: str, **options) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     cls = TASKS[name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    # A shared config may carry another task's options; unset (None) ones are ignored, set ones are errors.
+    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
     if unknown:
         raise TypeError(f"task {name!r} has no option(s) {unknown}; it takes {sorted(known)}")
-    return cls(**options)
+    return cls(**{k: v for k, v in options.items() if k in known})
 
 
 __all__ = ["TASKS", "Example", "Task", "TaskDataError", "get_task"]

@@ -42,7 +42,7 @@ class SpiderTask(Task):
     n_train: int | None = 500
     db_dir: str | None = None  # default: <data_root>/spider/database
     timeout: float = 30.0  # per query, seconds (a cross join is interrupted by a progress-handler deadline)
-    _schemas: dict = field(default_factory=dict, repr=False, compare=False)
+    _schemas: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def database_dir(self) -> str:
         d = self.db_dir or (os.path.join(self.data_root, "spider", "database") if self.data_root else None)
