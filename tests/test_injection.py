@@ -23,6 +23,15 @@ FAMILIES = ["qwen3_5", "falcon_h1"]
 RTOL = 1e-6  # relative to the largest reference value; measured 1e-7 .. 4e-7 (float32 kernels)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny fp64 depthwise convs run ~30x slower with 2 OpenMP threads than with 1 on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @functools.cache
 def tiny(family: str, init: float = 0.02, rms_norm: bool = False):
     """Tiny float64 model. init=0.3 makes greedy tokens depend on the recurrent state (with the default 0.02 a
