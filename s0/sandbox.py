@@ -374,7 +374,7 @@ def _mount_plan(extra: tuple[str, ...] = ()) -> dict:
     home = os.path.realpath(os.path.expanduser("~"))
     need = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
             _REPO, *site.getsitepackages(), *extra}  # fmt: skip
-    need = {os.path.realpath(p) for p in need}
+    need = {os.path.realpath(p) for p in need if os.path.exists(p)}  # Debian lists absent site dirs
     hide, binds = [], set()
     for d in dict.fromkeys([*_TMP_LIKE, home, "/root"]):
         if d == "/" or not os.path.isdir(d) or os.path.islink(d):
@@ -389,7 +389,7 @@ def _mount_plan(extra: tuple[str, ...] = ()) -> dict:
 
 
 def _world_readable(paths: Iterable[str]) -> bool:
-    for p in paths:
+    for p in filter(os.path.exists, paths):
         while p not in ("/", ""):
             if not os.stat(p).st_mode & 0o005:
                 return False
