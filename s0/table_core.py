@@ -1,0 +1,416 @@
+"""Building blocks of the paper tables: compared cells, record look-ups, and the three renderers.
+
+A table is a list of `Cell`s, one per (row, column) the paper prints a number in. Each cell holds the
+paper's number (`PaperRef`, read from results/reference/paper_values.csv) and our per-seed values with the
+run ids behind them, and knows whether the two agree:
+
+    status    meaning
+    agree     |ours - paper| <= tolerance (below)
+    disagree  beyond it: the cell is marked ✗
+    missing   no finished run: shown as "—", never as 0
+    info      shown side by side, not judged (per-seed rows: a reproduction's seed 42 is not the paper's)
+    no paper  the paper prints nothing here (our extra rows and columns)
+    n/a       the paper marks the cell not applicable (state-offset on FalconH1)
+
+Tolerance ("beyond the seed spread"): 2 standard errors of the difference of the two means plus half a unit
+of the paper's last printed digit, se^2 = s_ours^2/n_ours + s_paper^2/n_paper over the sides that have a
+seed spread (n >= 2, and a printed std for the paper). When neither side has one (single-seed experiments)
+the spread is the binomial noise of one evaluation of a pass rate on the n_eval problems, for two runs:
+se = 100 * sqrt(2 p (1 - p) / n_eval). A printed range (+30 to +34) or bound (< 40.5) widens by the same
+tolerance. p-values agree when both sides fall on the same side of 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s0.reference import paper_rows, rounding_halfwidth
+from s0.stats import format_pvalue, stars
+
+MARK = {"agree": "✓", "disagree": "✗"}
+DASH = "—"
+DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
+
+
+# ----------------------------------------------------------------------------------------- paper numbers
+# Tables look numbers up a few hundred times; comparing numpy columns is ~50x faster than pandas masks. The
+# frame is kept in the cache beside its columns so its id cannot be reused while the entry lives.
+_COLUMNS: dict[int, tuple[pd.DataFrame, dict[str, np.ndarray]]] = {}
+
+
+def _paper_rows(ref: pd.DataFrame, **filters: object) -> pd.DataFrame:
+    """s0.reference.paper_rows, on cached numpy columns (same semantics: values compared as CSV text)."""
+    if id(ref) not in _COLUMNS:
+        if len(_COLUMNS) > 8:
+            _COLUMNS.clear()
+        _COLUMNS[id(ref)] = (ref, {c: ref[c].to_numpy() for c in ref.columns if c != "value"})
+    cols = _COLUMNS[id(ref)][1]
+    mask = np.ones(len(ref), dtype=bool)
+    for col, want in filters.items():
+        if col not in cols:
+            return paper_rows(ref, **filters)  # let the reference module raise its own error
+        mask &= cols[col] == str(want)
+    return ref.iloc[np.flatnonzero(mask)]
+
+
+@dataclass(frozen=True)
+class PaperRef:
+    """One printed number (or mean ± std, range, bound) of the paper, as a table cell compares against it."""
+
+    value: float | None = None
+    std: float | None = None
+    n: int | None = None  # seeds behind a printed std
+    printed: str = ""  # shown in the Paper column as is
+    relation: str = "="  # '=', '~', '<', '>', '>=', or 'range' (lo..hi)
+    lo: float | None = None
+    hi: float | None = None
+    halfwidth: float = 0.05  # half a unit of the last printed digit
+
+
+def paper_ref(
+    ref: pd.DataFrame,
+    kind: str = "pct",
+    n: int | None = None,
+    std_filters: dict | None = None,
+    **filters: object,
+) -> PaperRef | None:
+    """The printed number matching `filters` (stat defaults to mean, falling back to value), with its std.
+
+    Returns None when the paper prints nothing there (the cell then says "no paper value")."""
+    rows = _paper_rows(ref, **{"stat": "mean", **filters})
+    if rows.empty and "stat" not in filters:
+        rows = _paper_rows(ref, **{"stat": "value", **filters})
+    if rows.empty:
+        return None
+    if len(rows) > 1:
+        raise LookupError(f"{len(rows)} paper rows match {filters}")
+    row = rows.iloc[0]
+    std_rows = _paper_rows(ref, **{**filters, "stat": "std", **(std_filters or {})})
+    std = float(std_rows["value"].iloc[0]) if len(std_rows) == 1 else None
+    value = float(row["value"])
+    rel = row["relation"] or "="
+    if kind not in ("pct", "pp"):
+        printed = row["printed"]
+    else:
+        printed = (f"{rel} " if rel != "=" else "") + fmt_value(value, kind, std)
+    try:
+        half = rounding_halfwidth(row["printed"])
+    except ValueError:
+        half = 0.05
+    return PaperRef(value, std, n, printed, rel, halfwidth=half)
+
+
+# ------------------------------------------------------------------------------------------- formatting
+def fmt_value(x: float | None, kind: str, std: float | None = None) -> str:
+    """A number as the tables print it: pct 61.5, pp +12.7, p 0.000056, auc 0.930, kl 0.03%, int 27."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    if kind == "p":
+        return f"{format_pvalue(x)} {stars(x)}"
+    if kind == "auc":
+        return f"{x:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    if kind == "kl":
+        return f"{x:.3g}%" if x else "0.0%"
+    if kind in ("int", "count"):
+        return f"{x:.0f}"
+    if kind == "share":
+        return f"{x:.0f}%"
+    sign = "+" if kind == "pp" else ""
+    out = f"{x:{sign}.1f}"
+    return out + (f" ± {std:.1f}" if std is not None and not math.isnan(std) else "")
+
+
+# ------------------------------------------------------------------------------------------------ cells
+@dataclass
+class Cell:
+    row: str
+    column: str
+    kind: str = "pct"  # pct | pp | p | auc | kl | int | count | share
+    paper: PaperRef | None = None
+    values: list[float] = field(default_factory=list)  # one per seed (or per configuration)
+    run_ids: list[str] = field(default_factory=list)
+    n_eval: float = DEFAULT_N_EVAL
+    judge: bool = True  # False: shown side by side only (per-seed rows)
+    not_applicable: bool = False
+    ours_text: str | None = None  # overrides the formatted mean ± std (counts like "8/10")
+    se: float | None = None  # standard error of a derived statistic (a gap of two means), for the tolerance
+    status: str = field(init=False, default="")
+    tolerance: float = field(init=False, default=math.nan)
+
+    def __post_init__(self) -> None:
+        self.values = [float(v) for v in self.values if v is not None and not math.isnan(float(v))]
+        self.status, self.tolerance = self._judge()
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float | None:
+        return float(np.std(self.values, ddof=1)) if len(self.values) >= 2 else None
+
+    def _tolerance(self) -> float:
+        p = self.paper
+        if self.se is not None:
+            return 2 * self.se + (p.halfwidth if p else 0.0)
+        parts = []
+        if self.std is not None:
+            parts.append(self.std**2 / self.n)
+        if p is not None and p.std is not None and (p.n or 0) >= 2:
+            parts.append(p.std**2 / p.n)
+        if parts:
+            se = math.sqrt(sum(parts))
+        else:  # single runs on both sides: binomial noise of a pass rate on n_eval problems
+            rate = min(max((p.value if self.kind == "pct" and p and p.value else 50.0) / 100, 0.05), 0.95)
+            se = 100 * math.sqrt(2 * rate * (1 - rate) / max(self.n_eval, 1))
+        return 2 * se + (p.halfwidth if p else 0.0)
+
+    def _judge(self) -> tuple[str, float]:
+        if self.not_applicable:
+            return "n/a", math.nan
+        if not self.values:
+            return "missing", math.nan
+        p = self.paper
+        if p is None or (p.value is None and p.lo is None):
+            return "no paper value", math.nan
+        if not self.judge:
+            return "info", math.nan
+        x = self.mean
+        if self.kind == "p":
+            paper_sig = p.relation in ("<", "=", "~") and (p.value or 1.0) < 0.05
+            return ("agree" if (x < 0.05) == paper_sig else "disagree"), math.nan
+        if self.kind in ("count", "int", "share", "auc", "kl"):
+            return "info", math.nan  # counts and mechanism scalars: no seed spread to judge by
+        tol = self._tolerance()
+        if p.relation == "range":
+            ok = p.lo - tol <= x <= p.hi + tol
+        elif p.relation == "<":
+            ok = x < p.value + tol
+        elif p.relation in (">", ">="):
+            ok = x > p.value - tol
+        else:
+            ok = abs(x - p.value) <= tol
+        return ("agree" if ok else "disagree"), tol
+
+    def ours(self, with_n: bool = True) -> str:
+        if self.not_applicable:
+            return "n/a"
+        if not self.values:
+            return DASH
+        text = self.ours_text or fmt_value(self.mean, self.kind, self.std)
+        if with_n and self.judge and self.kind in ("pct", "pp") and self.ours_text is None:
+            text += f" (n={self.n})"
+        mark = MARK.get(self.status)
+        return f"{text} {mark}" if mark else text
+
+    def paper_text(self) -> str:
+        if self.not_applicable:
+            return "n/a"
+        return self.paper.printed if self.paper is not None else DASH
+
+    def record(self) -> dict:
+        p = self.paper or PaperRef()
+        return {
+            "row": self.row, "column": self.column, "kind": self.kind,
+            "paper": p.value, "paper_std": p.std, "paper_n": p.n, "paper_text": self.paper_text(),
+            "ours": self.mean if self.values else math.nan, "ours_std": self.std, "n": self.n,
+            "ours_text": self.ours(with_n=False), "status": self.status, "tolerance": self.tolerance,
+            "run_ids": ";".join(self.run_ids),
+        }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ table
+@dataclass
+class Table:
+    """One paper artifact: compared cells in the paper's row/column order, plus paper-only text columns."""
+
+    key: str  # file stem in paper_figures/: table1, table_app_d, ...
+    title: str
+    caption: str
+    row_header: str
+    cells: list[Cell]
+    static: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> row -> paper text
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[str]:
+        return list(dict.fromkeys(c.row for c in self.cells))
+
+    @property
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys(c.column for c in self.cells))
+
+    def cell(self, row: str, column: str) -> Cell:
+        for c in self.cells:
+            if c.row == row and c.column == column:
+                return c
+        raise KeyError((row, column))
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted({r for c in self.cells for r in c.run_ids})
+
+    def frame(self) -> pd.DataFrame:
+        """The tidy form (one row per compared cell), written as CSV."""
+        return pd.DataFrame([{"table": self.key, **c.record()} for c in self.cells])
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.cells) for s in ("agree", "disagree", "missing")}
+
+    # ------------------------------------------------------------------------------------- renderers
+    def _grid(self) -> tuple[list[str], list[list[str]]]:
+        header = [self.row_header, *self.static]
+        for col in self.columns:
+            header += [f"{col}: paper", f"{col}: ours"]
+        lookup = {(c.row, c.column): c for c in self.cells}
+        body = []
+        for row in self.rows:
+            line = [row, *(self.static[s].get(row, "") for s in self.static)]
+            for col in self.columns:
+                c = lookup.get((row, col))
+                line += [c.paper_text(), c.ours()] if c else ["", ""]
+            body.append(line)
+        return header, body
+
+    def to_markdown(self) -> str:
+        header, body = self._grid()
+        esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+        lines = [f"### {self.title}", "", self.caption, ""]
+        lines.append("| " + " | ".join(esc(h) for h in header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        lines += ["| " + " | ".join(esc(x) for x in line) + " |" for line in body]
+        counts = self.counts()
+        lines += ["", f"✓ agrees with the paper, ✗ differs by more than the seed spread ({counts['agree']} ✓, "
+                      f"{counts['disagree']} ✗, {counts['missing']} missing); — no finished run."]  # fmt: skip
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        header, body = self._grid()
+
+        def tex(s: str) -> str:
+            for a, b in (("\\", "\\textbackslash{}"), ("%", "\\%"), ("&", "\\&"), ("_", "\\_"), ("#", "\\#"),
+                         ("±", "$\\pm$"), ("✓", "\\checkmark"), ("✗", "$\\times$"), ("—", "--"),
+                         ("≥", "$\\geq$"), ("α", "$\\alpha$"), ("Δ", "$\\Delta$"), ("–", "--")):  # fmt: skip
+                s = s.replace(a, b)
+            return s
+
+        spec = "l" * (1 + len(self.static)) + "r" * (len(header) - 1 - len(self.static))
+        out = ["% generated by s0.tables; needs \\usepackage{booktabs,amssymb}", "\\begin{table}[t]",
+               "\\centering", f"\\caption{{{tex(self.title)}. {tex(self.caption)}}}", "\\small",
+               f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(tex(h) for h in header) + " \\\\",
+               "\\midrule"]  # fmt: skip
+        out += [" & ".join(tex(x) for x in line) + " \\\\" for line in body]
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        return "\n".join(out) + "\n"
+
+    def to_csv(self) -> str:
+        return self.frame().to_csv(index=False, float_format="%.6g")
+
+
+# ------------------------------------------------------------------------------------- record look-ups
+def select(
+    metrics: pd.DataFrame,
+    experiment: str,
+    arm: str,
+    metric: str = "pass@1",
+    model: str | None = None,
+    eval_task: str | None = None,
+) -> pd.DataFrame:
+    """Per-seed values of one arm: columns seed, value, run_id (one row per seed, sorted by seed)."""
+    empty = pd.DataFrame(
+        {"seed": pd.Series(dtype=int), "value": pd.Series(dtype=float), "run_id": pd.Series(dtype=str)}
+    )
+    m = _groups(metrics).get((experiment, arm, metric))
+    if m is None:
+        return empty
+    if model is not None:
+        m = m[m.model == model]
+    if eval_task is not None:
+        m = m[m.eval_task == eval_task]
+    if m.empty:
+        return empty
+    rows = [{"seed": int(seed), "value": float(g.value.mean()), "run_id": ";".join(sorted(set(g.run_id)))}
+            for seed, g in m.groupby("seed")]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+_GROUPS: dict[int, tuple[pd.DataFrame, dict]] = {}
+
+
+def _groups(metrics: pd.DataFrame) -> dict:
+    """metrics split by (experiment, arm, metric), cached per frame (see _COLUMNS for the id trick)."""
+    if metrics.empty or not {"experiment", "arm", "metric"} <= set(metrics.columns):
+        return {}
+    if id(metrics) not in _GROUPS:
+        if len(_GROUPS) > 8:
+            _GROUPS.clear()
+        keys = metrics[["experiment", "arm", "metric"]].astype(str).agg("\x1f".join, axis=1)
+        _GROUPS[id(metrics)] = (metrics, {tuple(k.split("\x1f")): g for k, g in metrics.groupby(keys)})
+    return _GROUPS[id(metrics)][1]
+
+
+def deltas(
+    metrics: pd.DataFrame,
+    experiment: str,
+    arm: str,
+    baseline_arm: str = "baseline",
+    metric: str = "pass@1",
+    model: str | None = None,
+    eval_task: str | None = None,
+) -> pd.DataFrame:
+    """Per-seed improvement over the same seed's baseline run (footnote 1): seed, value, run_id, baseline.
+
+    Seeds without a baseline run are dropped (a delta needs both)."""
+    a = select(metrics, experiment, arm, metric, model, eval_task)
+    b = select(metrics, experiment, baseline_arm, metric, model, eval_task)
+    j = a.merge(b, on="seed", suffixes=("", "_base"))
+    j["baseline"] = j["value_base"]
+    j["value"] = j["value"] - j["value_base"]
+    j["run_id"] = j["run_id"] + ";" + j["run_id_base"]
+    return j[["seed", "value", "run_id", "baseline"]]
+
+
+def run_ids_of(frame: pd.DataFrame) -> list[str]:
+    return sorted({r for ids in frame.get("run_id", []) for r in str(ids).split(";") if r})
+
+
+def n_eval_of(metrics: pd.DataFrame, run_ids: list[str]) -> float:
+    if metrics.empty or not run_ids:
+        return DEFAULT_N_EVAL
+    m = metrics[(metrics.metric == "n_eval") & metrics.run_id.isin(run_ids)]
+    return float(m.value.mean()) if len(m) else DEFAULT_N_EVAL
+
+
+def degraded(samples: pd.DataFrame, baseline_run: str, method_run: str) -> int | None:
+    """Problems correct under the baseline and wrong under the method (greedy, sample 0), joined on id."""
+    if samples.empty:
+        return None
+    s = samples[samples.get("sample", 0) == 0] if "sample" in samples else samples
+    base = s[s.run_id == baseline_run].set_index("id")["correct"]
+    meth = s[s.run_id == method_run].set_index("id")["correct"]
+    if base.empty or meth.empty:
+        return None
+    both = base.to_frame("b").join(meth.to_frame("m"), how="inner")
+    return int((both.b.astype(bool) & ~both.m.astype(bool)).sum())
+
+
+def write_table(table: Table, out_dir: str | Path) -> list[Path]:
+    """<key>.md, <key>.tex (booktabs) and <key>.csv (tidy cells) under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, text in (("md", table.to_markdown()), ("tex", table.to_latex()), ("csv", table.to_csv())):
+        path = out / f"{table.key}.{ext}"
+        path.write_text(text)
+        paths.append(path)
+    return paths
