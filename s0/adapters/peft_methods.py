@@ -84,6 +84,7 @@ class _PeftAdapter(Adapter):
                 self.model = peft.get_peft_model(model, self._peft_config(model))
         self._disabled = contextlib.ExitStack()
         self._active = True  # peft adapters are live as soon as they are created
+        self._saved_weights: dict[str, torch.Tensor] | None = None  # LoRA merge: originals to restore exactly
 
     def _peft_config(self, model: nn.Module):
         raise NotImplementedError
@@ -113,8 +114,8 @@ class _PeftAdapter(Adapter):
         self.activate()  # leave peft's disable_adapter context first
         if getattr(self.model.peft_config[self.model.active_adapter], "is_prompt_learning", False):
             return  # prefix tuning wraps the model but never modifies it
-        if any(getattr(m, "merged", False) for m in self.model.modules()):
-            self.model.unmerge_adapter()
+        if self._saved_weights is not None or any(getattr(m, "merged", False) for m in self.model.modules()):
+            self.unmerge()
         self.model.unload()
 
     def save(self, directory: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
@@ -175,11 +176,26 @@ class LoraAdapter(_PeftAdapter):
         )
 
     def merge(self) -> None:
-        """Fold the LoRA update into the weights (evaluation without the extra branch); `unmerge` undoes it."""
+        """Fold the LoRA update into the weights (evaluation without the extra branch); `unmerge` undoes it.
+
+        W + BA - BA is not W in floating point, so the unmerged weights are restored from a copy taken here:
+        after `unmerge` the base weights are bit-identical (the runner checks a checksum)."""
+        if self._saved_weights is None:
+            self._saved_weights = {
+                n: m.base_layer.weight.detach().clone()
+                for n, m in self.model.named_modules()
+                if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+            }
         self.model.merge_adapter()
 
     def unmerge(self) -> None:
         self.model.unmerge_adapter()
+        if self._saved_weights is not None:
+            modules = dict(self.model.named_modules())
+            with torch.no_grad():
+                for n, w in self._saved_weights.items():
+                    modules[n].base_layer.weight.copy_(w)
+            self._saved_weights = None
 
 
 class PrefixAdapter(_PeftAdapter):

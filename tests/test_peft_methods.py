@@ -1,0 +1,151 @@
+"""LoRA and prefix tuning through peft: configs as in the paper, the shared on/off and save surface, merge, and
+leaving a shared base model exactly as it was."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from s0.adapters import AdapterError, LoraAdapter, PrefixAdapter, build_adapter, load_adapter
+from s0.adapters.base import weights_checksum
+from s0.models import TINY_ARCH, build_model, tiny_tokenizer
+from s0.train import TrainExample, train
+
+IDS = torch.tensor([[5, 77, 130, 9, 201, 18]])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(family: str):
+    return build_model(family, TINY_ARCH[family], dtype=torch.float32)
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def perturb(adapter, seed: int = 0):
+    """As if trained: LoRA's B starts at zero (no effect), so give every trainable tensor random values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return adapter
+
+
+@pytest.mark.parametrize(
+    ("family", "targets"),
+    [
+        ("qwen3_5", {"q_proj", "k_proj", "v_proj", "o_proj"}),
+        ("falcon_h1", {"q_proj", "k_proj", "v_proj", "in_proj"}),
+    ],
+)
+def test_lora_config_follows_the_paper(family, targets):
+    model = tiny(family)
+    adapter = build_adapter("lora", model, r=4, seed=0)
+    cfg = adapter.model.peft_config["default"]
+    assert cfg.r == 4 and cfg.lora_alpha == 8 and cfg.lora_dropout == 0.0  # lora_alpha = 2r (App F)
+    assert set(cfg.target_modules) == targets
+    wrapped = {n.split(".")[-1] for n, m in adapter.model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == targets
+    expected = sum(
+        4 * (m.in_features + m.out_features)
+        for n, m in adapter.model.named_modules()
+        if hasattr(m, "lora_A") and isinstance(m.base_layer, torch.nn.Linear)
+    )
+    assert adapter.num_trainable() == expected
+    assert build_adapter("lora", tiny(family), r=4, lora_alpha=3).model.peft_config["default"].lora_alpha == 3
+
+
+def test_lora_on_off_merge_and_remove_leave_weights_untouched():
+    model = tiny("qwen3_5")
+    checksum, base = weights_checksum(model), logits(model)
+    adapter = build_adapter("lora", model, r=4, seed=0)
+    assert torch.equal(logits(adapter.model), base)  # B = 0 at init
+    perturb(adapter)
+    on = logits(adapter.model)
+    assert (on - base).abs().max() > 1e-3
+    with adapter.inactive():
+        assert torch.equal(logits(adapter.model), base)
+    assert torch.equal(logits(adapter.model), on)
+    adapter.merge()
+    assert torch.allclose(logits(adapter.model), on, atol=1e-5)
+    adapter.unmerge()
+    adapter.remove()  # the runner reuses the loaded model for the next run
+    assert weights_checksum(model) == checksum
+    assert not any(hasattr(m, "lora_A") for m in model.modules())
+    assert torch.equal(logits(model), base)
+
+
+def test_lora_seed_decides_the_initial_weights():
+    init = [
+        {
+            k: v.clone()
+            for k, v in build_adapter("lora", tiny("falcon_h1"), r=4, seed=s).named_parameters().items()
+        }
+        for s in (1, 1, 2)
+    ]
+    assert all(torch.equal(init[0][k], init[1][k]) for k in init[0])
+    assert any(not torch.equal(init[0][k], init[2][k]) for k in init[0])
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_save_and_load_give_identical_logits(tmp_path, method):
+    family = "qwen2" if method == "prefix" else "falcon_h1"
+    adapter = perturb(build_adapter(method, tiny(family), r=4, num_virtual_tokens=5, seed=0))
+    expected = logits(adapter.model)
+    adapter.save(tmp_path, extra_meta={"data_hash": "abc"})
+    assert {"adapter_config.json", "adapter_model.safetensors", "s0_meta.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    meta = json.loads((tmp_path / "s0_meta.json").read_text())
+    assert meta["s0_method"] == method and meta["extra_meta"]["data_hash"] == "abc"
+    loaded = load_adapter(tmp_path, tiny(family))
+    assert type(loaded) is type(adapter)
+    assert torch.allclose(logits(loaded.model), expected, atol=1e-6)
+    with pytest.raises(AdapterError, match="model_type"):
+        load_adapter(tmp_path, tiny("qwen3_5"))
+
+
+def test_prefix_tuning_control_on_a_pure_transformer():
+    """Sec 5.8: 30 virtual tokens with prefix_projection on Qwen2; trains through the shared loop, generates,
+    switches off."""
+    model = tiny("qwen2")
+    base = logits(model)
+    adapter = build_adapter("prefix", model, seed=0)
+    assert isinstance(adapter, PrefixAdapter)
+    cfg = adapter.model.peft_config["default"]
+    assert cfg.num_virtual_tokens == 30 and cfg.prefix_projection
+    assert (logits(adapter.model) - base).abs().max() > 1e-4
+    res = train(
+        adapter,
+        [TrainExample([1, 2, 3], [4, 5]), TrainExample([7, 8], [9])],
+        steps=2,
+        lr=1e-2,
+        progress=False,
+    )
+    assert res.losses[1] < res.losses[0]
+    tok = tiny_tokenizer()
+    enc = tok(["hi", "hello there"], return_tensors="pt", padding=True)
+    out = adapter.model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, enc.input_ids.shape[1] + 3)
+    with adapter.inactive():
+        assert torch.equal(logits(adapter.model), base)
+    adapter.remove()
+    assert torch.equal(logits(model), base)
+
+
+def test_lora_needs_targets_for_unknown_families():
+    model = tiny("qwen2")
+    model.config.model_type = "unknown_family"
+    with pytest.raises(AdapterError, match="target_modules"):
+        LoraAdapter(model)
