@@ -60,6 +60,7 @@ class GSM8KTask(Task):
 
     def score(self, examples: list[Example], completions: list[str], workers: int = 2,
               progress: bool = True) -> list[dict]:  # fmt: skip
+        """Exact numeric match; nothing is executed, so `workers` and `progress` are unused here."""
         check_lengths(examples, completions)
         out = []
         for ex, c in zip(examples, completions):
