@@ -27,6 +27,8 @@ from s0.adapters.state import scaled_state
 from s0.config import MethodConfig
 from s0.models import TINY_ARCH, ModelError, build_model, recurrent_layers
 
+inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
+
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 IDS = torch.tensor([[5, 77, 130, 9, 201, 18, 66, 240]])
 

@@ -19,6 +19,8 @@ from s0.adapters import S0Adapter, StateOffsetAdapter
 from s0.adapters import injection as inj
 from s0.models import TINY_ARCH, build_model, recurrent_layers, tiny_tokenizer
 
+inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
+
 FAMILIES = ["qwen3_5", "falcon_h1"]
 RTOL = 1e-6  # relative to the largest reference value; measured 1e-7 .. 4e-7 (float32 kernels)
 

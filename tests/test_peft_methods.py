@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from s0.adapters import AdapterError, LoraAdapter, PrefixAdapter, build_adapter, load_adapter
+from s0.adapters import injection as inj
 from s0.adapters.base import weights_checksum
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
 from s0.train import TrainExample, train
+
+inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 
 IDS = torch.tensor([[5, 77, 130, 9, 201, 18]])
 

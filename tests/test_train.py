@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from s0.adapters import S0Adapter, StateOffsetAdapter, build_adapter
+from s0.adapters import injection as inj
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
 from s0.train import TrainExample, collate, encode_pair, make_batches, train
+
+inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib.util
 import math
 import sys
 from collections.abc import Callable
@@ -74,6 +75,11 @@ _CURRENT: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("s0_inje
 # kernel family -> "native" (whatever transformers resolved: fla / mamba-ssm / torch), "torch" (always the
 # PyTorch reference), "torch_when_grad" (PyTorch only when a backward will run through the call).
 _ROUTE: dict[str, str] = {"gdn": "native", "mamba": "native"}
+# Whether transformers can have picked the optimized package at import time (find_spec imports nothing).
+_PACKAGE_PRESENT = {
+    "gdn": importlib.util.find_spec("fla") is not None,
+    "mamba": importlib.util.find_spec("mamba_ssm") is not None,
+}
 # Test hook: replace a kernel by a callable with the same signature (e.g. a float64 reference for gradcheck).
 _OVERRIDE: dict[str, Callable[..., Any]] = {}
 
@@ -114,7 +120,12 @@ def _impl(name: str, family: str, orig: Callable, *tensors: Any) -> Callable:
     if name in _OVERRIDE:
         return _OVERRIDE[name]
     route = _ROUTE[family]
-    if route == "torch" or (route == "torch_when_grad" and _needs_grad(*tensors)):
+    on_cpu = bool(tensors) and isinstance(tensors[0], torch.Tensor) and tensors[0].device.type == "cpu"
+    if (
+        route == "torch"
+        or (route == "torch_when_grad" and _needs_grad(*tensors))
+        or (on_cpu and _PACKAGE_PRESENT[family])  # fla / mamba-ssm are CUDA (Triton) kernels
+    ):
         # functools.wraps in transformers' kernel decorator keeps the PyTorch function as __wrapped__.
         return getattr(orig, "__wrapped__", orig)
     return orig
@@ -249,7 +260,7 @@ def _mamba_fused_dispatch(name: str, orig: Callable) -> Callable:
         # Returning None makes FalconH1Mixer take its unfused path, which the chunk dispatcher handles.
         if _CURRENT.get() is not None:
             return None
-        return _impl(name, "mamba", orig)(*args, **kwargs)
+        return _impl(name, "mamba", orig, *args[:1])(*args, **kwargs)
 
     dispatch._s0_original = orig
     return dispatch
