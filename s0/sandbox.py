@@ -169,10 +169,9 @@ def _mount(libc, src, dst: str, fstype, flags: int, data=None) -> None:
 
 
 def _boot_mounts(cfg: dict, report: dict) -> None:
-    """Inside a fresh mount namespace as (namespace) root: / read-only, tmpfs over writable and home dirs,
-    the needed read-only paths bound back, and the work dir bound read-write at /tmp/work."""
+    """Inside a fresh mount namespace as (namespace) root: / read-only, tmpfs over /tmp (the program's
+    fresh work dir, gone with the namespace) and over home dirs, and the needed paths bound back read-only."""
     libc = _libc()
-    cwd_fd = os.open(".", os.O_PATH | os.O_DIRECTORY)
     srcs = {b: os.open(b, os.O_PATH) for b in cfg["binds"] if os.path.exists(b)}
 
     class MountAttr(ctypes.Structure):
@@ -182,6 +181,10 @@ def _boot_mounts(cfg: dict, report: dict) -> None:
     attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY, applied recursively (AT_RECURSIVE) via mount_setattr
     report["ro_root"] = libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0
     for d in cfg["hide"]:
+        # Each mount costs milliseconds. With / read-only and a dropped uid the other world-writable dirs
+        # are read-only too and their files guarded by permissions, so only /tmp and homes are covered.
+        if d in _TMP_LIKE[1:] and report["ro_root"] and cfg["uid"] is not None:
+            continue
         size, mode = ("128m", "1777") if d in _TMP_LIKE else ("16m", "755")
         try:
             _mount(libc, "tmpfs", d, "tmpfs", 2 | 4, f"size={size},mode={mode}")  # nosuid, nodev
@@ -191,12 +194,8 @@ def _boot_mounts(cfg: dict, report: dict) -> None:
     for b, fd in srcs.items():
         os.makedirs(b, exist_ok=True)
         _mount(libc, f"/proc/self/fd/{fd}", b, None, 4096 | 16384)  # MS_BIND | MS_REC, stays read-only
-    os.makedirs("/tmp/work", exist_ok=True)
-    _mount(libc, f"/proc/self/fd/{cwd_fd}", "/tmp/work", None, 4096)
-    _mount(libc, None, "/tmp/work", None, 32 | 4096 | 2 | 4)  # remount the bind read-write, nosuid, nodev
-    os.chdir("/tmp/work")
-    for fd in (cwd_fd, *srcs.values()):
         os.close(fd)
+    os.chdir("/tmp")
 
 
 def _boot_setup(cfg: dict) -> dict:
@@ -399,7 +398,7 @@ def _world_readable(paths: Iterable[str]) -> bool:
 
 def _spawn(prefix: list[str], cfg: dict, out_fd: int | None, pass_fds: Sequence[int]) -> subprocess.Popen:
     cwd = cfg.pop("cwd")
-    home = "/tmp" if cfg["mount"] else cwd  # in a mount namespace /tmp is a private tmpfs
+    home = "/tmp" if cfg["mount"] else cwd  # in a mount namespace /tmp is the private, fresh tmpfs
     env = dict(_ENV, HOME=home, TMPDIR=home)
     proc = subprocess.Popen([*prefix, sys.executable, "-I", "-S", "-B", "-u", _THIS], stdin=subprocess.PIPE,
                             stdout=out_fd if out_fd is not None else subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -448,12 +447,13 @@ class _Proc:
                  iso: dict | None = None, drop_uid: bool = True):  # fmt: skip
         iso = iso or isolation()
         self.pidns = iso.get("pidns", False)
-        self.dir = tempfile.mkdtemp(prefix=f"s0sb-{os.getpid()}-")
         self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
-        if self.uid is not None:
+        # Without a mount namespace the fresh work dir is a host temp dir, removed in stop().
+        self.dir = None if iso["mount"] else tempfile.mkdtemp(prefix=f"s0sb-{os.getpid()}-")
+        if self.dir and self.uid is not None:
             os.chown(self.dir, self.uid, self.uid)
         plan = _mount_plan(tuple(expose)) if iso["mount"] else {"hide": [], "binds": []}
-        cfg = {"mode": mode, "mount": iso["mount"], "uid": self.uid, "cwd": self.dir, "repo": _REPO,
+        cfg = {"mode": mode, "mount": iso["mount"], "uid": self.uid, "cwd": self.dir or "/", "repo": _REPO,
                "sys_path": [p for p in sys.path if "-packages" in p],
                "parent_netns": os.readlink("/proc/self/ns/net"), "watchdog_s": watchdog_s,
                "limits": {"memory_mb": memory_mb, "cpu_s": cpu_s, "nproc": 64}, **plan, **payload}  # fmt: skip
@@ -468,7 +468,8 @@ class _Proc:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=1)
