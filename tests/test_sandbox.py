@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 
 from s0 import sandbox
 from s0.sandbox import isolation, results_match, run_many, run_python, run_sql, sql_match
+from tests.fixtures.spider.build import build_dbs
 
 ISO = isolation()
 STRONG = ISO["pidns"] or ISO["uid_drop"]  # a program cannot signal processes outside its own run
@@ -28,8 +28,6 @@ TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candi
 GOOD = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tests.fixtures.spider.build import build_dbs  # noqa: E402
 
 
 def judged(code: str, test: str = TEST, timeout: float = 5.0, **kw) -> sandbox.SandboxResult:
