@@ -110,7 +110,7 @@ def read_jsonl(path: str) -> list[dict]:
 def local_file(data_root: str, *parts: str) -> str:
     path = os.path.join(os.path.expanduser(data_root), *parts)
     if not os.path.isfile(path):
-        raise TaskDataError(f"missing {path} (data.root={data_root}); see ../shared/data/README.md")
+        raise TaskDataError(f"missing {path} (paths.data_root={data_root}); see ../shared/data/README.md for the layout")
     return path
 
 
@@ -123,5 +123,5 @@ def hub_rows(repo: str, config: str | None, split: str) -> list[dict]:
     except Exception as e:  # ImportError, offline, gated: one clear message either way
         raise TaskDataError(
             f"cannot load {repo} ({split}) from the Hugging Face hub: {type(e).__name__}: {e}. "
-            "Pass a local copy instead: data_root=<dir> (Hydra: data.root=../shared/data)."
+            "Pass a local copy instead: data_root=<dir> (on the command line: paths.data_root=../shared/data)."
         ) from e
