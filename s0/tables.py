@@ -34,17 +34,8 @@ import yaml
 from s0 import stats
 from s0.records import Results, load_results
 from s0.reference import load_paper_values, paper_value
-from s0.table_core import (
-    Cell,
-    PaperRef,
-    Table,
-    degraded,
-    deltas,
-    n_eval_of,
-    paper_ref,
-    run_ids_of,
-    select,
-)
+from s0.table_core import Cell, PaperRef, Table, paper_ref
+from s0.table_data import degraded, deltas, n_eval_of, run_ids_of, select
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in

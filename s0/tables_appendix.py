@@ -11,7 +11,8 @@ from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
-from s0.table_core import Cell, PaperRef, Table, deltas, n_eval_of, paper_ref, run_ids_of, select
+from s0.table_core import Cell, PaperRef, Table, paper_ref
+from s0.table_data import deltas, n_eval_of, run_ids_of, select
 from s0.tables import _cell, _derived, experiment_arms, gap_se
 
 

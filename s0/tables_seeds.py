@@ -10,7 +10,8 @@ import pandas as pd
 
 from s0.records import Results
 from s0.reference import load_paper_values
-from s0.table_core import Table, deltas, paper_ref, select
+from s0.table_core import Table, paper_ref
+from s0.table_data import deltas, select
 from s0.tables import MAIN_SEEDS, _cell, _degraded_frame, _negatives, best_lora
 
 

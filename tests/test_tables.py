@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from s0.analysis import load_analyses
 from s0.records import Results
 from s0.reference import load_paper_values
 from s0.table_core import Cell, PaperRef, write_table
@@ -33,7 +34,11 @@ def per_seed() -> Results:
 
 @pytest.fixture(scope="module")
 def fixtures() -> Results:
-    return load_records(FIXTURES / "paper_records", FIXTURES / "paper_summaries")
+    res = load_records(FIXTURES / "paper_records", FIXTURES / "paper_summaries")
+    res.analyses = load_analyses(
+        FIXTURES / "paper_records"
+    )  # the Sec 6.2 / App H scalars (see make_paper_records)
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +49,11 @@ def ref() -> pd.DataFrame:
 def _tables(res: Results, ref: pd.DataFrame) -> dict:
     key = (id(res), id(ref))
     if key not in _BUILT:  # building every table takes ~2 s; the tests below share one build per input
-        _BUILT[key] = (
-            res,
-            {
-                k: (fn(res, ref, None) if k == "table_sec6" else fn(res, ref))
-                for k, fn in all_tables().items()
-            },
-        )
+        analyses = getattr(res, "analyses", None)
+        built = {
+            k: fn(res, ref, analyses) if k == "table_sec6" else fn(res, ref) for k, fn in all_tables().items()
+        }
+        _BUILT[key] = (res, built)
     return _BUILT[key][1]
 
 
