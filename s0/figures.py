@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from s0 import stats
 from s0.analysis import divergence_from_samples
@@ -92,15 +93,17 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
                 ax.text(x, 2, "missing", **MISSING)
             else:
                 ax.bar(x, mean, width * 0.92, yerr=std, capsize=3, color=COLORS[k], edgecolor="black",
-                       linewidth=0.6, hatch="//" if exp == "main_falcon" else None,
-                       label=k if k not in seen else None, error_kw=dict(lw=0.9))  # fmt: skip
+                       linewidth=0.6, hatch="//" if exp == "main_falcon" else None, error_kw=dict(lw=0.9))  # fmt: skip
+                ax.text(x, 1.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=6.5,  # inside, off the error bars
+                        bbox=dict(facecolor="white", edgecolor="none", pad=0.6, alpha=0.8))  # fmt: skip
                 seen.add(k)
             if not math.isnan(paper[k]):
                 ax.scatter([x], [paper[k]], **PAPER)
         d_s0, d_lo = deltas(m, exp, "s0"), deltas(m, exp, lora or "__none__")
         p = welch_p(d_s0, d_lo)
         if p is not None:
-            top = max(_mean_std(frames[k].value)[0] + _mean_std(frames[k].value)[1] for k in ("LoRA", "S0"))
+            tops = [sum(_mean_std(frames[k].value)) for k in present]  # clear every bar under the bracket
+            top = max(t for t in tops if not math.isnan(t))
             y = top + 4
             ax.plot(
                 [xs["LoRA"], xs["LoRA"], xs["S0"], xs["S0"]], [y - 1.5, y, y, y - 1.5], color="black", lw=0.8
@@ -108,23 +111,27 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
             ax.text(
                 (xs["LoRA"] + xs["S0"]) / 2, y + 0.5, stats.stars(p), ha="center", va="bottom", fontsize=9
             )
-    for k in methods:  # legend entries for methods whose runs are all missing
-        if k not in seen:
-            ax.bar([], [], color=COLORS[k], edgecolor="black", label=f"{k} (missing)")
-    _paper_legend(ax)
+    handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=k if k in seen else f"{k} (missing)")
+               for k in methods]  # fmt: skip
+    handles.append(ax.scatter([], [], label="paper", **PAPER))
     ax.set_xticks(range(len(groups)), list(groups))
     ax.set_ylabel("HumanEval pass@1 (%)")
     ax.set_ylim(0, 122)  # headroom for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
     ax.set_title("(a) Cross-architecture comparison", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", ncol=5, frameon=False, title_fontsize=7,
+    ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=5, frameon=False, title_fontsize=7,
               title="error bars ±1 std over seeds; stars: Welch t, S0 vs LoRA")  # fmt: skip
     return ax
 
 
 # ------------------------------------------------------------------------------------- divergence panels
-def _flips(res: Results) -> pd.DataFrame:
-    return divergence_from_samples(res.samples, mechanism_pairs(res.metrics)).flips
+def _flips(res: Results) -> tuple[pd.DataFrame, str]:
+    """The flips of the mechanism runs, and what to say when there are none."""
+    pairs = mechanism_pairs(res.metrics)
+    if not pairs:
+        return pd.DataFrame(columns=["position", "rel_position"]), "no mechanism runs (baseline and S0)"
+    flips = divergence_from_samples(res.samples, pairs).flips
+    return flips, f"no FAIL-to-PASS flips in {len(pairs)} mechanism seed(s)"
 
 
 def _paper_positions(ref: pd.DataFrame) -> list[int]:
@@ -135,19 +142,19 @@ def _paper_positions(ref: pd.DataFrame) -> list[int]:
 
 
 def _no_data(ax: Axes, what: str) -> Axes:
-    ax.text(0.5, 0.5, f"missing: {what}", transform=ax.transAxes, ha="center", va="center", color="#b00020")
+    ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", color="#b00020", wrap=True)
     return ax
 
 
 def panel_first_character(ax: Axes, res: Results, ref: pd.DataFrame | None = None) -> Axes:
     """Fig 1b: divergence position (characters) of each FAIL-to-PASS flip; position 0 in teal."""
     ref = load_paper_values() if ref is None else ref
-    f = _flips(res)
+    f, why = _flips(res)
     ax.set_title("(b) First-character divergence", fontsize=10)
     ax.set_xlabel("FAIL-to-PASS flip (sorted)")
     ax.set_ylabel("first differing character")
     if f.empty:
-        return _no_data(ax, "no mechanism runs (baseline and S0 samples)")
+        return _no_data(ax, why)
     pos = np.sort(f.position.to_numpy())
     x = np.arange(1, len(pos) + 1)
     at0 = pos == 0
@@ -251,12 +258,12 @@ def fig3(res: Results, ref: pd.DataFrame | None = None) -> Figure:
 def panel_positions(ax: Axes, res: Results, ref: pd.DataFrame | None = None) -> Axes:
     """Fig 4a: histogram of first-divergence positions (characters), position 0 in teal."""
     ref = load_paper_values() if ref is None else ref
-    f = _flips(res)
+    f, why = _flips(res)
     ax.set_title("(a) Divergence positions", fontsize=10)
     ax.set_xlabel("first differing character")
     ax.set_ylabel("FAIL-to-PASS flips")
     if f.empty:
-        return _no_data(ax, "no mechanism runs")
+        return _no_data(ax, why)
     paper = _paper_positions(ref)
     top = max([*f.position, *paper, 10])
     width = max(1, math.ceil(top / 40))
@@ -279,12 +286,12 @@ def panel_positions(ax: Axes, res: Results, ref: pd.DataFrame | None = None) -> 
 def panel_cdf(ax: Axes, res: Results, ref: pd.DataFrame | None = None, window: float = 0.10) -> Axes:
     """Fig 4b: empirical CDF of the divergence position relative to completion length (%)."""
     ref = load_paper_values() if ref is None else ref
-    f = _flips(res)
+    f, why = _flips(res)
     ax.set_title("(b) Cumulative distribution", fontsize=10)
     ax.set_xlabel("divergence position (% of completion)")
     ax.set_ylabel("share of flips")
     if f.empty:
-        return _no_data(ax, "no mechanism runs")
+        return _no_data(ax, why)
     x = np.sort(100 * f.rel_position.to_numpy())
     y = np.arange(1, len(x) + 1) / len(x)
     ax.step(np.r_[0, x], np.r_[0, y], where="post", color=TEAL, lw=1.6, label="ours")

@@ -58,6 +58,14 @@ def layout_from_model(model) -> list[LayerBox]:
     return boxes
 
 
+def _count(n: int) -> str:
+    """12582912 -> 12.6M, 4210000000 -> 4.21B, 3072 -> 3.1K."""
+    for div, unit, fmt in ((1e9, "B", ".2f"), (1e6, "M", ".1f"), (1e3, "K", ".1f")):
+        if n >= div:
+            return f"{n / div:{fmt}}{unit}"
+    return str(n)
+
+
 LABEL = {"gdn": "GDN", "attention": "Attn", "mamba2+attention": "Mamba-2\n‖ Attn"}
 
 
@@ -112,9 +120,9 @@ def fig2(
     rec = [b for b in layout if b.recurrent]
     learned = sum(b.state_numel for b in rec)
     shapes = sorted({"×".join(map(str, b.state_shape)) for b in rec})
-    share = f" ({100 * learned / total_params:.1f}% of {total_params / 1e9:.2f}B)" if total_params else ""
+    share = f" ({100 * learned / total_params:.1f}% of {_count(total_params)})" if total_params else ""
     legend = [
-        (TEAL, f"Learned: {len(rec)} × S0 ({', '.join(shapes) or '—'}) = {learned / 1e6:.1f}M{share}"),
+        (TEAL, f"Learned: {len(rec)} × S0 ({', '.join(shapes) or '—'}) = {_count(learned)}{share}"),
         ("#555555", f"All weights frozen ({len(layout)} layers: {len(rec)} recurrent, {len(layout) - len(rec)} attention-only)"),
         (TEAL, "Injected at t = 0 only; t ≥ 1: the state evolves naturally, zero added cost"),
     ]  # fmt: skip

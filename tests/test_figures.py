@@ -1,0 +1,137 @@
+"""Figures render from the paper fixtures, from tiny-model demo records and from nothing, and read like the
+paper's: axis labels, ±1 std error bars, significance stars, legends, and "missing" where a run is absent.
+
+The tiny demo records here are written by hand in the layout `python run.py ... debug=smoke` produces
+(tiny models, 4 problems); tests/test_report.py::test_demo_end_to_end (slow) makes them with the real runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
+
+from s0 import records
+from s0.figures import FIGURES, fig1, fig3, fig4
+from s0.figures_graph import fig2, layout_from_conf
+from s0.records import Results
+from s0.tables import load_records
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def paper() -> Results:
+    return load_records(FIXTURES / "paper_records", FIXTURES / "paper_summaries")
+
+
+def write_demo(root: Path) -> Path:
+    """Smoke-size records: tiny Qwen3.5 / FalconH1, 4 problems, seed 42; S0 flips one problem at character 0."""
+    ids = [f"HumanEval/{80 + i}" for i in range(4)]
+
+    def run(run_id, members, model, method, correct, texts, alpha=None):
+        d = root / run_id
+        records.write_json(d / "run.json", {
+            "experiment": members[0][0], "arm": members[0][1], "seed": 42,
+            "model": {"name": model, "family": model.removeprefix("tiny_"), "weights": "random"},
+            "method": {"name": method, "alpha": alpha, "alpha_mode": "inference", "layers": None, "lr": 1e-3,
+                       "steps": 2, "r": 24, "max_train_examples": None},
+            "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}})  # fmt: skip
+        records.write_json(
+            d / "metrics.json", {"pass@1": 100 * sum(correct) / 4, "n_eval": 4.0, "n_train": 4.0}
+        )
+        records.write_jsonl(d / "samples.jsonl", [
+            {"id": i, "sample": 0, "correct": c, "completion": t} for i, c, t in zip(ids, correct, texts)])  # fmt: skip
+        for exp, arm in members:
+            records.add_membership(d, exp, arm)
+        records.mark_done(d, {})
+
+    base_members = [("main_qwen", "baseline"), ("mechanism", "baseline"), ("scaling", "baseline")]
+    run("b", base_members, "tiny_qwen3_5", "baseline", [True, False, False, False], ["\n\n"] * 4)
+    run("s", [("main_qwen", "s0"), ("mechanism", "s0"), ("scaling", "s0")], "tiny_qwen3_5", "s0",
+        [True, True, False, False], ["\n\n", "return x", "\n\n", "\n\n"], alpha=0.07)  # fmt: skip
+    run("fb", [("main_falcon", "baseline"), ("alpha_sweep_falcon", "baseline")], "tiny_falcon_h1", "baseline",
+        [False] * 4, ["\n"] * 4)  # fmt: skip
+    run("fs", [("main_falcon", "s0"), ("alpha_sweep_falcon", "s0_a0.65")], "tiny_falcon_h1", "s0",
+        [False, False, False, True], ["\n"] * 4, alpha=0.65)  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Results:
+    return load_records(write_demo(tmp_path_factory.mktemp("demo")))
+
+
+def texts(fig) -> str:
+    return " ".join(
+        t.get_text() for ax in fig.axes for t in [*ax.texts, ax.xaxis.label, ax.yaxis.label, ax.title]
+    )
+
+
+def legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_fig1_reads_like_the_paper(paper: Results, tmp_path: Path) -> None:
+    fig = fig1(paper)
+    a, b = fig.axes
+    assert a.get_ylabel() == "HumanEval pass@1 (%)" and b.get_ylabel() == "first differing character"
+    bars = [c for c in a.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 7  # Qwen: baseline, LoRA, state-offset, S0; Falcon: baseline, LoRA, S0 (no offset)
+    assert sum(isinstance(c, ErrorbarContainer) for c in a.containers) == 7  # ±1 std on every bar
+    assert [bars[k].patches[0].get_hatch() for k in (0, 4)] == [None, "//"]  # Falcon hatched
+    assert {"***", "n.s."} <= {t.get_text() for t in a.texts}
+    assert {"Baseline", "LoRA", "State-offset", "S0", "paper"} <= set(legend(a))
+    assert "23/27 (85%) at position 0" in texts(fig)
+    fig.savefig(tmp_path / "fig1.png")
+    assert (tmp_path / "fig1.png").stat().st_size > 10_000
+
+
+def test_fig3_and_fig4_read_like_the_paper(paper: Results) -> None:
+    a, b = fig3(paper).axes
+    assert a.get_ylabel() == "S0 gain over baseline (pp)" and [
+        t.get_text().split("\n")[0] for t in a.get_xticklabels()
+    ] == ["0.8B", "2B", "4B", "9B"]
+    assert sum(isinstance(c, ErrorbarContainer) for c in a.containers) >= 8  # ours and the paper's, 4 sizes
+    assert b.get_xscale() == "log" and "LoRA r24 (ours, ±1 std)" in legend(b) and "paper" in legend(b)
+    a, b = fig4(paper).axes
+    assert sum(p.get_height() for p in a.patches) == 27 and "23 of 27 (85%) at position 0" in texts(
+        fig4(paper)
+    )
+    assert b.get_xlabel() == "divergence position (% of completion)" and "first 10%" in legend(b)
+
+
+def test_figures_render_from_tiny_demo_records(demo: Results, tmp_path: Path) -> None:
+    for name, fn in FIGURES.items():
+        fig = fn(demo)
+        fig.savefig(tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").stat().st_size > 5_000
+    assert "missing" in texts(fig1(demo))  # no LoRA run: said, not drawn as zero
+    assert "1/1 (100%) at position 0" in texts(fig1(demo))
+    assert "tiny_qwen3_5" in [t.get_text().split("\n")[0] for t in fig3(demo).axes[0].get_xticklabels()]
+
+
+def test_figures_with_no_records_say_missing() -> None:
+    empty = Results(pd.DataFrame(), pd.DataFrame())
+    for fn in FIGURES.values():
+        fig = fn(empty)
+        assert "missing" in texts(fig) or "no mechanism runs" in texts(fig)
+        assert not any(isinstance(c, BarContainer) and len(c) for ax in fig.axes for c in ax.containers)
+
+
+def test_fig2_is_drawn_from_the_real_layer_layout() -> None:
+    layout, name, total = layout_from_conf("qwen3_5_4b")
+    assert [b.kind for b in layout[:4]] == ["gdn", "gdn", "gdn", "attention"] and len(layout) == 32
+    fig = fig2(layout, name, total)
+    t = texts(fig)
+    assert t.count("$S_0^{") == 24 and t.count("Attn ") == 8  # one S0 chip per GDN layer
+    assert "12.6M" in t and "0.3% of" in t and "24 recurrent, 8 attention-only" in t
+    falcon, _, ftotal = layout_from_conf("falcon_h1_7b")
+    assert len(falcon) == 44 and all(b.kind == "mamba2+attention" for b in falcon)
+    assert "34.6M" in texts(fig2(falcon, "FalconH1-7B", ftotal))
+    tiny, _, _ = layout_from_conf("tiny_qwen3_5")
+    assert sum(b.recurrent for b in tiny) == 6
+    plain, _, _ = layout_from_conf("tiny_qwen2")  # a pure Transformer: nothing to inject into
+    assert not any(b.recurrent for b in plain) and "Learned: 0 × S0" in texts(fig2(plain))

@@ -1,0 +1,117 @@
+"""The report: verdicts per claim from the tables, every table and figure on the page, the runs behind each
+number, and the three CLIs. The slow test runs the real tiny-model pipeline end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from s0.analysis import load_analyses
+from s0.records import Results
+from s0.report import CLAIMS, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge_claims, report_html, report_markdown
+from s0.tables import build_tables, load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def paper():
+    res = load_records(FIXTURES / "paper_records", FIXTURES / "paper_summaries")
+    tables = build_tables(res, load_analyses(FIXTURES / "paper_records"))
+    return res, tables
+
+
+def test_paper_values_reproduce_every_claim_they_cover(paper) -> None:
+    _, tables = paper
+    verdicts = judge_claims({t.key: t for t in tables})
+    assert len(verdicts) == len(CLAIMS)
+    by = {v.verdict for v in verdicts}
+    assert NOT_REPRODUCED not in by, [v.claim for v in verdicts if v.verdict == NOT_REPRODUCED]
+    not_run = [v.claim for v in verdicts if v.verdict == NOT_RUN]
+    assert len(not_run) == 2 and all("alpha" in c or "α" in c for c in not_run)  # App E prints too few points
+    assert all(v.run_ids for v in verdicts if v.verdict == REPRODUCED)
+
+
+def test_nothing_run_means_not_run_and_a_worse_s0_is_not_reproduced(paper) -> None:
+    empty = build_tables(Results(pd.DataFrame(), pd.DataFrame()))
+    assert {v.verdict for v in judge_claims({t.key: t for t in empty})} == {NOT_RUN}
+    res, _ = paper
+    m = res.metrics.copy()
+    s0 = (m.experiment == "main_qwen") & (m.arm == "s0") & (m.metric == "pass@1")
+    m.loc[s0, "value"] -= 15.0  # S0 now below LoRA on Qwen
+    worse = build_tables(Results(m, res.samples), only=["table1"])
+    v = judge_claims({t.key: t for t in worse})
+    assert [x.verdict for x in v[:2]] == [NOT_REPRODUCED, NOT_REPRODUCED]  # +23.6 pp, and S0 beats LoRA
+
+
+def test_page_has_every_table_figure_and_run(paper) -> None:
+    res, tables = paper
+    verdicts = judge_claims({t.key: t for t in tables})
+    figs = ["fig1.png", "fig2_qwen3_5_4b.png", "fig3.png", "fig4.png"]
+    md = report_markdown(tables, verdicts, figs, res, ["tests/fixtures/paper_records"])
+    for t in tables:
+        assert t.title in md
+    for f in figs:
+        assert f"]({f})" in md
+    assert "qwen4b-lora_r64-s256" in md and "| **reproduced** |" in md
+    html = report_html(tables, verdicts, figs, res, ["x"])
+    assert html.startswith("<!doctype html>") and html.count("<table>") == len(tables) + 1
+    assert "title='runs: " in html and "class='reproduced'" in html
+
+
+def test_clis_write_every_artifact(tmp_path: Path) -> None:
+    import make_figures
+    import make_report
+    import make_tables
+
+    assert make_tables.main(["--paper-fixtures", "--out", str(tmp_path), "--only", "table2", "table7"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"table{k}.{e}" for k in (2, 7) for e in ("csv", "md", "tex")
+    ]
+    assert (
+        make_figures.main(
+            ["--paper-fixtures", "--out", str(tmp_path), "--only", "fig2", "--models", "tiny_qwen3_5"]
+        )
+        == 0
+    )
+    assert (tmp_path / "fig2_tiny_qwen3_5.pdf").exists() and (tmp_path / "fig2_tiny_qwen3_5.png").exists()
+    assert make_report.main(["--paper-fixtures", "--out", str(tmp_path), "--no-figures"]) == 0
+    assert {"report.md", "report.html", "verdicts.csv", "table1.tex", "table_sec6.csv"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    with pytest.raises(SystemExit):
+        make_tables.main(["--only", "table4"])  # Table 4 is hyperparameters, not results
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """Tiny models through the real runner, the mechanism script, and the report (about 3 minutes on CPU)."""
+    res_dir, cache = tmp_path / "runs", tmp_path / "cache"
+    common = ["debug=smoke", "seed=42", f"paths.results={res_dir}", f"paths.cache={cache}"]
+    for args in (
+        ["experiment=mechanism"],
+        ["experiment=main_falcon", "arm=s0"],
+        ["experiment=main_falcon", "arm=baseline"],
+    ):
+        subprocess.run([sys.executable, "run.py", *args, *common], cwd=ROOT, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "scripts/mechanism.py", "--results", str(res_dir), "--max-prompts", "2",
+                          "--folds", "2"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    a = load_analyses(res_dir)
+    assert {"persistence", "divergence"} <= set(a.analysis)
+    import make_report
+
+    assert (
+        make_report.main(
+            ["--results", str(res_dir), "--out", str(tmp_path / "out"), "--models", "tiny_qwen3_5"]
+        )
+        == 0
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "fig1.png" in md and "Table 1" in md
