@@ -136,7 +136,7 @@ def test_layer_subset_only_those_layers_get_a_state(family):
 
     name = "torch_chunk_gated_delta_rule" if family == "qwen3_5" else "mamba2_chunk_scan"
     module = __import__(type(adapter.layers[0].module).__module__, fromlist=["_"])
-    original = inj.original(module, name)
+    original = inj.pytorch_kernel(module, name)  # CPU tensors: never fla / mamba-ssm
     with inj.override_kernel(name, spy), adapter.active(), adapter.train_mode():
         model(input_ids=IDS).logits.pow(2).mean().backward()
     assert seen == [i in (idx[0], idx[2]) for i in idx]
@@ -168,7 +168,7 @@ def test_alpha_modes_inject_their_formula(mode):
 
     import transformers.models.qwen3_5.modeling_qwen3_5 as mq
 
-    original = inj.original(mq, "torch_chunk_gated_delta_rule")
+    original = inj.pytorch_kernel(mq, "torch_chunk_gated_delta_rule")
     for training in (True, False):
         got.clear()
         with (

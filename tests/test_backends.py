@@ -70,6 +70,7 @@ def test_simulated_hopper_with_fla_routes_training_to_pytorch(monkeypatch):
     will run through; the choice is logged with a warning."""
     monkeypatch.setattr(backends, "_version", lambda mod: {"fla": "0.6.0", "triton": "3.6.0"}.get(mod))
     monkeypatch.setattr(backends, "_fla_smoke", lambda device: None)
+    monkeypatch.setitem(inj._PACKAGE_PRESENT, "gdn", False)  # the fake kernels below get CPU tensors
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     with pytest.warns(UserWarning, match="refuses"):

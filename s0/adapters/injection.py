@@ -312,8 +312,15 @@ def install_known() -> list[str]:
 
 
 def original(module: ModuleType, name: str) -> Callable:
+    """The kernel transformers resolved (fla / mamba-ssm / PyTorch), under any dispatcher."""
     fn = getattr(module, name)
     return getattr(fn, "_s0_original", fn)
+
+
+def pytorch_kernel(module: ModuleType, name: str) -> Callable:
+    """transformers' own PyTorch implementation of a kernel name, whatever package it resolved to."""
+    fn = original(module, name)
+    return getattr(fn, "__wrapped__", fn)
 
 
 # ---------------------------------------------------------------- hooks
