@@ -5,6 +5,7 @@
     f = probe_features(model, tokenizer, prompts, adapter)        # App H: states at the last prompt token
     r = probe(f, labels)                                          # PCA-64 + logistic regression, 5-fold AUC
     write_analysis(run_dir, persistence=p, divergence=d, probe=r) # records beside the S0 run
+    run_mechanism("results/runs")                                 # all of it for experiment=mechanism
 
 Shapes (documented in each dataclass):
     Persistence.per_position  one row per (prompt, position): prompt, position, rel_position, kl, kl_ratio
@@ -338,6 +339,47 @@ def load_detail(results_dir: str | Path, name: str) -> pd.DataFrame:
     frames = [pd.read_csv(p).assign(run_id=p.parent.parent.name)
               for p in sorted(Path(results_dir).glob(f"*/{ANALYSIS_DIR}/{name}.csv"))]  # fmt: skip
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ------------------------------------------------------------------------------------ the experiment
+def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_prompts: int = 1000,
+                  probe_model: str = "base", pca_dims: int = 64, folds: int = 5, device: str = "auto") -> list[Path]:  # fmt: skip
+    """All three analyses for every seed of `experiment` (its baseline and s0 arms), written beside each S0 run.
+
+    Loads the model and the saved S0 adapter from the S0 run and the prompts of its evaluation split. The probe
+    labels are the baseline's greedy correctness; `probe_model` "base" probes the frozen model (the paper does
+    not say which), "tuned" probes it with S0 active. Returns the analysis directories written.
+    """
+    from types import SimpleNamespace
+
+    from s0.adapters import load_adapter
+    from s0.config import ModelConfig, TaskConfig
+    from s0.pipeline import load_model, resolve_device, task_for
+    from s0.table_data import mechanism_pairs
+
+    results = Path(results_dir)
+    res = records.load_results(results)
+    written = []
+    for base_id, s0_id, seed in mechanism_pairs(res.metrics, experiment):
+        run = json.loads((results / s0_id / "run.json").read_text())
+        model, tok = load_model(SimpleNamespace(model=ModelConfig(**run["model"])), resolve_device(device))
+        adapter = load_adapter(results / s0_id / "adapter", model)
+        task = task_for(TaskConfig(**run["eval_task"]))
+        examples = task.load_split("eval")
+        prompts = [task.build_prompt(ex, tok) for ex in examples]
+        s = res.samples
+        base = (
+            s[(s.run_id == base_id) & (s["sample"] == 0 if "sample" in s else True)].set_index("id").correct
+        )
+        labels = np.array([int(bool(base.get(ex.id, False))) for ex in examples])
+        pers = persistence(model, tok, adapter, prompts[:max_prompts])
+        feats = probe_features(model, tok, prompts, adapter if probe_model == "tuned" else None)
+        result = probe(feats, labels, n_components=pca_dims, folds=folds, seed=seed)
+        div = divergence_from_samples(s, [(base_id, s0_id, seed)])
+        meta = {"baseline_run": base_id, "s0_run": s0_id, "seed": seed, "probe_model": probe_model,
+                "n_prompts": len(prompts), "persistence_prompts": min(len(prompts), max_prompts)}  # fmt: skip
+        written.append(write_analysis(results / s0_id, meta, persistence=pers, divergence=div, probe=result))
+    return written
 
 
 def as_dict(result: Any) -> dict:

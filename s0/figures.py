@@ -27,9 +27,9 @@ from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
-from s0.table_data import deltas, select
+from s0.table_data import deltas, mechanism_pairs, select
 from s0.tables import best_lora, experiment_arms, welch_p
-from s0.tables_appendix import SCALING, mechanism_pairs, scaling_frames
+from s0.tables_appendix import SCALING, scaling_frames
 
 TEAL = "#178f8f"  # S0, as in the paper
 COLORS = {"Baseline": "#a6a6a6", "LoRA": "#e6913c", "State-offset": "#7b68c8", "S0": TEAL}

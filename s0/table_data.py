@@ -96,3 +96,10 @@ def degraded(samples: pd.DataFrame, baseline_run: str, method_run: str) -> int |
         return None
     both = base.to_frame("b").join(meth.to_frame("m"), how="inner")
     return int((both.b.astype(bool) & ~both.m.astype(bool)).sum())
+
+
+def mechanism_pairs(m: pd.DataFrame, experiment: str = "mechanism") -> list[tuple[str, str, int]]:
+    """(baseline run, S0 run, seed) of every seed of the mechanism experiment."""
+    b, s = select(m, experiment, "baseline"), select(m, experiment, "s0")
+    j = b.merge(s, on="seed", suffixes=("_b", "_s"))
+    return [(r.run_id_b.split(";")[0], r.run_id_s.split(";")[0], int(r.seed)) for r in j.itertuples()]

@@ -12,7 +12,7 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_core import Cell, PaperRef, Table, paper_ref
-from s0.table_data import deltas, n_eval_of, run_ids_of, select
+from s0.table_data import deltas, mechanism_pairs, n_eval_of, run_ids_of, select
 from s0.tables import _cell, _derived, experiment_arms, gap_se
 
 
@@ -196,13 +196,6 @@ def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------- Sec 6
-def mechanism_pairs(m: pd.DataFrame, experiment: str = "mechanism") -> list[tuple[str, str, int]]:
-    """(baseline run, S0 run, seed) of every seed of the mechanism experiment."""
-    b, s = select(m, experiment, "baseline"), select(m, experiment, "s0")
-    j = b.merge(s, on="seed", suffixes=("_b", "_s"))
-    return [(r.run_id_b.split(";")[0], r.run_id_s.split(";")[0], int(r.seed)) for r in j.itertuples()]
-
-
 def table_sec6(res: Results, ref: pd.DataFrame | None = None, analyses: pd.DataFrame | None = None) -> Table:
     """Mechanism numbers (Sec 6.2-6.4, Fig 4, App H): KL ratio, divergence of flips, probe AUCs."""
     ref = load_paper_values() if ref is None else ref

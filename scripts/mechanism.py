@@ -18,42 +18,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
-
-from s0 import analysis as an
+from s0.analysis import run_mechanism
 from s0.records import load_results
-from s0.tables_appendix import mechanism_pairs
-
-
-def analyse(results: Path, base_id: str, s0_id: str, seed: int, args) -> Path:
-    import torch
-
-    from s0.adapters import load_adapter
-    from s0.config import ModelConfig, TaskConfig
-    from s0.pipeline import load_model, resolve_device, task_for
-
-    run = json.loads((results / s0_id / "run.json").read_text())
-    device = resolve_device(args.device)
-    model, tok = load_model(SimpleNamespace(model=ModelConfig(**run["model"])), device)
-    adapter = load_adapter(results / s0_id / "adapter", model)
-    task = task_for(TaskConfig(**run["eval_task"]))
-    examples = task.load_split("eval")
-    prompts = [task.build_prompt(ex, tok) for ex in examples]
-    samples = load_results(results).samples
-    base = samples[(samples.run_id == base_id) & (samples.get("sample", 0) == 0)].set_index("id").correct
-    labels = np.array([int(bool(base.get(ex.id, False))) for ex in examples])
-    torch.manual_seed(seed)
-    pers = an.persistence(model, tok, adapter, prompts[: args.max_prompts])
-    feats = an.probe_features(model, tok, prompts, adapter if args.probe_model == "tuned" else None)
-    probe = an.probe(feats, labels, n_components=args.pca_dims, folds=args.folds, seed=seed)
-    div = an.divergence_from_samples(samples, [(base_id, s0_id, seed)])
-    meta = {"baseline_run": base_id, "s0_run": s0_id, "seed": seed, "probe_model": args.probe_model,
-            "n_prompts": len(prompts), "persistence_prompts": min(len(prompts), args.max_prompts)}  # fmt: skip
-    return an.write_analysis(results / s0_id, meta, persistence=pers, divergence=div, probe=probe)
+from s0.table_data import mechanism_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished baseline and s0 runs of experiment '{args.experiment}' in {results}; "
               f"run `python run.py experiment={args.experiment}` first", file=sys.stderr)  # fmt: skip
         return 1
-    for base_id, s0_id, seed in pairs:
-        out = analyse(results, base_id, s0_id, seed, args)
+    dirs = run_mechanism(results, args.experiment, args.max_prompts, args.probe_model, args.pca_dims, args.folds,
+                         args.device)  # fmt: skip
+    for out in dirs:
         summary = json.loads((out / "summary.json").read_text())
-        print(f"seed {seed}: {out} " + json.dumps({k: v for k, v in summary.items() if k != "meta"}))
+        print(f"{out}: " + json.dumps({k: v for k, v in summary.items() if k != "meta"}))
     return 0
 
 
