@@ -205,7 +205,7 @@ def report_html(tables: list[Table], verdicts: list[Verdict], figures: list[str]
                 sources: list[str]) -> str:  # fmt: skip
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>S0 Tuning reproduction report</title>",
          f"<style>{CSS}</style></head><body>", "<h1>S0 Tuning (arXiv 2604.01168): reproduction report</h1>"]  # fmt: skip
-    h += [f"<p>{esc(line)}</p>" for line in _header(res, sources)]
+    h += [f"<p>{esc(line.replace('`', ''))}</p>" for line in _header(res, sources)]
     h += ["<h2>Verdict per claim</h2><table><tr><th>#</th><th>Claim</th><th>Source</th><th>Rule</th><th>Ours</th>"
           "<th>Verdict</th><th>Runs</th></tr>"]  # fmt: skip
     for i, v in enumerate(verdicts, 1):
