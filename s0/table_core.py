@@ -13,10 +13,11 @@ run ids behind them, and knows whether the two agree:
     n/a       the paper marks the cell not applicable (state-offset on FalconH1)
 
 Tolerance ("beyond the seed spread"): 2 standard errors of the difference of the two means plus half a unit
-of the paper's last printed digit, se^2 = s_ours^2/n_ours + s_paper^2/n_paper over the sides that have a
-seed spread (n >= 2, and a printed std for the paper). When neither side has one (single-seed experiments)
-the spread is the binomial noise of one evaluation of a pass rate on the n_eval problems, for two runs:
-se = 100 * sqrt(2 p (1 - p) / n_eval). A printed range (+30 to +34) or bound (< 40.5) widens by the same
+of the paper's last printed digit, se^2 = s_ours^2/n_ours + s_paper^2/n_paper. A side without a spread of its
+own (a single run; a paper value printed without a std) borrows the other side's per-seed std, and a paper
+seed count the text does not give counts as 1 (the cautious choice). When neither side has a spread
+(single-seed experiments) it is the binomial noise of one evaluation of a pass rate on the n_eval problems,
+for two runs: se = 100 * sqrt(2 p (1 - p) / n_eval). A printed range (+30 to +34) or bound (< 40.5) widens by the same
 tolerance. p-values agree when both sides fall on the same side of 0.05.
 """
 
@@ -162,13 +163,14 @@ class Cell:
         p = self.paper
         if self.se is not None:
             return 2 * self.se + (p.halfwidth if p else 0.0)
-        parts = []
-        if self.std is not None:
-            parts.append(self.std**2 / self.n)
-        if p is not None and p.std is not None and (p.n or 0) >= 2:
-            parts.append(p.std**2 / p.n)
-        if parts:
-            se = math.sqrt(sum(parts))
+        # Each side's mean has variance s^2 / n; a side that shows no spread of its own (one run, or a paper
+        # value without a std) borrows the other side's per-seed std. An unknown paper seed count counts as 1.
+        s_ours = self.std
+        s_paper = p.std if p is not None else None
+        if s_ours is not None or s_paper is not None:
+            s_o = s_ours if s_ours is not None else s_paper
+            s_p = s_paper if s_paper is not None else s_ours
+            se = math.sqrt(s_o**2 / self.n + s_p**2 / ((p.n if p is not None else None) or 1))
         else:  # single runs on both sides: binomial noise of a pass rate on n_eval problems
             rate = min(max((p.value if self.kind == "pct" and p and p.value else 50.0) / 100, 0.05), 0.95)
             se = 100 * math.sqrt(2 * rate * (1 - rate) / max(self.n_eval, 1))
