@@ -1,0 +1,468 @@
+"""Evaluation throughput: greedy decoding of the 84 held-out HumanEval prompts on the Qwen3.5-4B architecture with S0
+active, one prompt at a time (the reference practice) against batched engines, in one process.
+
+    python -m benchmarks.eval_throughput                    # GPU defaults (about 2-3 minutes)
+    python -m benchmarks.eval_throughput --profile          # + torch.profiler top-20 ops at batch 1 and 84
+    python -m benchmarks.eval_throughput --new-tokens 512 --single-prompts 8 --single-tokens 128   # closer to full
+    python -m benchmarks.eval_throughput --tiny             # CPU smoke run
+
+Engines (random weights, so EOS is made unreachable and every row decodes the full length):
+    hf_single     s0.generation.generate, batch_size=1, on `--single-prompts` prompts x `--single-tokens` tokens
+    hf_batched    s0.generation.generate, batch_size=`--batch-size` (84: all prompts in one left-padded batch)
+    static_eager  benchmarks.decode_loop.StaticGreedyDecoder: StaticCache, ready-made masks, no per-step host sync
+    static_graph  the same with one decode step captured in a CUDA graph and replayed
+
+Each engine is timed twice, with 1 and with N new tokens, so prefill and per-step cost separate:
+step = (T(N) - T(1)) / (N - 1). Totals for the full task (84 prompts x 512 tokens) are EXTRAPOLATED from these
+(`est_full_s` = batches x (T(1) + 511 x step)); one-at-a-time is measured on a subset only, because at HF's per-step
+cost it would take hours. The memory-bandwidth bound per step counts the bytes a decode step must move at least:
+all weights once (tied embeddings once), the GatedDeltaNet states read and written (fp32, as cached), the conv
+states, and the attention K/V cache read at the mean context length; divided by a measured device-to-device copy
+bandwidth. Also timed: a bare decode step (model forward with a DynamicCache, one token, host sync per step, as HF
+does) so that HF `generate`'s own loop overhead shows as the difference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.common import (
+    bandwidth_gbps,
+    base_parser,
+    build,
+    cpu_threads,
+    eval_prompt_lengths,
+    fill_random,
+    guarded,
+    md_table,
+    metadata,
+    random_ids,
+    resolve_device,
+    scale_lengths,
+    summarize,
+    sync,
+    write_results,
+)
+from benchmarks.decode_loop import IdTokenizer, StaticGreedyDecoder, left_pad
+
+NAME = "eval_throughput"
+FULL_PROMPTS, FULL_TOKENS = 84, 512
+
+
+# ---------------------------------------------------------------- bandwidth bound
+def decode_bytes(model: torch.nn.Module, batch: int, context: float) -> dict[str, float]:
+    """Minimum bytes one decode step of a Qwen3.5 model moves at `batch` rows and mean `context` tokens."""
+    from s0.models import recurrent_layers
+
+    cfg = model.config
+    seen, weights = set(), 0
+    for p in model.parameters():  # tied embeddings are one tensor: count it once
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            weights += p.numel() * p.element_size()
+    layers = recurrent_layers(model)
+    state = sum(r.numel for r in layers) * 4  # fp32 recurrent state (what fla returns and the cache keeps)
+    conv_dim = (
+        2 * cfg.linear_num_key_heads * cfg.linear_key_head_dim
+        + cfg.linear_num_value_heads * cfg.linear_value_head_dim
+    )
+    elt = next(model.parameters()).element_size()
+    conv = len(layers) * conv_dim * cfg.linear_conv_kernel_dim * elt
+    n_attn = sum(t == "full_attention" for t in cfg.layer_types)
+    kv_per_token = n_attn * 2 * cfg.num_key_value_heads * cfg.head_dim * elt
+    per_row = 2 * state + 2 * conv + kv_per_token * context
+    return {
+        "weights": float(weights),
+        "recurrent_state_rw": 2.0 * state * batch,
+        "conv_state_rw": 2.0 * conv * batch,
+        "kv_read": float(kv_per_token * context * batch),
+        "total": float(weights + per_row * batch),
+    }
+
+
+def bound(model, batch: int, context: float, bw_gbps: float | None) -> dict[str, Any]:
+    b = decode_bytes(model, batch, context)
+    out: dict[str, Any] = {"bytes": b, "batch": batch, "context": context, "bandwidth_gbps": bw_gbps}
+    if bw_gbps:
+        out["step_s"] = b["total"] / (bw_gbps * 1e9)
+        out["tokens_per_s"] = batch / out["step_s"]
+    return out
+
+
+# ---------------------------------------------------------------- engines
+def run_hf(model, tok: IdTokenizer, idx: list[int], batch_size: int, new_tokens: int, device) -> float:
+    from s0.generation import GenerationSpec, generate
+
+    texts = [f"p{i}" for i in idx]
+    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000)
+    sync(device)
+    t0 = time.perf_counter()
+    generate(model, tok, texts, spec, progress=False)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def hf_tokens(model, tok: IdTokenizer, idx: list[int], batch_size: int, new_tokens: int) -> list[list[int]]:
+    from s0.generation import GenerationSpec, generate
+
+    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000)
+    outs = generate(model, tok, [f"p{i}" for i in idx], spec, progress=False)
+    return [[int(x) for x in o[0].split()] for o in outs]
+
+
+def run_static(
+    dec: StaticGreedyDecoder, seqs: list[list[int]], new_tokens: int, graph: bool, device
+) -> tuple[float, Any]:
+    ids, mask = left_pad(seqs, 0, device)
+    sync(device)
+    t0 = time.perf_counter()
+    out = dec.generate(ids, mask, new_tokens, graph=graph)
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def engine_result(
+    t1: float, tn: float, n: int, rows: int, batches: int, prompts_full: int, batch: int
+) -> dict[str, Any]:
+    step = (tn - t1) / (n - 1) if n > 1 else tn
+    full_batches = -(-prompts_full // batch)
+    est_full = full_batches * (t1 + (FULL_TOKENS - 1) * step)
+    return {
+        "t_1_token_s": t1,
+        "t_n_tokens_s": tn,
+        "new_tokens": n,
+        "rows": rows,
+        "step_s": step,
+        "decode_tokens_per_s": batch / step if step > 0 else None,
+        "measured_tokens_per_s": rows * n / tn,
+        "est_full_s": est_full,
+        "est_full_note": f"{full_batches} batch(es) x (T(1) + {FULL_TOKENS - 1} x step): extrapolated",
+    }
+
+
+def bare_dynamic_step(model, seqs: list[list[int]], steps: int, device) -> dict[str, Any]:
+    """Model forward with a DynamicCache, one token per step, host sync after each (what HF's loop waits on)."""
+    from transformers import DynamicCache
+
+    ids, mask = left_pad(seqs, 0, device)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        tok = out.logits[:, -1:].argmax(-1)
+        last = pos[:, -1:]
+        times = []
+        for _ in range(steps + 2):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last = last + 1
+            sync(device)
+            t0 = time.perf_counter()
+            out = model(
+                input_ids=tok, attention_mask=mask, position_ids=last, past_key_values=cache, use_cache=True
+            )
+            tok = out.logits[:, -1:].argmax(-1)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return summarize(times[2:])  # the first two steps warm up
+
+
+def static_steps(
+    dec: StaticGreedyDecoder, seqs: list[list[int]], steps: int, graph: bool, device
+) -> dict[str, Any]:
+    """Per-step time of the static decoder, `steps` steps queued back to back (no sync in between)."""
+    ids, mask = left_pad(seqs, 0, device)
+    dec.prefill(ids, mask)
+    if graph and dec.graph is None:
+        dec.capture(warmup=2)
+    with torch.no_grad():
+        for _ in range(2):
+            dec.step()
+        reps = []
+        for _ in range(3):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                dec.step()
+            sync(device)
+            reps.append((time.perf_counter() - t0) / steps)
+    return summarize(reps)
+
+
+# ---------------------------------------------------------------- profiling
+def _attr(e: Any, *names: str) -> float:
+    for n in names:
+        v = getattr(e, n, None)
+        if v is not None:
+            return float(v)
+    return 0.0
+
+
+def profile_fn(fn, device: torch.device, steps: int, top: int = 20) -> dict[str, Any]:
+    """torch.profiler over `fn` (which runs `steps` decode steps): top ops by self device and self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    wall = time.perf_counter() - t0
+    ev = prof.key_averages()
+    rows = []
+    for e in ev:
+        rows.append({
+            "name": e.key[:90],
+            "count": int(e.count),
+            "self_device_ms": _attr(e, "self_device_time_total", "self_cuda_time_total") / 1e3,
+            "self_cpu_ms": _attr(e, "self_cpu_time_total") / 1e3,
+        })  # fmt: skip
+    by_dev = sorted(rows, key=lambda r: -r["self_device_ms"])[:top]
+    by_cpu = sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top]
+    kernels = [
+        e
+        for e in prof.events()
+        if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
+    ]
+    device_busy_ms = sum(r["self_device_ms"] for r in rows)
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall * 1e3 / steps,
+        "device_busy_ms_per_step": device_busy_ms / steps,
+        "kernels_per_step": len(kernels) / steps,
+        "cpu_ops_per_step": sum(r["count"] for r in rows if r["name"].startswith("aten::")) / steps,
+        "top_by_self_device": by_dev,
+        "top_by_self_cpu": by_cpu,
+        "table": ev.table(sort_by=sort_key, row_limit=top, max_name_column_width=60),
+    }
+
+
+# ---------------------------------------------------------------- main
+def measure(args, device: torch.device) -> dict[str, Any]:
+    from s0.adapters import S0Adapter
+    from s0.backends import select_backends
+
+    res: dict[str, Any] = {}
+    res["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
+    model = build("qwen3_5_4b", args.tiny, device, seed=args.seed)
+    model.generation_config.eos_token_id = (
+        None  # random weights: decode the full length (IdTokenizer's EOS is out of vocab)
+    )
+    vocab = model.config.vocab_size
+    lengths = eval_prompt_lengths(args.prompts)
+    if args.tiny:
+        lengths = scale_lengths(lengths, 0.05)
+    seqs = random_ids(lengths, vocab, args.seed)
+    tok = IdTokenizer(seqs, vocab)
+    res["prompt_lengths"] = {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths),
+                             "n": len(lengths)}  # fmt: skip
+    adapter = S0Adapter(model, alpha=0.07)
+    fill_random(adapter.parameters(), 1.0, args.seed)
+    adapter.activate()  # evaluation runs with S0 active (zero decode overhead is what overhead.py checks)
+    res["bandwidth_gbps"] = bandwidth_gbps(device)
+    mean_len = statistics.mean(lengths)
+    res["bound"] = {
+        "batch_1": bound(model, 1, mean_len + args.new_tokens / 2, res["bandwidth_gbps"]),
+        f"batch_{args.batch_size}": bound(
+            model, args.batch_size, mean_len + args.new_tokens / 2, res["bandwidth_gbps"]
+        ),
+    }
+    engines: dict[str, Any] = {}
+    all_idx = list(range(len(seqs)))
+    single_idx = all_idx[: args.single_prompts]
+
+    def hf_single() -> dict[str, Any]:
+        run_hf(model, tok, single_idx[:1], 1, 2, device)  # warmup: Triton compile/autotune at batch 1
+        t1 = sum(run_hf(model, tok, [i], 1, 1, device) for i in single_idx)
+        tn = sum(run_hf(model, tok, [i], 1, args.single_tokens, device) for i in single_idx)
+        r = engine_result(
+            t1 / len(single_idx), tn / len(single_idx), args.single_tokens, 1, 1, FULL_PROMPTS, 1
+        )
+        r["prompts_measured"] = len(single_idx)
+        return r
+
+    def hf_batched() -> dict[str, Any]:
+        run_hf(model, tok, all_idx, args.batch_size, 2, device)  # warmup at the timed shapes
+        t1 = run_hf(model, tok, all_idx, args.batch_size, 1, device)
+        tn = run_hf(model, tok, all_idx, args.batch_size, args.new_tokens, device)
+        return engine_result(t1, tn, args.new_tokens, len(all_idx), 1, FULL_PROMPTS, args.batch_size)
+
+    engines["hf_single"] = guarded(engines, "hf_single", hf_single)
+    engines["hf_batched"] = guarded(engines, "hf_batched", hf_batched)
+
+    width = max(lengths)
+    batch_seqs = seqs[: args.batch_size]
+    dec_holder: dict[str, StaticGreedyDecoder] = {}
+
+    def static(graph: bool) -> dict[str, Any]:
+        dec = dec_holder.get("dec") or StaticGreedyDecoder(model, len(batch_seqs), width + args.new_tokens)
+        dec_holder["dec"] = dec
+        run_static(dec, batch_seqs, 4 if graph else 2, graph, device)  # warmup (and graph capture)
+        t1, _ = run_static(dec, batch_seqs, 1, graph, device)
+        tn, out = run_static(dec, batch_seqs, args.new_tokens, graph, device)
+        r = engine_result(t1, tn, args.new_tokens, len(batch_seqs), 1, FULL_PROMPTS, len(batch_seqs))
+        # Same greedy tokens as HF generate? (bf16: kernels differ, so late tokens may diverge on near-ties.)
+        k = min(args.agree_tokens, args.new_tokens)
+        ref = hf_tokens(model, tok, list(range(len(batch_seqs))), args.batch_size, k)
+        mine = out[:, :k].tolist()
+        r["agree_first_k_tokens"] = k
+        r["rows_identical_to_hf"] = sum(a == b for a, b in zip(mine, ref)) / len(ref)
+        return r
+
+    engines["static_eager"] = guarded(engines, "static_eager", lambda: static(False))
+    if device.type == "cuda":
+        engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
+    res["engines"] = engines
+
+    # Bare decode steps at batch 1 and B: where does HF generate's per-step time go?
+    bare: dict[str, Any] = {}
+    for b in sorted({1, args.batch_size}):
+        sub = seqs[:b]
+        bare[f"dynamic_sync_b{b}"] = guarded(
+            bare, f"dynamic_sync_b{b}", lambda sub=sub: bare_dynamic_step(model, sub, args.bare_steps, device)
+        )
+
+        def st(graph: bool, sub=sub) -> dict[str, Any]:
+            dec = StaticGreedyDecoder(model, len(sub), max(map(len, sub)) + args.bare_steps * 4 + 8)
+            return static_steps(dec, sub, args.bare_steps, graph, device)
+
+        bare[f"static_eager_b{b}"] = guarded(bare, f"static_eager_b{b}", lambda st=st: st(False))
+        if device.type == "cuda":
+            bare[f"static_graph_b{b}"] = guarded(bare, f"static_graph_b{b}", lambda st=st: st(True))
+    res["bare_step"] = bare
+
+    if args.profile:
+        prof: dict[str, Any] = {}
+        n = args.profile_steps
+        for b in sorted({1, args.batch_size}):
+            idx = all_idx[:b]
+            prof[f"hf_generate_b{b}"] = guarded(
+                prof,
+                f"hf_generate_b{b}",
+                lambda idx=idx, b=b: profile_fn(lambda: run_hf(model, tok, idx, b, n + 1, device), device, n),
+            )
+            sub = seqs[:b]
+
+            def prof_static(sub=sub) -> dict[str, Any]:
+                dec = StaticGreedyDecoder(model, len(sub), max(map(len, sub)) + n + 8)
+                ids, mask = left_pad(sub, 0, device)
+                dec.prefill(ids, mask)
+                dec.step()
+
+                def go() -> None:
+                    for _ in range(n):
+                        dec.step()
+
+                return profile_fn(go, device, n)
+
+            prof[f"static_eager_step_b{b}"] = guarded(prof, f"static_eager_step_b{b}", prof_static)
+        res["profile"] = prof
+    adapter.deactivate()
+    return res
+
+
+def summarize_run(res: dict[str, Any], args) -> dict[str, Any]:
+    """Speedups of each batched engine over one-at-a-time (extrapolated full task) and fractions of the bound."""
+    eng = {k: v for k, v in (res.get("engines") or {}).items() if v and "error" not in v}
+    single = eng.get("hf_single") or {}
+    bounds = res.get("bound", {})
+    out: dict[str, Any] = {}
+    speedups, fractions = [], []
+    for name, e in eng.items():
+        bnd = bounds.get("batch_1" if name == "hf_single" else f"batch_{args.batch_size}", {})
+        if bnd.get("tokens_per_s") and e.get("decode_tokens_per_s"):
+            out[f"bound_fraction_{name}"] = e["decode_tokens_per_s"] / bnd["tokens_per_s"]
+            if name != "hf_single":
+                fractions.append(out[f"bound_fraction_{name}"])
+        if name != "hf_single" and single.get("est_full_s") and e.get("est_full_s"):
+            out[f"speedup_{name}_vs_single"] = single["est_full_s"] / e["est_full_s"]
+            speedups.append(out[f"speedup_{name}_vs_single"])
+    out["meets_20x"] = bool(speedups) and max(speedups) >= 20
+    out["meets_25pct_bound"] = bool(fractions) and max(fractions) >= 0.25
+    return out
+
+
+def markdown(payload: dict[str, Any], args) -> str:
+    res = payload.get("run") or {}
+    md = [
+        f"# Evaluation throughput ({payload['meta'].get('gpu', {}).get('name', payload['meta']['device'])})",
+        "",
+    ]
+    if "error" in res:
+        return "\n".join([*md, f"FAILED: {res['error'][:500]}"])
+    bb = res.get("bound", {})
+    md.append(f"Measured copy bandwidth: {res.get('bandwidth_gbps') or 0:.0f} GB/s. Bound per decode step: " + ", ".join(
+        f"{k}: {v.get('step_s', 0) * 1e3:.2f} ms ({v.get('tokens_per_s', 0):.0f} tok/s)" for k, v in bb.items()))  # fmt: skip
+    md.append(f"Full task = {FULL_PROMPTS} prompts x {FULL_TOKENS} tokens; est_full_s is extrapolated from measured "
+              f"T(1) and per-step time (hf_single measured on {args.single_prompts} prompts x {args.single_tokens} tokens).")  # fmt: skip
+    rows = []
+    for name, e in (res.get("engines") or {}).items():
+        if not e or "error" in e:
+            rows.append({"engine": name, "error": (e or {}).get("error", "failed")[:200]})
+            continue
+        rows.append({"engine": name, "rows": e["rows"], "new_tokens": e["new_tokens"], "prefill_s": e["t_1_token_s"],
+                     "step_ms": e["step_s"] * 1e3, "decode_tok_s": e["decode_tokens_per_s"],
+                     "est_full_s": e["est_full_s"], "rows_identical_to_hf": e.get("rows_identical_to_hf")})  # fmt: skip
+    md += ["", md_table(rows, ["engine", "rows", "new_tokens", "prefill_s", "step_ms", "decode_tok_s", "est_full_s",
+                               "rows_identical_to_hf", "error"])]  # fmt: skip
+    md += ["", "Summary: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in (payload.get("summary") or {}).items())]  # fmt: skip
+    bare_rows = [{"variant": k, "median_ms": v["median"] * 1e3, "spread": v["spread"]}
+                 for k, v in (res.get("bare_step") or {}).items() if v and "median" in v]  # fmt: skip
+    md += ["", "Bare decode step:", "", md_table(bare_rows, ["variant", "median_ms", "spread"])]
+    for key, p in (res.get("profile") or {}).items():
+        if not p or "error" in p:
+            continue
+        md += ["", f"## Profile {key}: wall {p['wall_ms_per_step']:.1f} ms/step, device busy "
+               f"{p['device_busy_ms_per_step']:.1f} ms/step, {p['kernels_per_step']:.0f} kernels/step", "",
+               "```", p["table"], "```"]  # fmt: skip
+    return "\n".join(md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = base_parser(__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=FULL_PROMPTS, help="held-out prompts (80-163), first n")
+    ap.add_argument("--batch-size", type=int, default=FULL_PROMPTS)
+    ap.add_argument("--new-tokens", type=int, default=128, help="batched engines; the full task is 512")
+    ap.add_argument("--single-prompts", type=int, default=4, help="one-at-a-time subset")
+    ap.add_argument("--single-tokens", type=int, default=32)
+    ap.add_argument("--bare-steps", type=int, default=16)
+    ap.add_argument("--agree-tokens", type=int, default=32, help="compare this many tokens with HF generate")
+    ap.add_argument(
+        "--profile", action="store_true", help="torch.profiler over a few decode steps at batch 1 and B"
+    )
+    ap.add_argument("--profile-steps", type=int, default=5)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.prompts = min(args.prompts, 6)
+        args.batch_size = min(args.batch_size, args.prompts)
+        args.new_tokens = min(args.new_tokens, 8)
+        args.single_prompts = min(args.single_prompts, 2)
+        args.single_tokens = min(args.single_tokens, 4)
+        args.bare_steps = min(args.bare_steps, 3)
+        args.agree_tokens = min(args.agree_tokens, 8)
+        args.profile_steps = min(args.profile_steps, 2)
+    args.batch_size = min(args.batch_size, args.prompts)
+    device = resolve_device(args)
+    payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
+    with cpu_threads(1 if args.tiny else None):
+        guarded(payload, "run", lambda: measure(args, device))
+    if payload.get("run") and "error" not in payload["run"]:
+        payload["summary"] = summarize_run(payload["run"], args)
+    write_results(args.out, NAME, payload, markdown(payload, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
