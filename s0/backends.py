@@ -114,6 +114,8 @@ def select_backends(
         if err:
             fla_ok = False
             reasons["gdn_smoke"] = f"fla {fla_v} failed a smoke test: {err}"
+            if gdn == "auto":
+                warnings.warn(f"{reasons['gdn_smoke']}; using transformers' PyTorch GDN kernel", stacklevel=2)
     if gdn == "fla" and not fla_ok:
         raise BackendError(
             "backend.gdn=fla but flash-linear-attention is not usable here "
