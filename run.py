@@ -84,6 +84,7 @@ def main() -> None:
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def hydra_entry(cfg: DictConfig) -> None:
         from s0.adapters import AdapterError
+        from s0.backends import BackendError
         from s0.config import ConfigError
         from s0.models import ModelError
         from s0.pipeline import PipelineError
@@ -91,7 +92,7 @@ def main() -> None:
 
         try:
             execute(cfg)
-        except (ConfigError, ModelError, PipelineError, TaskDataError, AdapterError) as err:
+        except (ConfigError, ModelError, PipelineError, TaskDataError, AdapterError, BackendError) as err:
             fail(str(err))
 
     hydra_entry()

@@ -52,7 +52,13 @@ class MethodConfig:
     steps: int = _help("optimizer steps; each step covers every training example (reference practice)", 20)
     l2: float = _help("L2 penalty on the trainable tensors (lambda in Sec 3.1)", 0.0)
     grad_clip: float = _help("global grad-norm clip; 0 disables", 1.0)
-    batching: str = _help("packed (one varlen batch), padded, or per_example (reference loop)", "padded")
+    batching: str = _help(
+        "padded (length-sorted micro-batches, right-padded), packed (micro-batches filled to a token budget) or "
+        "per_example (the reference loop); all three give the same gradient",
+        "padded",
+    )
+    micro_batch_size: int = _help("sequences per forward pass for padded batching", 8)
+    max_tokens: int = _help("token budget per forward pass for packed batching", 4096)
     max_train_examples: int | None = _help("cap on verified solutions used (App D data efficiency)", None)
     # S0 and state-offset (Sec 3, 5.5).
     alpha: float = _help("state scale alpha (0.07 GDN, 0.65 Mamba-2; Sec 3.1, App E)", 1.0)
@@ -197,6 +203,8 @@ def validate_method(m: MethodConfig, key: str = "method") -> None:
     _positive(f"{key}.l2", m.l2, allow_zero=True)
     _positive(f"{key}.grad_clip", m.grad_clip, allow_zero=True)
     _positive(f"{key}.max_train_examples", m.max_train_examples)
+    _positive(f"{key}.micro_batch_size", m.micro_batch_size)
+    _positive(f"{key}.max_tokens", m.max_tokens)
     _positive(f"{key}.r", m.r)
     _positive(f"{key}.lora_alpha", m.lora_alpha)
     _positive(f"{key}.num_virtual_tokens", m.num_virtual_tokens)

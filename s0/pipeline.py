@@ -107,14 +107,20 @@ class Pipeline:
         self.cache = Path(cfg.paths.cache)
         self._model_key: str | None = None
         self.model = self.tokenizer = None
+        self.backends: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------- plumbing
     def _ensure_model(self, run: PlannedRun) -> None:
         key = config_hash(run.key()["model"])
         if key != self._model_key:
+            from s0.backends import select_backends
+
             self.model = self.tokenizer = None
             self.model, self.tokenizer = load_model(run, self.device)
             self._model_key = key
+            # Routes kernels (fla or PyTorch, per direction) through the injection dispatchers; without this a
+            # backward through fla on Hopper with triton < 3.7.1 raises (s0/backends.py).
+            self.backends = select_backends(self.cfg.backend.gdn, self.cfg.backend.mamba, device=self.device)
 
     def _spec(self, evalc, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
         return GenerationSpec(
@@ -197,12 +203,17 @@ class Pipeline:
         # assumption: the completion ends with EOS, so the model also learns where a solution stops
         examples = [encode_pair(self.tokenizer, p["prompt"], p["completion"], self.cfg.eval.max_length, add_eos=True)
                     for p in pairs]  # fmt: skip
-        fields = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("name",)}
+        fields = {
+            k: v
+            for k, v in dataclasses.asdict(m).items()
+            if k not in ("name", "micro_batch_size", "max_tokens")
+        }
         if m.name == "lora":
             fields["target_modules"] = list(run.model.lora_targets)
         adapter = build_adapter(m.name, self.model, seed=run.seed, **fields)
         result = train(adapter, examples, m.steps, m.lr, m.l2, m.grad_clip, m.batching, run.seed, self.progress,
-                       log_fn=lambda row: log.debug("train %s", row), pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                       log_fn=lambda row: log.debug("train %s", row), micro_batch_size=m.micro_batch_size,
+                       max_tokens=m.max_tokens, pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
         log.info("train: %d examples, %d steps, loss %.4f -> %.4f, %.1fs", len(examples), m.steps,
                  result.losses[0], result.losses[-1], result.seconds)  # fmt: skip
         data_hash = config_hash([[p["id"], p["completion"]] for p in pairs], 16)
@@ -274,7 +285,6 @@ def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
     with run_log(run_dir):
         log.info("run %s: %s %s seed %d (%s)", run.run_id, run.model.name, run.arm, run.seed, run.describe())
         records.write_json(run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id})
-        records.write_json(run_dir / "provenance.json", provenance(pipe.cfg.paths.root))
         if pipe.resolved:
             from omegaconf import OmegaConf
 
@@ -282,6 +292,9 @@ def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
         t0 = time.perf_counter()
         pipe._ensure_model(run)
         timing["load_model"] = time.perf_counter() - t0
+        records.write_json(
+            run_dir / "provenance.json", {**provenance(pipe.cfg.paths.root), "backends": pipe.backends}
+        )
         checksum = weights_checksum(pipe.model)
         adapter, info = None, {}
         try:
