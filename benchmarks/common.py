@@ -122,14 +122,18 @@ def metadata(argv: list[str] | None, device: torch.device) -> dict[str, Any]:
     return meta
 
 
-def write_results(out_dir: str | Path, name: str, payload: dict[str, Any], markdown: str) -> Path:
-    """Write `<name>.json` and `<name>.md` into `out_dir`; returns the JSON path."""
+def write_results(
+    out_dir: str | Path, name: str, payload: dict[str, Any], markdown: str, quiet: bool = False
+) -> Path:
+    """Write `<name>.json` and `<name>.md` into `out_dir`; returns the JSON path. Scripts call it after every stage
+    too (quiet), so a run killed by a time limit still leaves what it measured."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
     (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
-    log(f"wrote {path} and {name}.md")
+    if not quiet:
+        log(f"wrote {path} and {name}.md")
     return path
 
 

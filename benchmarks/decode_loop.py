@@ -50,6 +50,9 @@ class StaticGreedyDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self._warm: list[torch.Tensor] = []  # tokens emitted by the eager warmup steps of `capture`
         self.prefilled = False
+        # Host-side count of cache slots written. An index past max_len inside index_copy_ would be a device-side
+        # assert that poisons the CUDA context for the rest of the benchmark run, so refuse before that.
+        self.used = 0
 
     # ------------------------------------------------------------------ prefill
     @torch.no_grad()
@@ -81,6 +84,7 @@ class StaticGreedyDecoder:
         self.tok.copy_(first[:, None])
         self.pos.copy_(pos[:, -1:] + 1)
         self.slot.fill_(p)
+        self.used = p
         self.mask.zero_()
         self.mask[:, 0, 0, :p] = valid
         self.prefilled = True
@@ -89,6 +93,13 @@ class StaticGreedyDecoder:
         return first
 
     # ------------------------------------------------------------------ decode
+    def _advance(self) -> None:
+        if self.used >= self.max_len:
+            raise RuntimeError(
+                f"static cache full ({self.max_len} slots): build the decoder with a larger max_len"
+            )
+        self.used += 1
+
     def _step(self) -> torch.Tensor:
         """One decode step on the device buffers; no host sync, so it can be captured in a CUDA graph."""
         self.mask.index_fill_(3, self.slot, True)  # the new token's own key
@@ -110,6 +121,7 @@ class StaticGreedyDecoder:
         """One eager step; returns the token buffer (B, 1), overwritten by the next step."""
         if not self.prefilled:
             raise RuntimeError("prefill first")
+        self._advance()
         if self.graph is not None:
             self.graph.replay()
             return self.tok
@@ -129,6 +141,7 @@ class StaticGreedyDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(warmup):
+                self._advance()
                 self._warm.append(self._step().clone())
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
@@ -148,6 +161,7 @@ class StaticGreedyDecoder:
             self.capture(warmup=2)
             outs.extend(self._warm)
         while len(outs) < new_tokens:
+            self._advance()
             if graph and self.graph is not None:
                 self.graph.replay()
                 outs.append(self.tok.clone())

@@ -24,6 +24,7 @@ does) so that HF `generate`'s own loop overhead shows as the difference.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import time
@@ -207,17 +208,16 @@ def _attr(e: Any, *names: str) -> float:
     return 0.0
 
 
-def profile_fn(fn, device: torch.device, steps: int, top: int = 20) -> dict[str, Any]:
-    """torch.profiler over `fn` (which runs `steps` decode steps): top ops by self device and self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
+def _activities(device: torch.device) -> list:
+    from torch.profiler import ProfilerActivity
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync(device)
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        fn()
-        sync(device)
-    wall = time.perf_counter() - t0
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def _profile_summary(
+    prof, steps: int, wall_s_per_step: float, device: torch.device, top: int = 20
+) -> dict[str, Any]:
+    """Top ops by self device time and by self CPU time, kernels per step, device busy time per step."""
     ev = prof.key_averages()
     rows = []
     for e in ev:
@@ -227,33 +227,75 @@ def profile_fn(fn, device: torch.device, steps: int, top: int = 20) -> dict[str,
             "self_device_ms": _attr(e, "self_device_time_total", "self_cuda_time_total") / 1e3,
             "self_cpu_ms": _attr(e, "self_cpu_time_total") / 1e3,
         })  # fmt: skip
-    by_dev = sorted(rows, key=lambda r: -r["self_device_ms"])[:top]
-    by_cpu = sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top]
-    kernels = [
-        e
-        for e in prof.events()
-        if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)
-    ]
-    device_busy_ms = sum(r["self_device_ms"] for r in rows)
+    kernels = [e for e in prof.events() if "CUDA" in str(getattr(e, "device_type", ""))]
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {
         "steps": steps,
-        "wall_ms_per_step": wall * 1e3 / steps,
-        "device_busy_ms_per_step": device_busy_ms / steps,
+        "wall_ms_per_step": wall_s_per_step * 1e3,
+        # Sum of kernel self times: the GPU's busy time; wall minus this is launch/host overhead (GPU idle).
+        "device_busy_ms_per_step": sum(r["self_device_ms"] for r in rows) / steps,
         "kernels_per_step": len(kernels) / steps,
-        "cpu_ops_per_step": sum(r["count"] for r in rows if r["name"].startswith("aten::")) / steps,
-        "top_by_self_device": by_dev,
-        "top_by_self_cpu": by_cpu,
+        "aten_ops_per_step": sum(r["count"] for r in rows if r["name"].startswith("aten::")) / steps,
+        "top_by_self_device": sorted(rows, key=lambda r: -r["self_device_ms"])[:top],
+        "top_by_self_cpu": sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top],
         "table": ev.table(sort_by=sort_key, row_limit=top, max_name_column_width=60),
+        "table_cpu": ev.table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=60),
     }
 
 
+def profile_hf_generate(model, seqs: list[list[int]], steps: int, device: torch.device) -> dict[str, Any]:
+    """torch.profiler over `steps` decode steps inside HF `model.generate` (prefill and one warmup step excluded):
+    a logits processor, called once per generated token, advances the profiler schedule."""
+    from torch.profiler import profile, schedule
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    ids, mask = left_pad(seqs, 0, device)
+    stamps: list[float] = []
+    holder: dict[str, Any] = {}
+
+    class StepMarker(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            stamps.append(time.perf_counter())
+            holder["prof"].step()
+            return scores
+
+    wait, warm = 1, 1  # profiler step 0 = prefill, step 1 = first decode step (warmup), then `steps` active
+    with torch.no_grad(), profile(activities=_activities(device), schedule=schedule(wait=wait, warmup=warm, active=steps, repeat=1)) as prof:  # fmt: skip
+        holder["prof"] = prof
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=wait + warm + steps + 1, do_sample=False,
+                       pad_token_id=0, logits_processor=LogitsProcessorList([StepMarker()]))  # fmt: skip
+        sync(device)
+    window = stamps[wait + warm - 1 : wait + warm + steps]
+    wall = (
+        statistics.median([b - a for a, b in itertools.pairwise(window)]) if len(window) > 1 else float("nan")
+    )
+    return _profile_summary(prof, steps, wall, device)
+
+
+def profile_static_steps(model, seqs: list[list[int]], steps: int, device: torch.device) -> dict[str, Any]:
+    """torch.profiler over `steps` eager steps of the static decoder (prefill and one warmup step excluded)."""
+    from torch.profiler import profile
+
+    dec = StaticGreedyDecoder(model, len(seqs), max(map(len, seqs)) + steps + 8)
+    ids, mask = left_pad(seqs, 0, device)
+    dec.prefill(ids, mask)
+    dec.step()
+    sync(device)
+    with torch.no_grad(), profile(activities=_activities(device)) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            dec.step()
+        sync(device)
+        wall = (time.perf_counter() - t0) / steps
+    return _profile_summary(prof, steps, wall, device)
+
+
 # ---------------------------------------------------------------- main
-def measure(args, device: torch.device) -> dict[str, Any]:
+def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, Any]:
+    """Fill `res` stage by stage, calling `save()` after each (partial results survive a time limit)."""
     from s0.adapters import S0Adapter
     from s0.backends import select_backends
 
-    res: dict[str, Any] = {}
     res["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
     model = build("qwen3_5_4b", args.tiny, device, seed=args.seed)
     model.generation_config.eos_token_id = (
@@ -279,6 +321,8 @@ def measure(args, device: torch.device) -> dict[str, Any]:
         ),
     }
     engines: dict[str, Any] = {}
+    res["engines"] = engines
+    save()
     all_idx = list(range(len(seqs)))
     single_idx = all_idx[: args.single_prompts]
 
@@ -299,7 +343,9 @@ def measure(args, device: torch.device) -> dict[str, Any]:
         return engine_result(t1, tn, args.new_tokens, len(all_idx), 1, FULL_PROMPTS, args.batch_size)
 
     engines["hf_single"] = guarded(engines, "hf_single", hf_single)
+    save()
     engines["hf_batched"] = guarded(engines, "hf_batched", hf_batched)
+    save()
 
     width = max(lengths)
     batch_seqs = seqs[: args.batch_size]
@@ -321,12 +367,14 @@ def measure(args, device: torch.device) -> dict[str, Any]:
         return r
 
     engines["static_eager"] = guarded(engines, "static_eager", lambda: static(False))
+    save()
     if device.type == "cuda":
         engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
-    res["engines"] = engines
+        save()
 
     # Bare decode steps at batch 1 and B: where does HF generate's per-step time go?
     bare: dict[str, Any] = {}
+    res["bare_step"] = bare
     for b in sorted({1, args.batch_size}):
         sub = seqs[:b]
         bare[f"dynamic_sync_b{b}"] = guarded(
@@ -340,34 +388,21 @@ def measure(args, device: torch.device) -> dict[str, Any]:
         bare[f"static_eager_b{b}"] = guarded(bare, f"static_eager_b{b}", lambda st=st: st(False))
         if device.type == "cuda":
             bare[f"static_graph_b{b}"] = guarded(bare, f"static_graph_b{b}", lambda st=st: st(True))
-    res["bare_step"] = bare
+    save()
 
     if args.profile:
         prof: dict[str, Any] = {}
+        res["profile"] = prof
         n = args.profile_steps
         for b in sorted({1, args.batch_size}):
-            idx = all_idx[:b]
-            prof[f"hf_generate_b{b}"] = guarded(
-                prof,
-                f"hf_generate_b{b}",
-                lambda idx=idx, b=b: profile_fn(lambda: run_hf(model, tok, idx, b, n + 1, device), device, n),
-            )
             sub = seqs[:b]
-
-            def prof_static(sub=sub) -> dict[str, Any]:
-                dec = StaticGreedyDecoder(model, len(sub), max(map(len, sub)) + n + 8)
-                ids, mask = left_pad(sub, 0, device)
-                dec.prefill(ids, mask)
-                dec.step()
-
-                def go() -> None:
-                    for _ in range(n):
-                        dec.step()
-
-                return profile_fn(go, device, n)
-
-            prof[f"static_eager_step_b{b}"] = guarded(prof, f"static_eager_step_b{b}", prof_static)
-        res["profile"] = prof
+            prof[f"hf_generate_b{b}"] = guarded(
+                prof, f"hf_generate_b{b}", lambda sub=sub: profile_hf_generate(model, sub, n, device)
+            )
+            prof[f"static_eager_step_b{b}"] = guarded(
+                prof, f"static_eager_step_b{b}", lambda sub=sub: profile_static_steps(model, sub, n, device)
+            )
+            save()
     adapter.deactivate()
     return res
 
@@ -402,7 +437,8 @@ def markdown(payload: dict[str, Any], args) -> str:
     if "error" in res:
         return "\n".join([*md, f"FAILED: {res['error'][:500]}"])
     bb = res.get("bound", {})
-    md.append(f"Measured copy bandwidth: {res.get('bandwidth_gbps') or 0:.0f} GB/s. Bound per decode step: " + ", ".join(
+    bw = res.get("bandwidth_gbps")
+    md.append(f"Measured copy bandwidth: {f'{bw:.0f} GB/s' if bw else 'n/a (no GPU)'}. Bound per decode step: " + ", ".join(
         f"{k}: {v.get('step_s', 0) * 1e3:.2f} ms ({v.get('tokens_per_s', 0):.0f} tok/s)" for k, v in bb.items()))  # fmt: skip
     md.append(f"Full task = {FULL_PROMPTS} prompts x {FULL_TOKENS} tokens; est_full_s is extrapolated from measured "
               f"T(1) and per-step time (hf_single measured on {args.single_prompts} prompts x {args.single_tokens} tokens).")  # fmt: skip
@@ -456,11 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_size = min(args.batch_size, args.prompts)
     device = resolve_device(args)
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
+    res: dict[str, Any] = {}
+    payload["run"] = res
+
+    def save(quiet: bool = True) -> None:
+        if payload.get("run") and "error" not in payload["run"]:
+            payload["summary"] = summarize_run(payload["run"], args)
+        write_results(args.out, NAME, payload, markdown(payload, args), quiet=quiet)
+
     with cpu_threads(1 if args.tiny else None):
-        guarded(payload, "run", lambda: measure(args, device))
-    if payload.get("run") and "error" not in payload["run"]:
-        payload["summary"] = summarize_run(payload["run"], args)
-    write_results(args.out, NAME, payload, markdown(payload, args))
+        guarded(payload, "run", lambda: measure(args, device, res, save))
+    save(quiet=False)
     return 0
 
 

@@ -105,10 +105,10 @@ def step_time(dec: StaticGreedyDecoder, seqs: list[list[int]], steps: int, graph
     return dt
 
 
-def decode_table(model, s0, offset, args, device) -> dict[str, Any]:
+def decode_table(model, s0, offset, args, device, out: dict[str, Any], save) -> dict[str, Any]:
+    """Fill `out["batch_<b>"]` per batch size (and `save()` after each)."""
     contexts = config_contexts(model, s0, offset)
     modes = ["eager"] + (["graph"] if device.type == "cuda" else [])
-    out: dict[str, Any] = {}
     for batch in args.batch_sizes:
         seqs = random_ids([args.prompt_len] * batch, model.config.vocab_size, args.seed)
         dec = StaticGreedyDecoder(model, batch, args.prompt_len + args.steps + 8)
@@ -157,6 +157,7 @@ def decode_table(model, s0, offset, args, device) -> dict[str, Any]:
                 })  # fmt: skip
         out[f"batch_{batch}"] = {"rows": rows, "errors": errors}
         del dec
+        save()
     return out
 
 
@@ -212,19 +213,20 @@ def swap_table(model, s0, args, device) -> dict[str, Any]:
     return out
 
 
-def measure(args, device: torch.device) -> dict[str, Any]:
+def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, Any]:
+    """Fill `res` (decode table per batch size, then switching costs), calling `save()` as it goes."""
     from s0.adapters import S0Adapter, StateOffsetAdapter
     from s0.backends import select_backends
 
-    res: dict[str, Any] = {
-        "backends": {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
-    }
+    res["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
     model = build("qwen3_5_4b", args.tiny, device, seed=args.seed)
     s0 = S0Adapter(model, alpha=0.07)
     fill_random(s0.parameters(), 1.0, args.seed)
     offset = StateOffsetAdapter(model, alpha=0.07)
     fill_random(offset.parameters(), 1.0, args.seed + 1)
-    guarded(res, "decode", lambda: decode_table(model, s0, offset, args, device))
+    res["decode"] = {}
+    guarded(res, "decode", lambda: decode_table(model, s0, offset, args, device, res["decode"], save))
+    save()
     guarded(res, "swap", lambda: swap_table(model, s0, args, device))
     return res
 
@@ -293,11 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         args.swap_repeats = min(args.swap_repeats, 3)
     device = resolve_device(args)
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
+    payload["run"] = res = {}
+
+    def save(quiet: bool = True) -> None:
+        if payload.get("run") and "error" not in payload["run"]:
+            payload["summary"] = summary(payload["run"])
+        write_results(args.out, NAME, payload, markdown(payload), quiet=quiet)
+
     with cpu_threads(1 if args.tiny else None):
-        guarded(payload, "run", lambda: measure(args, device))
-    if payload.get("run") and "error" not in payload["run"]:
-        payload["summary"] = summary(payload["run"])
-    write_results(args.out, NAME, payload, markdown(payload))
+        guarded(payload, "run", lambda: measure(args, device, res, save))
+    save(quiet=False)
     return 0
 
 

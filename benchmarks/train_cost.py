@@ -124,33 +124,27 @@ class _null:
         return False
 
 
-def config_run(key: str, args, device: torch.device) -> dict[str, Any]:
+def config_run(key: str, args, device: torch.device, out: dict[str, Any], save) -> dict[str, Any]:
+    """Fill `out` for one config (model + method), calling `save()` after each batching mode."""
     from s0.backends import select_backends
 
     method, model_name, fields, lr, l2 = CONFIGS[key]
-    out: dict[str, Any] = {
-        "method": method,
-        "model": model_name,
-        "lr": lr,
-        "l2": l2,
-        "adapter_fields": fields,
-    }
+    out.update(method=method, model=model_name, lr=lr, l2=l2, adapter_fields=fields)
     out["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
     out["memory_cap"] = cap_memory(None if args.tiny else args.cap_gib, device)
     try:
-        out.update(_measure(key, args, device))
+        _measure(key, args, device, out, save)
     finally:
         free_memory()  # the model went out of scope with _measure's frame
         uncap_memory(device)
     return out
 
 
-def _measure(key: str, args, device: torch.device) -> dict[str, Any]:
+def _measure(key: str, args, device: torch.device, out: dict[str, Any], save) -> None:
     from s0.adapters import build_adapter
     from s0.train import TrainExample
 
     method, model_name, fields, lr, l2 = CONFIGS[key]
-    out: dict[str, Any] = {}
     model = build(model_name, args.tiny, device, seed=args.seed)
     out["weights_gib"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     lengths = train_lengths(args.n, args.seed)
@@ -176,15 +170,28 @@ def _measure(key: str, args, device: torch.device) -> dict[str, Any]:
     ckpt = checkpoint_modes(args.checkpointing, model_name, args.modes)
     out["checkpointing_modes"] = sorted(ckpt)
     runs: dict[str, Any] = {}
+    out["runs"] = runs
     for mode in args.modes:
         steps = args.ref_steps if mode == "per_example" else args.steps
 
         def one(mode: str = mode, steps: int = steps) -> dict[str, Any]:
             # Warmup on 2 examples (cuBLAS handles, allocator, Triton/JIT), not timed; then a fresh start.
             try:
-                run_mode(adapter, model, examples[:2], mode, 1, lr, l2, args, device, mode in ckpt)
+                warm = run_mode(adapter, model, examples[:2], mode, 1, lr, l2, args, device, mode in ckpt)
                 restore()
-                return run_mode(adapter, model, examples, mode, steps, lr, l2, args, device, mode in ckpt)
+                capped = None
+                if mode == "per_example" and args.max_mode_s:
+                    # The per-example step costs ~n x (one example); keep the slow reference loop inside its budget.
+                    est = len(examples) * warm["total_s"] / 2
+                    fit = max(1, int(args.max_mode_s // max(est, 1e-9)))
+                    if fit < steps:
+                        capped, steps = steps, fit
+                        log(
+                            f"{mode}: ~{est:.1f} s/step estimated, {steps} step(s) instead of {capped} (--max-mode-s)"
+                        )
+                r = run_mode(adapter, model, examples, mode, steps, lr, l2, args, device, mode in ckpt)
+                r["steps_capped_from"] = capped
+                return r
             finally:
                 restore()  # every mode starts from the same tensors, also after a failure
 
@@ -194,9 +201,8 @@ def _measure(key: str, args, device: torch.device) -> dict[str, Any]:
             r = runs[mode]
             log(f"{key} {mode}: {r['median_step_s']:.3f} s/step, peak {r['peak_gib'] or 0:.2f} GiB, "
                 f"losses {[round(x, 4) for x in r['losses']]}")  # fmt: skip
-    out["runs"] = runs
-    out.update(compare(runs, args))
-    return out
+        out.update(compare(runs, args))
+        save()
 
 
 def compare(runs: dict[str, Any], args) -> dict[str, Any]:
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=4096, help="packed mode: tokens per micro-batch")
     ap.add_argument("--cap-gib", type=float, default=20.0, help="per-process CUDA memory cap; 0 = none")
     ap.add_argument("--checkpointing", default="auto", choices=["auto", "none", "harness", "all"])
+    ap.add_argument("--max-mode-s", type=float, default=90.0,
+                    help="cap the per-example loop's steps to about this many seconds (0 = no cap)")  # fmt: skip
     ap.add_argument("--loss-rtol", type=float, default=1e-2, help="loss trajectories 'equal' within this")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -257,10 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         args.max_tokens = min(args.max_tokens, 128)
     device = resolve_device(args)
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
+
+    def save(quiet: bool = True) -> None:
+        write_results(args.out, NAME, payload, markdown(payload, args), quiet=quiet)
+
     with cpu_threads(1 if args.tiny else None):
         for key in args.configs:
-            guarded(payload, key, lambda key=key: config_run(key, args, device))
+            payload[key] = {}
+            guarded(payload, key, lambda key=key: config_run(key, args, device, payload[key], save))
+            save()
+    save(quiet=False)
+    return 0
 
+
+def markdown(payload: dict[str, Any], args) -> str:
+    device = payload["meta"]["device"]
     md = [f"# Training cost ({payload['meta'].get('gpu', {}).get('name', device)})", ""]
     md.append(
         f"{args.n} sequences, per-example {args.ref_steps} steps, batched {args.steps} steps, "
@@ -279,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{res.get('checkpointing_modes')}; meets 5x: {res.get('meets_5x')}, fits cap: {res.get('meets_memory')}"
         )
         md += ["", md_table(res.get("rows", []), cols)]
-    write_results(args.out, NAME, payload, "\n".join(md))
-    return 0
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

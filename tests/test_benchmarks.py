@@ -164,6 +164,21 @@ def test_static_decoder_matches_hf_generate(method):
     assert mine == [[int(x) for x in o[0].split()] for o in outs]
 
 
+def test_static_decoder_refuses_to_overrun_its_cache():
+    """An index past the static cache would be a device-side assert on CUDA (fatal for the whole run)."""
+    from s0.models import TINY_ARCH, build_model
+
+    model = build_model("qwen3_5", TINY_ARCH["qwen3_5"], dtype=torch.float32)
+    ids, mask = left_pad(common.random_ids([5, 3], 272, seed=0), 0)
+    dec = StaticGreedyDecoder(model, 2, 8)
+    assert dec.generate(ids, mask, 3).shape == (2, 3)  # prompt 5 + 2 decode steps fill slots 0..6
+    dec.step()  # slot 7, the last one
+    with pytest.raises(RuntimeError, match="static cache full"):
+        dec.step()
+    with pytest.raises(ValueError, match="max_len too small"):
+        dec.generate(ids, mask, 5)
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
 def test_layer_checkpointing_keeps_loss_and_grads(family):
     from s0.adapters import S0Adapter
