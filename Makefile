@@ -4,7 +4,14 @@ EXPERIMENTS_IN_ORDER := main_qwen main_falcon lora_rank_matched state_offset sca
 	alpha_sweep_falcon layer_ablation data_efficiency passk prefix_control transfer_math500 transfer_gsm8k \
 	transfer_code_to_math spider_boundary mechanism
 
-.PHONY: help install install-cpu lint format test test-slow test-gpu demo plan reproduce-all tables figures report bench
+RESULTS ?= results/runs
+OUT ?= paper_figures
+TABLES := table1 table2 table3 table5 table6 table7 table8 table9 table10 table_app_d table_app_e_qwen \
+	table_app_e_falcon table_app_h table_transfer table_prefix table_sec6
+FIGURES := fig1 fig2 fig3 fig4
+
+.PHONY: help install install-cpu lint format test test-slow test-gpu demo plan reproduce-all tables figures \
+	report paper-fixtures mechanism $(TABLES) $(FIGURES)
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,3 +48,25 @@ plan:  ## list the concrete runs of every experiment
 
 reproduce-all:  ## every experiment of the paper, in dependency order (GPU, days)
 	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py -m experiment=$$e || exit 1; done
+	$(MAKE) report
+
+tables:  ## every table (Markdown, LaTeX, CSV) into paper_figures/
+	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT)
+
+figures:  ## every figure (PDF, PNG) into paper_figures/
+	$(PY) scripts/make_figures.py --results $(RESULTS) --out $(OUT)
+
+report:  ## report.md/.html: every table and figure, a verdict per claim, the runs behind each number
+	$(PY) scripts/make_report.py --results $(RESULTS) --out $(OUT)
+
+paper-fixtures:  ## the same from the paper's own values, into paper_figures/paper_fixtures/
+	$(PY) scripts/make_report.py --paper-fixtures
+
+mechanism:  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mechanism does this itself)
+	$(PY) scripts/mechanism.py --results $(RESULTS)
+
+$(TABLES):  ## one table, e.g. `make table1`
+	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT) --only $@
+
+$(FIGURES):  ## one figure, e.g. `make fig1`
+	$(PY) scripts/make_figures.py --results $(RESULTS) --out $(OUT) --only $@

@@ -366,4 +366,10 @@ def run_all(
             continue
         outcome[run.run_id] = execute_run(pipe, run)
         records.add_membership(run_dir, run.experiment, run.arm)
+    if cfg.analyses and cfg.experiment:
+        from s0.analysis import run_mechanism
+
+        pipe.model = None  # the analyses load the model with the saved S0 state themselves
+        for path in run_mechanism(cfg.paths.results, cfg.experiment, device=cfg.device):
+            log.info("mechanism analyses written to %s", path)
     return outcome

@@ -194,6 +194,11 @@ def welch_ttest_from_stats(
     if n1 < 2 or n2 < 2:
         raise ValueError("each group needs n >= 2")
     v1, v2 = std1**2 / n1, std2**2 / n2
+    if v1 + v2 == 0:  # both groups constant (tiny demo models score 0 everywhere): undefined, as in scipy
+        nan = math.nan
+        return TestResult(
+            "Welch t", nan, nan, nan, mean1 - mean2, nan, nan, nan, n1, n2, alternative, confidence
+        )
     se = math.sqrt(v1 + v2)
     # Welch-Satterthwaite: each group's variance is weighted by its own df, so unequal spreads (1.7 vs 5.1
     # in the paper's main comparison) are not averaged away as in Student's t-test.

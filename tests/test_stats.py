@@ -301,3 +301,11 @@ def test_falcon_tie_and_offset_win(ref: pd.DataFrame) -> None:
         t3["state_offset", "mean"], t3["state_offset", "std"], 10, t3["lora", "mean"], t3["lora", "std"], 10
     )
     assert r.pvalue < _cell(ref, source="Sec 7.2", metric="p_value")[0]
+
+
+def test_welch_with_two_constant_groups_is_undefined_not_an_error():
+    """scipy returns nan here; a table of tiny-model runs (all 0%) must render, not crash."""
+    res = st.welch_ttest([0.0, 0.0, 0.0], [0.0, 0.0])
+    assert math.isnan(res.pvalue) and math.isnan(res.statistic)
+    ref = sp.ttest_ind([0.0, 0.0, 0.0], [0.0, 0.0], equal_var=False)
+    assert math.isnan(ref.pvalue)

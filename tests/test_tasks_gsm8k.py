@@ -40,7 +40,7 @@ def test_normalize_number():
 
 
 def test_offline_hub_is_one_clear_error():
-    with pytest.raises(TaskDataError, match=r"data\.root"):
+    with pytest.raises(TaskDataError, match=r"paths\.data_root"):
         get_task("gsm8k").load_split("eval")
 
 
