@@ -164,6 +164,39 @@ def test_static_decoder_matches_hf_generate(method):
     assert mine == [[int(x) for x in o[0].split()] for o in outs]
 
 
+@pytest.mark.parametrize("method", ["s0", "lora"])
+def test_static_greedy_with_eos_matches_hf_generate(method):
+    """The EOS-aware candidate engine: rows stop at their own EOS (pad after it), like HF greedy generate."""
+    import collections
+
+    from benchmarks.decode_loop import static_greedy
+    from s0.adapters import build_adapter
+    from s0.models import TINY_ARCH, build_model
+
+    model = build_model("qwen3_5", {**TINY_ARCH["qwen3_5"], "initializer_range": 0.3}, dtype=torch.float32)
+    model.generation_config.eos_token_id = None
+    extra = (
+        {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 0} if method == "lora" else {}
+    )
+    adapter = build_adapter(method, model, **extra)
+    common.fill_random(adapter.parameters(), 0.5, 0)
+    ids, mask = left_pad(common.random_ids([5, 17, 9, 12, 3, 20], 272, seed=3), 0)
+    n = 30
+    with adapter.active():
+        free = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+        # A token the rows emit often, as EOS: rows then finish at different steps, some never.
+        eos = collections.Counter(free[:, ids.shape[1] :].flatten().tolist()).most_common(3)[2][0]
+        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0,
+                             eos_token_id=[eos])[:, ids.shape[1] :].tolist()  # fmt: skip
+        mine = static_greedy(model, ids, mask, n, [eos], 0, stop_check_every=4).tolist()
+    assert any(eos in r for r in ref)  # the EOS path is exercised
+    for a, b in zip(mine, ref):
+        k = min(len(a), len(b))
+        assert a[:k] == b[:k] and all(t == 0 for t in a[k:] + b[k:])
+
+
 def test_static_decoder_refuses_to_overrun_its_cache():
     """An index past the static cache would be a device-side assert on CUDA (fatal for the whole run)."""
     from s0.models import TINY_ARCH, build_model
