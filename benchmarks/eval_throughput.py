@@ -45,6 +45,7 @@ from benchmarks.common import (
     cpu_threads,
     eval_prompt_lengths,
     fill_random,
+    free_memory,
     guarded,
     md_table,
     metadata,
@@ -300,9 +301,8 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
 
     res["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
     model = build("qwen3_5_4b", args.tiny, device, seed=args.seed)
-    model.generation_config.eos_token_id = (
-        None  # random weights: decode the full length (IdTokenizer's EOS is out of vocab)
-    )
+    # Random weights emit any id, the real EOS included: decode the full length (IdTokenizer's EOS is out of vocab).
+    model.generation_config.eos_token_id = None
     vocab = model.config.vocab_size
     lengths = eval_prompt_lengths(args.prompts)
     if args.tiny:
@@ -405,6 +405,8 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
         engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
         save()
     engines["static_greedy"] = guarded(engines, "static_greedy", greedy_engine)
+    dec_holder.clear()  # release the batch-84 static cache and graph pool before the next stage
+    free_memory()
     save()
 
     # Bare decode steps at batch 1 and B: where does HF generate's per-step time go?
