@@ -8,7 +8,6 @@ CUDA_VISIBLE_DEVICES set to one GPU; its output goes to <sweep dir>/<job>/job.lo
 gives every job the same first GPUs, which is why this exists.
 """
 
-
 # No `from __future__ import annotations`: Hydra imports plugins outside sys.modules, and string annotations
 # on the config dataclass would then fail to resolve.
 import logging

@@ -30,7 +30,9 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 # Training-loop and runner fields of s0.config.MethodConfig that are not adapter fields: accepted and ignored,
 # so the runner can pass a whole method config.
-_LOOP_FIELDS = {"name", "lr", "steps", "l2", "grad_clip", "batching", "max_train_examples", "merge"}
+_LOOP_FIELDS = {
+    "name", "lr", "steps", "l2", "grad_clip", "batching", "micro_batch_size", "max_tokens", "max_train_examples", "merge",
+}  # fmt: skip
 
 
 def _config_fields(cls: type[Adapter]) -> set[str]:

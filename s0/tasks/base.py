@@ -110,7 +110,9 @@ def read_jsonl(path: str) -> list[dict]:
 def local_file(data_root: str, *parts: str) -> str:
     path = os.path.join(os.path.expanduser(data_root), *parts)
     if not os.path.isfile(path):
-        raise TaskDataError(f"missing {path} (paths.data_root={data_root}); see ../shared/data/README.md for the layout")
+        raise TaskDataError(
+            f"missing {path} (paths.data_root={data_root}); see ../shared/data/README.md for the layout"
+        )
     return path
 
 
