@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -274,14 +275,33 @@ def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, fl
 
 
 def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
-    """Every stage of one run; writes the run directory and, last, its `done` marker."""
+    """Every stage of one run; writes the run directory and, last, its `done` marker.
+
+    A run that fails before it trained anything leaves no directory behind (its log line is on the console);
+    one that fails after training keeps its saved adapter, so a rerun resumes from there.
+    """
+    run_dir = pipe.results / run.run_id
+    fresh = not run_dir.exists()
+    try:
+        return _execute_run(pipe, run, run_dir)
+    except BaseException:
+        if fresh and not (run_dir / "adapter").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, float]:
     from s0.adapters.base import weights_checksum
 
-    run_dir = pipe.results / run.run_id
     eval_task = task_for(run.eval_task)
     train_task = task_for(run.task) if run.method.name != "baseline" else None
     eval_task.load_split("eval")  # fail on missing data before anything is written or loaded
+    if train_task is not None:
+        train_task.load_split("train")
     timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pipe._ensure_model(run)
+    timing["load_model"] = time.perf_counter() - t0
     with run_log(run_dir):
         log.info("run %s: %s %s seed %d (%s)", run.run_id, run.model.name, run.arm, run.seed, run.describe())
         records.write_json(run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id})
@@ -289,9 +309,6 @@ def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
             from omegaconf import OmegaConf
 
             records.atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(pipe.resolved)))
-        t0 = time.perf_counter()
-        pipe._ensure_model(run)
-        timing["load_model"] = time.perf_counter() - t0
         records.write_json(
             run_dir / "provenance.json", {**provenance(pipe.cfg.paths.root), "backends": pipe.backends}
         )

@@ -129,7 +129,13 @@ def completion_ce_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     """sum over the batch's examples of each example's mean completion CE (a scalar)."""
     predict = batch["predict"]
     # A boolean logits_to_keep projects only the completion positions onto the vocabulary: (n_kept, V).
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=predict)
+    # use_cache=False: with the config's default a DynamicCache is built in every training forward (unused).
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=predict,
+        use_cache=False,
+    )
     logits = out.logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     nll = -torch.log_softmax(logits, dim=-1).gather(-1, batch["target"][predict][:, None]).squeeze(-1)

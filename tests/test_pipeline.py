@@ -1,0 +1,110 @@
+"""The pipeline on bad runtime input: one clear message, and no half-written run directory left behind.
+Also: batched greedy evaluation equals one-at-a-time evaluation with S0 (both families) and LoRA active."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import run
+from s0 import pipeline
+from s0.adapters import build_adapter
+from s0.config import MethodConfig, ModelConfig, TaskConfig
+from s0.generation import GenerationSpec, generate
+from s0.models import ModelError
+from s0.pipeline import PipelineError, run_all
+from s0.plan import expand
+from s0.tasks import TaskDataError
+
+
+def planned(compose, tmp_path, *overrides: str):
+    args = [
+        "debug=smoke",
+        f"paths.results={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+        *overrides,
+    ]
+    cfg, plain = run.to_run_config(compose(args))
+    groups = (run.load_group("method", MethodConfig), run.load_group("model", ModelConfig),
+              run.load_group("task", TaskConfig, resolve_with={"paths": plain["paths"]}))  # fmt: skip
+    return cfg, expand(cfg, *groups)
+
+
+def no_run_dirs(tmp_path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+def test_missing_spider_databases(compose, tmp_path, root):
+    data = root.parent / "shared" / "data"
+    cfg, runs = planned(
+        compose, tmp_path, "experiment=spider_boundary", "arm=baseline", f"paths.data_root={data}"
+    )
+    with pytest.raises(TaskDataError, match="Spider databases not found"):
+        run_all(runs, cfg, progress=False)
+    assert no_run_dirs(tmp_path)
+
+
+def test_model_that_cannot_be_downloaded(compose, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    cfg, runs = planned(compose, tmp_path, "model=qwen3_5_4b", "method=baseline", "smoke=false", "device=cpu")
+    with pytest.raises(ModelError, match=r"cannot load 'Qwen/Qwen3\.5-4B'.*weights=random"):
+        run_all(runs, cfg, progress=False)
+    assert no_run_dirs(tmp_path)
+
+
+def test_empty_training_set_after_collection(compose, tmp_path):
+    cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0",
+                        "collect.fallback_to_reference=false")  # fmt: skip
+    with pytest.raises(PipelineError, match=r"tried 4 problems x 2 samples .* none passed"):
+        run_all(runs, cfg, progress=False)
+    assert no_run_dirs(tmp_path)
+
+
+def test_out_of_memory_names_the_knobs(compose, tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(pipeline, "generate", oom)
+    cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=baseline")
+    with pytest.raises(PipelineError, match=r"out of GPU memory.*eval\.batch_size"):
+        run_all(runs, cfg, progress=False)
+    assert no_run_dirs(tmp_path)
+
+
+PROMPTS = [
+    "a",
+    "def f(x):",
+    "hello world",
+    "12+34=",
+    "The quick brown fox",
+    "x",
+    "print('hi')",
+    "user: solve",
+]
+
+
+@pytest.mark.parametrize(("family", "method", "scale"), [("qwen3_5", "s0", 1.0), ("falcon_h1", "s0", 10.0),
+                                                         ("qwen3_5", "lora", 0.3), ("falcon_h1", "lora", 0.3)])  # fmt: skip
+def test_batched_greedy_equals_one_at_a_time(family, method, scale):
+    """The evaluation engine (length-sorted, left-padded batches) with an adapter active gives the same tokens
+    as one prompt at a time."""
+    from s0.models import TINY_ARCH, build_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    # initializer_range 0.3: with the default 0.02 a tiny tied-embedding model just repeats its last token
+    model = build_model(family, {**TINY_ARCH[family], "initializer_range": 0.3}, dtype=torch.float64)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj" if family == "qwen3_5" else "in_proj"]
+    adapter = build_adapter(method, model, alpha=0.5, target_modules=targets, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a nonzero adapter, as if trained, so the check is not vacuous
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+    spec = GenerationSpec(max_new_tokens=6, batch_size=8)
+    with adapter.inactive():
+        base = generate(adapter.model, tok, PROMPTS, spec, progress=False)
+    with adapter.active():
+        batched = generate(adapter.model, tok, PROMPTS, spec, progress=False)
+        single = [generate(adapter.model, tok, [p], spec, progress=False)[0] for p in PROMPTS]
+    assert batched == single
+    assert batched != base, "the adapter changed nothing: the check would be vacuous"
