@@ -33,13 +33,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 IDS = torch.tensor([[5, 77, 130, 9, 201, 18, 66, 240]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny fp64 depthwise convs run ~30x slower with 2 OpenMP threads than with 1 on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(family: str, dtype=torch.float64, **arch):

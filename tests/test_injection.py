@@ -25,13 +25,7 @@ FAMILIES = ["qwen3_5", "falcon_h1"]
 RTOL = 1e-6  # relative to the largest reference value; measured 1e-7 .. 4e-7 (float32 kernels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny fp64 depthwise convs run ~30x slower with 2 OpenMP threads than with 1 on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

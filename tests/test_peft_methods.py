@@ -19,12 +19,7 @@ inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not r
 IDS = torch.tensor([[5, 77, 130, 9, 201, 18]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(family: str):

@@ -15,6 +15,7 @@ from s0.models import ModelError
 from s0.pipeline import PipelineError, run_all
 from s0.plan import expand
 from s0.tasks import TaskDataError
+from tests.test_injection import PROMPTS
 
 
 def planned(compose, tmp_path, *overrides: str):
@@ -72,20 +73,9 @@ def test_out_of_memory_names_the_knobs(compose, tmp_path, monkeypatch):
     assert no_run_dirs(tmp_path)
 
 
-PROMPTS = [
-    "a",
-    "def f(x):",
-    "hello world",
-    "12+34=",
-    "The quick brown fox",
-    "x",
-    "print('hi')",
-    "user: solve",
-]
-
-
 @pytest.mark.parametrize(("family", "method", "scale"), [("qwen3_5", "s0", 1.0), ("falcon_h1", "s0", 10.0),
                                                          ("qwen3_5", "lora", 0.3), ("falcon_h1", "lora", 0.3)])  # fmt: skip
+@pytest.mark.usefixtures("one_thread")
 def test_batched_greedy_equals_one_at_a_time(family, method, scale):
     """The evaluation engine (length-sorted, left-padded batches) with an adapter active gives the same tokens
     as one prompt at a time."""

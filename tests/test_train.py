@@ -17,13 +17,7 @@ from s0.train import TrainExample, collate, encode_pair, make_batches, train
 inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny fp64 depthwise convs run ~30x slower with 2 OpenMP threads than with 1 on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(family: str, dtype=torch.float64):
