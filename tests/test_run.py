@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,22 @@ def test_config_mistakes_get_one_line(root, args, message):
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_gpu_pool_launcher_gives_each_job_its_own_gpu(root, tmp_path):
+    """hydra/launcher=gpu_pool: one process per job, CUDA_VISIBLE_DEVICES set to one GPU of the pool."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "experiment=main_falcon", "plan=true", "seed=42,7,123", "hydra/launcher=gpu_pool",
+            "hydra.launcher.gpus=[3,5]", "hydra.launcher.poll_seconds=0.1", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    gpus = re.findall(r"job (\d) on GPU (\d)", out.stdout + out.stderr)
+    assert sorted(gpus) == [("0", "3"), ("1", "5"), ("2", "3")] or sorted(gpus) == [
+        ("0", "3"),
+        ("1", "5"),
+        ("2", "5"),
+    ]
+    for job in range(3):
+        assert "runs        3" in (sweep / str(job) / "job.log").read_text()
