@@ -11,7 +11,7 @@ Engines (random weights, so EOS is made unreachable and every row decodes the fu
     hf_batched    s0.generation.generate, batch_size=`--batch-size` (84: all prompts in one left-padded batch)
     static_eager  benchmarks.decode_loop.StaticGreedyDecoder: StaticCache, ready-made masks, no per-step host sync
     static_graph  the same with one decode step captured in a CUDA graph and replayed
-    static_greedy benchmarks.decode_loop.static_greedy: the EOS-aware candidate engine for s0.generation (graph
+    static_greedy s0.decode.static_greedy: the EOS-aware candidate engine for s0.generation (graph
                   captured per call; its step time is (T(N) - T(N/2)) / (N/2), the capture counts as prefill)
 
 Each engine is timed twice, with 1 and with N new tokens, so prefill and per-step cost separate:
@@ -56,7 +56,8 @@ from benchmarks.common import (
     sync,
     write_results,
 )
-from benchmarks.decode_loop import IdTokenizer, StaticGreedyDecoder, left_pad, static_greedy
+from benchmarks.decode_loop import IdTokenizer, StaticGreedyDecoder, left_pad
+from s0.decode import static_greedy
 
 NAME = "eval_throughput"
 FULL_PROMPTS, FULL_TOKENS = 84, 512

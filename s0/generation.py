@@ -27,6 +27,7 @@ class GenerationSpec:
     batch_size: int = 16
     max_length: int = 2048  # prompt + completion; longer prompts are cut from the left
     seed: int = 0
+    engine: str = "hf"  # "hf": transformers' generate; "static": s0.decode (greedy Qwen3.5, CUDA graph)
 
 
 @dataclass
@@ -80,18 +81,10 @@ def generate(
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
         attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=spec.max_new_tokens,
-            do_sample=spec.do_sample,
-            temperature=spec.temperature if spec.do_sample else None,
-            top_p=spec.top_p if spec.do_sample else None,
-            top_k=None,
-            pad_token_id=pad_id,
-            eos_token_id=eos_ids,
-        )
-        new = generated[:, width:]
+        if spec.engine == "static":
+            new = _static(model, input_ids, attention_mask, spec, eos_ids, pad_id)
+        else:
+            new = _hf(model, input_ids, attention_mask, spec, eos_ids, pad_id)
         for (i, s), row in zip(batch, new.tolist()):
             row = _until_eos(row, eos_ids)
             stats.new_tokens += len(row)
@@ -102,6 +95,36 @@ def generate(
     bar.close()
     stats.prompts += len(prompts)
     return out
+
+
+def _hf(
+    model, input_ids, attention_mask, spec: GenerationSpec, eos_ids: list[int], pad_id: int
+) -> torch.Tensor:
+    generated = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=spec.do_sample,
+        temperature=spec.temperature if spec.do_sample else None,
+        top_p=spec.top_p if spec.do_sample else None,
+        top_k=None,
+        pad_token_id=pad_id,
+        eos_token_id=eos_ids,
+    )
+    return generated[:, input_ids.shape[1] :]
+
+
+def _static(
+    model, input_ids, attention_mask, spec: GenerationSpec, eos_ids: list[int], pad_id: int
+) -> torch.Tensor:
+    from s0.decode import static_greedy
+
+    if spec.do_sample:
+        raise ValueError("engine='static' decodes greedily; use engine='hf' for sampling")
+    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or []
+    if "linear_attention" not in layer_types:
+        raise ValueError("engine='static' supports Qwen3.5 (GatedDeltaNet) models only; use engine='hf'")
+    return static_greedy(model, input_ids, attention_mask, spec.max_new_tokens, eos_ids, pad_id)
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

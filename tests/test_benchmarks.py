@@ -169,8 +169,8 @@ def test_static_greedy_with_eos_matches_hf_generate(method):
     """The EOS-aware candidate engine: rows stop at their own EOS (pad after it), like HF greedy generate."""
     import collections
 
-    from benchmarks.decode_loop import static_greedy
     from s0.adapters import build_adapter
+    from s0.decode import static_greedy
     from s0.models import TINY_ARCH, build_model
 
     model = build_model("qwen3_5", {**TINY_ARCH["qwen3_5"], "initializer_range": 0.3}, dtype=torch.float32)
