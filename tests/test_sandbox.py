@@ -209,7 +209,9 @@ FORGERIES = {
 def test_forged_verdicts_fail(code):
     test = "import math\ndef check(candidate):\n    assert math.isclose(abs(candidate(2, 3)), 5)\n    assert candidate(-1, 1) == 0\n"
     r = judged(code, test)
-    assert r.verdict in ("fail", "error"), r
+    # A timeout is a fail too: on a loaded 2-core machine the 100 MB "huge-return" transfer can outlast the
+    # limit. What must never happen is a pass.
+    assert r.verdict in ("fail", "error", "timeout"), r
 
 
 @pytest.mark.parametrize(
