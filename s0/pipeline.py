@@ -335,8 +335,9 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         if weights_checksum(pipe.model) != checksum:
             raise PipelineError(f"run {run.run_id} changed the frozen weights; refusing to record it")
         metrics = metrics_from(rows, run.eval.ks, run.eval.mode == "sampled")
+        # the solutions actually trained on (after max_train_examples), as train.json records them
         metrics["n_train"] = float(
-            info.get("passed", 0) if info.get("source") == "model" else len(pairs) if adapter else 0
+            json.loads((run_dir / "train.json").read_text())["n_pairs"] if adapter else 0
         )
         records.write_jsonl(run_dir / "samples.jsonl", rows)
         records.write_json(run_dir / "metrics.json", metrics)
