@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_run.sh eval parity tests      # profile first: where decode time goes
 #   bash benchmarks/gpu_run.sh train overhead
 #
+# Wheels: bash benchmarks/fetch_wheels.sh first (it fills .whl/gpu); then call the device with carry [".whl"].
 # Env: BENCH_ARGS (appended to every benchmark command; BENCH_ARGS=--tiny is a CPU dry run of this script),
 # OUT (default /tmp/bench_out), WHEELS (folder of wheels to install first, default .whl/gpu; the box has
 # transformers 5.17 and no fla: carry transformers 5.23 + flash-linear-attention/fla-core 0.6 + their missing deps).
