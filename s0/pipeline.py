@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def task_for(task_cfg, split_size_key: str | None = None):
+def task_for(task_cfg):
     """The s0.tasks object of a TaskConfig (no model code there)."""
     from s0.tasks import get_task
 
@@ -123,12 +124,13 @@ class Pipeline:
             # backward through fla on Hopper with triton < 3.7.1 raises (s0/backends.py).
             self.backends = select_backends(self.cfg.backend.gdn, self.cfg.backend.mamba, device=self.device)
 
-    def _spec(self, evalc, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
+    def _spec(self, sampling, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
+        """Decoding settings; `sampling` is the EvalConfig or CollectConfig whose temperature and top-p apply."""
         return GenerationSpec(
             max_new_tokens=max_new_tokens,
             do_sample=sampled,
-            temperature=evalc.temperature,
-            top_p=evalc.top_p,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
             samples=samples,
             batch_size=self.cfg.eval.batch_size,
             max_length=self.cfg.eval.max_length,
@@ -149,8 +151,7 @@ class Pipeline:
         examples = task.load_split("train")
         prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
         c = run.collect
-        spec = GenerationSpec(c.max_new_tokens, True, c.temperature, c.top_p, c.samples, self.cfg.eval.batch_size,
-                              self.cfg.eval.max_length, run.seed)  # fmt: skip
+        spec = self._spec(c, run.seed, sampled=True, samples=c.samples, max_new_tokens=c.max_new_tokens)
         texts = generate(self.model, self.tokenizer, prompts, spec, self.progress, desc="collect")
         flat_ex = [ex for ex in examples for _ in range(c.samples)]
         scored = task.score(flat_ex, [t for row in texts for t in row], progress=self.progress)
@@ -245,7 +246,7 @@ class Pipeline:
         spec = self._spec(e, run.seed, sampled, samples, e.max_new_tokens)
         stats = GenerationStats()
         model = adapter.model if adapter is not None else self.model
-        with adapter.active() if adapter is not None else _nullcontext():
+        with adapter.active() if adapter is not None else contextlib.nullcontext():
             texts = generate(model, self.tokenizer, prompts, spec, self.progress, stats, desc="evaluate")
         flat_ex = [ex for ex in examples for _ in range(samples)]
         flat = [t for row in texts for t in row]
@@ -260,11 +261,6 @@ class Pipeline:
         if cache_path is not None:
             records.write_jsonl(cache_path, rows)
         return rows
-
-
-@contextmanager
-def _nullcontext():
-    yield
 
 
 def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, float]:
