@@ -302,6 +302,55 @@ def greedy(model, tok, prompts, n_new=6):
     return out[:, enc.input_ids.shape[1] :].tolist()
 
 
+DECODE_KERNEL = {"qwen3_5": "torch_recurrent_gated_delta_rule", "falcon_h1": "mamba2_selective_state_update"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_decode_steps_skip_the_s0_hook(family):
+    """Zero overhead in `generate` on the installed transformers: every one-token cached decode step of an S0
+    layer runs with no injection active. The skip reads the mixer's cache argument, renamed in 5.24
+    (cache_params -> cache); read under a stale name it is None, nothing is skipped and this test fails."""
+    import sys
+
+    model, tok = tiny(family), tiny_tokenizer()
+    layer = recurrent_layers(model)[0]
+    name = DECODE_KERNEL[family]
+    kernel = inj.pytorch_kernel(sys.modules[type(layer.module).__module__], name)
+    skipped: list[bool] = []
+
+    def spy(*args, **kwargs):
+        skipped.append(inj._CURRENT.get() is None)
+        return kernel(*args, **kwargs)
+
+    n_new = 5
+    with inj.override_kernel(name, spy), random_s0(model, alpha=0.5).active():
+        greedy(model, tok, ["def f(x):", "a"], n_new=n_new)  # left-padded batch: a mask is passed too
+    # the first new token comes from the prefill; each later one is one decode step in every recurrent layer
+    assert len(skipped) == (n_new - 1) * len(recurrent_layers(model))
+    assert all(skipped)
+
+
+def test_mixer_arguments_are_read_under_the_forward_signature_names():
+    """The pre-hook finds the cache under 5.23's and 5.24's names, and refuses a mixer whose names it does not
+    know rather than read None."""
+    from torch import nn
+
+    class Old(nn.Module):
+        def forward(self, hidden_states, cache_params=None, attention_mask=None): ...
+
+    class New(nn.Module):
+        def forward(self, hidden_states, cache=None, attention_mask=None, **kwargs): ...
+
+    class Renamed(nn.Module):
+        def forward(self, hidden_states, state_cache=None, attention_mask=None): ...
+
+    h, c, m = torch.zeros(1, 1, 2), object(), torch.ones(1, 1)
+    assert inj._mixer_args(Old()).read((h, c), {"attention_mask": m}) == (h, c, m)
+    assert inj._mixer_args(New()).read((h,), {"cache": c}) == (h, c, None)
+    with pytest.raises(inj.InjectionError, match="state_cache"):
+        inj._mixer_args(Renamed())
+
+
 PROMPTS = [
     "a",
     "def f(x):",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib.util
+import inspect
 import math
 import sys
 from collections.abc import Callable
@@ -335,9 +336,8 @@ class Attachment:
             install(sys.modules[type(layer.module).__module__], layer.kind)
             inj = injections[layer.index]
             tokens: list[Any] = []  # stack: a mixer can be re-entered by gradient-checkpoint recomputation
-            self.handles.append(
-                layer.module.register_forward_pre_hook(_pre_hook(inj, tokens), with_kwargs=True)
-            )
+            hook = _pre_hook(inj, tokens, _mixer_args(layer.module))
+            self.handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
             self.handles.append(layer.module.register_forward_hook(_post_hook(tokens), always_call=True))
 
     def remove(self) -> None:
@@ -346,11 +346,44 @@ class Attachment:
         self.handles.clear()
 
 
-def _pre_hook(inj: LayerInjection, tokens: list[Any]) -> Callable:
+# The mixer argument that carries the cache: `cache` from transformers 5.24, `cache_params` before.
+CACHE_ARG_NAMES = ("cache", "cache_params")
+
+
+@dataclass(frozen=True)
+class _MixerArgs:
+    """Where a mixer's forward takes the three arguments the pre-hook reads: (name, position) each."""
+
+    hidden: tuple[str, int]
+    cache: tuple[str, int]
+    mask: tuple[str, int]
+
+    def read(self, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+        return tuple(
+            kwargs[name] if name in kwargs else (args[pos] if pos < len(args) else None)
+            for name, pos in (self.hidden, self.cache, self.mask)
+        )
+
+
+def _mixer_args(module: nn.Module) -> _MixerArgs:
+    """Read the names from the forward's signature: a renamed argument would otherwise be read as None, and the
+    decode-step skip would silently stop firing (it did when 5.24 renamed cache_params to cache)."""
+    params = list(inspect.signature(module.forward).parameters)  # bound method: no `self`
+    cache = [n for n in params if n in CACHE_ARG_NAMES]
+    if "hidden_states" not in params or "attention_mask" not in params or len(cache) != 1:
+        raise InjectionError(
+            f"{type(module).__name__}.forward{tuple(params)} does not take hidden_states, one of "
+            f"{CACHE_ARG_NAMES} and attention_mask: this transformers version is not supported"
+        )
+    hidden, cache_name, mask = "hidden_states", cache[0], "attention_mask"
+    return _MixerArgs(
+        (hidden, params.index(hidden)), (cache_name, params.index(cache_name)), (mask, params.index(mask))
+    )
+
+
+def _pre_hook(inj: LayerInjection, tokens: list[Any], names: _MixerArgs) -> Callable:
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cache = kwargs.get("cache_params", args[1] if len(args) > 1 else None)
-        mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+        hidden, cache, mask = names.read(args, kwargs)
         # An S0-only layer has nothing to do on a cached one-token decode step: skip, so that step runs the
         # base model's code and nothing else (the zero-overhead property, tested op by op).
         if (
