@@ -12,7 +12,9 @@ No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -147,9 +149,11 @@ def build_model(
 ) -> nn.Module:
     """Build a causal LM in eval mode with every weight frozen.
 
-    weights="hub" loads `hub_id` from the Hugging Face Hub (or its local cache);
+    weights="hub" loads `hub_id` (a hub id or a local directory) through `load_checkpoint`, which refuses a
+    checkpoint that does not fill the model exactly;
     "random" builds `arch` with weights drawn from `seed` (real-size speed and memory work, tiny models);
     "meta" builds `arch` on the meta device (parameter counts, no memory).
+    `model.s0_load_report` says how the weights were obtained (for hub weights, `load_checkpoint`'s report).
     """
     import transformers
 
@@ -161,13 +165,14 @@ def build_model(
         if not hub_id:
             raise ModelError("weights=hub needs model.hub_id")
         try:
-            model = model_cls.from_pretrained(hub_id, dtype=dtype, revision=revision).to(device)
+            model, report = load_checkpoint(family, hub_id, dtype=dtype, revision=revision)
         except OSError as err:
             raise ModelError(
                 f"cannot load '{hub_id}' from the Hugging Face Hub or its local cache ({err.__class__.__name__}). "
                 "Check the network or HF_HOME, or run offline with model.weights=random (random weights, for "
                 "speed and memory work) or a tiny model (model=tiny_qwen3_5)."
             ) from err
+        model = model.to(device)
     elif weights in ("random", "meta"):
         if arch is None:
             raise ModelError(f"weights={weights} needs model.arch (the architecture fields)")
@@ -177,11 +182,162 @@ def build_model(
             model = model_cls(config)
         if weights == "random":
             model = model.to(dtype)
+        report = {"weights": weights, "seed": seed, "dtype": _dtype_name(dtype)}
     else:
         raise ModelError(f"model.weights must be hub, random or meta, not '{weights}'")
     model.eval()
     model.requires_grad_(False)
+    model.s0_load_report = report  # a plain, JSON-ready dict for provenance.json
     return model
+
+
+# Weights a checkpoint may hold that the text-only causal LM drops by design: listed in the load report,
+# never silently skipped. Anything else the model does not take is an error.
+IGNORED_PREFIXES: dict[str, dict[str, str]] = {
+    "qwen3_5": {
+        "model.visual.": "vision tower (the harness builds the text-only causal LM)",
+        "mtp.": "multi-token-prediction head (unused by generation)",
+    },
+}
+# Multimodal checkpoints (a `text_config` in config.json) keep the text weights under this prefix.
+TEXT_PREFIX = ("model.language_model.", "model.")
+
+
+def load_checkpoint(
+    family: str, hub_id: str, dtype: torch.dtype = torch.float32, revision: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load `hub_id` (hub id or local directory) as the family's causal LM, on the CPU, and prove it complete.
+
+    Refuses (ModelError) a checkpoint with any missing or unexpected weight after the known layout mapping
+    (multimodal `model.language_model.*` -> `model.*`; `IGNORED_PREFIXES` dropped and listed), and checks every
+    loaded tensor bit for bit against the checkpoint. The tie flag is read wherever the checkpoint puts it
+    (top level or `text_config`): any level saying true ties the head unless the checkpoint holds its own
+    `lm_head.weight`, which then wins (as transformers does). Returns the model and a JSON-ready report.
+    """
+    import transformers
+
+    if family not in FAMILIES:
+        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
+    config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[family])
+    raw, _ = transformers.PreTrainedConfig.get_config_dict(hub_id, revision=revision)
+    multimodal = isinstance(raw.get("text_config"), dict)
+    flags = {"top": raw.get("tie_word_embeddings")}
+    if multimodal:
+        flags["text_config"] = raw["text_config"].get("tie_word_embeddings")
+    # The text config only reads its own level; a flag at the top level alone would leave a random head.
+    config = config_cls.from_pretrained(hub_id, revision=revision)
+    config.tie_word_embeddings = any(flag is True for flag in flags.values())
+    model, info = model_cls.from_pretrained(
+        hub_id, config=config, dtype=dtype, revision=revision, output_loading_info=True
+    )
+    head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    tied = head is embed or head.data_ptr() == embed.data_ptr()
+    model.config.tie_word_embeddings = tied  # so a later tie_weights() cannot change what was loaded
+
+    files = _safetensors_files(hub_id, revision)
+    stored: dict[str, str] = {}  # checkpoint key -> file
+    stored_dtypes: set[str] = set()
+    for file in files:
+        with _safe_open(file) as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                stored[key] = file
+                stored_dtypes.add(handle.get_slice(key).get_dtype())
+    params = model.state_dict(keep_vars=True)  # the live tensors, so `is` finds the head
+    mapped: dict[str, str] = {}  # checkpoint key -> model key
+    ignored: dict[str, list[str]] = {}
+    unexpected = []
+    for key in sorted(stored):
+        prefix = next((p for p in IGNORED_PREFIXES.get(family, {}) if key.startswith(p)), None)
+        if prefix is not None:
+            ignored.setdefault(prefix, []).append(key)
+            continue
+        target = (
+            TEXT_PREFIX[1] + key[len(TEXT_PREFIX[0]) :]
+            if multimodal and key.startswith(TEXT_PREFIX[0])
+            else key
+        )
+        if target in params:
+            mapped[key] = target
+        else:
+            unexpected.append(key)
+    head_key = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
+    missing = sorted(set(params) - set(mapped.values()) - ({head_key} if tied else set()))
+    missing = sorted(
+        set(missing)
+        | set(info["missing_keys"])
+        | {m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]}
+    )
+    unexpected = sorted(set(unexpected) | set(info["unexpected_keys"]))
+    if missing or unexpected or info["error_msgs"]:
+        raise ModelError(
+            f"checkpoint '{hub_id}' does not fill {model_cls.__name__}: {len(missing)} missing "
+            f"{_first(missing)}, {len(unexpected)} unexpected {_first(unexpected)}"
+            + (f", errors {_first(info['error_msgs'])}" if info["error_msgs"] else "")
+        )
+    differ = []
+    for file in files:
+        with _safe_open(file) as handle:
+            for key in (k for k in mapped if stored[k] == file):
+                loaded = params[mapped[key]]
+                if not torch.equal(loaded, handle.get_tensor(key).to(loaded.dtype)):
+                    differ.append(key)
+    if differ:
+        raise ModelError(
+            f"checkpoint '{hub_id}' loaded with {len(differ)} weights unlike the file {_first(differ)}"
+        )
+    report = {
+        "weights": "hub",
+        "source": str(hub_id),
+        "revision": revision,
+        "checkpoint_class": (raw.get("architectures") or [None])[0],
+        "model_class": model_cls.__name__,
+        "layout": "multimodal" if multimodal else "causal_lm",
+        "prefix_map": dict([TEXT_PREFIX]) if multimodal else {},
+        "files": [Path(f).name for f in files],
+        "checkpoint_keys": len(stored),
+        "loaded_keys": len(mapped),
+        "verified_bit_exact": len(mapped),
+        "ignored": {
+            p: {"n": len(keys), "why": IGNORED_PREFIXES[family][p], "first": keys[:3]}
+            for p, keys in ignored.items()
+        },
+        "missing": missing,
+        "unexpected": unexpected,
+        "tie_flags": flags,
+        "tie_word_embeddings": tied,
+        "lm_head": "tied to the input embedding" if tied else "from the checkpoint",
+        "checkpoint_dtypes": sorted(stored_dtypes),
+        "dtype": _dtype_name(dtype),
+    }
+    return model, report
+
+
+def _safetensors_files(hub_id: str, revision: str | None) -> list[str]:
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    kw = dict(revision=revision, _raise_exceptions_for_missing_entries=False)
+    index = cached_file(hub_id, SAFE_WEIGHTS_INDEX_NAME, **kw)
+    if index is not None:
+        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        return [cached_file(hub_id, shard, revision=revision) for shard in shards]
+    single = cached_file(hub_id, SAFE_WEIGHTS_NAME, **kw)
+    if single is None:
+        raise ModelError(f"checkpoint '{hub_id}' has no safetensors weights, so it cannot be verified")
+    return [single]
+
+
+def _safe_open(file: str):
+    from safetensors import safe_open
+
+    return safe_open(file, framework="pt")
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    return "[" + ", ".join(keys[:n]) + (", ..." if len(keys) > n else "") + "]"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @contextlib.contextmanager
