@@ -142,6 +142,54 @@ def test_prefix_tuning_control_on_a_pure_transformer():
     assert torch.equal(logits(model), base)
 
 
+def prefix_that_matters(n_virtual: int = 5):
+    """A tiny Qwen2 whose greedy tokens depend on the prefix: a larger init (at 0.02 the tied embedding decides
+    the argmax) and random prefix weights, as if trained."""
+    model = build_model("qwen2", {**TINY_ARCH["qwen2"], "initializer_range": 0.2}, dtype=torch.float32)
+    adapter = build_adapter("prefix", model, num_virtual_tokens=n_virtual, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return model, adapter
+
+
+def greedy_full_forwards(model, ids: torch.Tensor, n_new: int) -> list[int]:
+    """Greedy decoding by full forwards without a cache: for the PeftModel this is the training path."""
+    with torch.no_grad():
+        for _ in range(n_new):
+            nxt = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    return ids[0, -n_new:].tolist()
+
+
+def greedy_generate(model, tok, prompts: list[str], n_new: int, **kwargs) -> list[list[int]]:
+    enc = tok(prompts, return_tensors="pt", padding=True)  # the tiny tokenizer pads left, as the harness does
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id, **kwargs
+        )
+    return out[:, enc.input_ids.shape[1] :].tolist()
+
+
+def test_prefix_generate_sees_the_prefix_alone_and_in_left_padded_batches():
+    """Sec 5.8's control is evaluated through `generate`: it must decode what the trained forward computes. With
+    transformers 5.24 peft's prefix was dropped in generate (tokens equal to the base model's)."""
+    model, adapter = prefix_that_matters()
+    tok, n = tiny_tokenizer(), 6
+    prompts = ["a", "def f(x):", "hello world", "12+34="]
+    ids = [tok([p], return_tensors="pt").input_ids for p in prompts]
+    full = [greedy_full_forwards(adapter.model, x, n) for x in ids]
+    base = [greedy_full_forwards(model, x, n) for x in ids]
+    assert all(f != b for f, b in zip(full, base))  # the full forward uses the prefix
+    singles = [greedy_generate(adapter.model, tok, [p], n)[0] for p in prompts]
+    assert singles == full
+    assert greedy_generate(adapter.model, tok, prompts, n) == singles  # left-padded: each row as if alone
+    assert greedy_generate(adapter.model, tok, prompts, n, use_cache=False) == singles
+    with adapter.inactive():
+        assert greedy_generate(adapter.model, tok, prompts, n) == base
+
+
 def test_lora_needs_targets_for_unknown_families():
     model = tiny("qwen2")
     model.config.model_type = "unknown_family"

@@ -7,12 +7,18 @@
 
 peft wraps the model, so `adapter.model` is the PeftModel (call it for forward and generate); the base model's
 own weights are untouched (LoRA adds modules beside them; `merge()` folds them in, `unmerge()` takes them out).
+
+Prefix generation does not go through peft's `prepare_inputs_for_generation`: from transformers 5.24 `generate`
+passes the cache as `cache=` while peft 0.21 puts the prefix in `past_key_values=`, which transformers drops with a
+warning, so the generated tokens were the base model's. `PrefixAdapter` installs its own (see there).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +208,12 @@ class PrefixAdapter(_PeftAdapter):
     method = "prefix"
     config_cls = PrefixAdapterConfig
 
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any):
+        super().__init__(model, *args, **kwargs)
+        # peft's generate calls the PeftModel's prepare_inputs_for_generation; an instance attribute wins over
+        # the class's, and peft's disable_adapter saves and restores it, so `inactive()` still generates plainly.
+        self.model.prepare_inputs_for_generation = _prefix_generation_inputs(self.model)
+
     def _peft_config(self, model: nn.Module):
         from peft import PrefixTuningConfig
 
@@ -211,3 +223,41 @@ class PrefixAdapter(_PeftAdapter):
             prefix_projection=self.config.prefix_projection,
             encoder_hidden_size=model.config.hidden_size,
         )
+
+
+def _prefix_generation_inputs(peft_model: Any) -> Callable[..., dict[str, Any]]:
+    """`prepare_inputs_for_generation` that makes each generate step see what a full peft forward sees.
+
+    The prefix keys and values go into generate's own cache before the first forward (once: later steps find them
+    there); the 2D mask gets ones for the virtual tokens in front, and positions move by their number, because
+    peft's forward (training) numbers the real tokens from `num_virtual_tokens` (the cache length it sees). Left
+    padding then works as in the base model: generate derives positions from the prompt mask."""
+    base = peft_model.get_base_model()
+    base_prepare = peft_model.base_model_prepare_inputs_for_generation
+    n_virtual = peft_model.active_peft_config.num_virtual_tokens
+    # The name the model's forward takes the cache under (`cache` from transformers 5.24, `past_key_values` before).
+    cache_key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = base_prepare(*args, **kwargs)
+        ids = inputs.get("input_ids")
+        batch = (ids if ids is not None else inputs["inputs_embeds"]).shape[0]
+        cache = inputs.get(cache_key)
+        if cache is None:  # use_cache=False: every step is a full forward, give it a fresh prefix
+            inputs[cache_key] = peft_model.get_prompt(batch)
+        elif cache.get_seq_length() == 0:  # the first forward of this generate call
+            for layer_idx, (keys, values, *_) in enumerate(peft_model.get_prompt(batch)):
+                cache.update(keys, values, layer_idx)
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+                raise AdapterError(
+                    "prefix generation needs a 2D attention mask (use the default dynamic cache)"
+                )
+            ones = torch.ones(batch, n_virtual, dtype=mask.dtype, device=mask.device)
+            inputs["attention_mask"] = torch.cat([ones, mask], dim=1)
+        if inputs.get("position_ids") is not None:
+            inputs["position_ids"] = inputs["position_ids"] + n_virtual
+        return inputs
+
+    return prepare
