@@ -27,7 +27,7 @@ from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
-from s0.table_data import deltas, mechanism_pairs, select
+from s0.table_data import deltas, mechanism_pairs, scope_label, select
 from s0.tables import best_lora, experiment_arms, welch_p
 from s0.tables_appendix import SCALING, scaling_frames
 
@@ -59,10 +59,12 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
     """Fig 1a: HumanEval pass@1 per method on Qwen3.5-4B and FalconH1-7B (hatched), ±1 std, stars."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
-    groups = {"Qwen3.5-4B\n(GatedDeltaNet)": "main_qwen", "FalconH1-7B\n(Mamba-2)": "main_falcon"}
+    paper_groups = {"Qwen3.5-4B\n(GatedDeltaNet)": "main_qwen", "FalconH1-7B\n(Mamba-2)": "main_falcon"}
+    # runs of another model (the demo's tiny smoke runs) are labelled with it, never with the paper's
+    groups = [(scope_label(m, exp) or name, exp) for name, exp in paper_groups.items()]
     methods = ["Baseline", "LoRA", "State-offset", "S0"]
     width, seen = 0.2, set()
-    for g, exp in enumerate(groups.values()):
+    for g, (_, exp) in enumerate(groups):
         lora = best_lora(m, exp)
         frames = {
             "Baseline": select(m, exp, "baseline"),
@@ -114,7 +116,7 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
     handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=k if k in seen else f"{k} (missing)")
                for k in methods]  # fmt: skip
     handles.append(ax.scatter([], [], label="paper", **PAPER))
-    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups])
     ax.set_ylabel("HumanEval pass@1 (%)")
     ax.set_ylim(0, 122)  # headroom for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
@@ -241,7 +243,8 @@ def panel_falcon_alpha(ax: Axes, res: Results, ref: pd.DataFrame | None = None) 
     ax.set_xlabel("state scale α (log)")
     ax.set_ylabel("HumanEval pass@1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("(b) FalconH1-7B alpha sweep", fontsize=10)
+    label = scope_label(m, exp)
+    ax.set_title(f"(b) {label or 'FalconH1-7B'} alpha sweep", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     return ax
 

@@ -94,13 +94,24 @@ class Results:
         return "\n".join(lines)
 
 
+def is_smoke(run: dict) -> bool:
+    """A smoke run: `debug=smoke` said so, or the model is a tiny test model (which only smoke runs use)."""
+    if "smoke" in run:
+        return bool(run["smoke"])
+    model = run["model"]
+    name = str(model.get("name"))
+    return name == model.get("tiny") or name.startswith("tiny_")
+
+
 def _flat_run(run: dict) -> dict:
-    """The columns a table filters on, from run.json."""
+    """The columns a table filters on, from run.json: the model a run really used, not the one asked for."""
     method, model = run["method"], run["model"]
     return {
         "model": model.get("name"),
         "family": model.get("family"),
-        "weights": model.get("weights"),
+        "weights": model.get("weights", "hub"),
+        "hub_id": model.get("hub_id") or "",
+        "smoke": is_smoke(run),
         "method": method["name"],
         "alpha": method.get("alpha") if method["name"] in ("s0", "state_offset") else None,
         "alpha_mode": method.get("alpha_mode") if method["name"] in ("s0", "state_offset") else None,

@@ -22,6 +22,7 @@ import pandas as pd
 
 from s0.records import Results
 from s0.table_core import Cell, Table, esc
+from s0.table_data import scope_notes
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 Q, F = "Qwen3.5-4B (GatedDeltaNet)", "FalconH1-7B (Mamba-2)"
@@ -141,6 +142,14 @@ def judge_claims(tables: dict[str, Table]) -> list[Verdict]:
                 cells.append(None)
         if any(c is None or not c.values for c in cells):
             verdict, ours = NOT_RUN, "—"
+        elif any(
+            c.models for c in cells
+        ):  # the paper's model was not run: other models' numbers judge nothing
+            models = sorted({m for c in cells for m in c.models})
+            verdict, ours = (
+                NOT_RUN,
+                f"only runs of {', '.join(models)}: " + "; ".join(c.ours(with_n=False) for c in cells),
+            )
         else:
             verdict = REPRODUCED if cl.test(cells) else NOT_REPRODUCED
             ours = "; ".join(c.ours(with_n=False) for c in cells)
@@ -166,6 +175,7 @@ def _header(res: Results, sources: list[str]) -> list[str]:
         lines[-1] += f", {len(res.unfinished)} unfinished (ignored)"
     if res.corrupt:
         lines[-1] += f", {len(res.corrupt)} unreadable (ignored: {', '.join(sorted(res.corrupt))})"
+    lines += [f"- {note}" for note in scope_notes(res.metrics)]
     return lines
 
 

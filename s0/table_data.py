@@ -1,15 +1,137 @@
 """Record look-ups shared by the tables and figures: one arm's per-seed values, per-seed deltas over the
 same seed's baseline, degraded problems, and the run ids behind them. Pure pandas, no model code.
 
-    select(metrics, "main_qwen", "s0")            # seed, value, run_id (one row per seed)
-    deltas(metrics, "main_qwen", "s0")            # seed, value (= s0 - baseline), run_id, baseline
+    select(metrics, "main_qwen", "s0")            # seed, value, run_id, model (one row per seed)
+    deltas(metrics, "main_qwen", "s0")            # seed, value (= s0 - baseline), run_id, baseline, model
+
+Runs of different models never pool. Each experiment is read at one scope (model, weights, smoke status,
+hub id): the paper's model (conf/experiment/<name>.yaml) with hub weights when such runs exist, else the
+only scope present (the demo's tiny smoke runs, say); several scopes and none of them the paper's stop the
+table with `MixedRunsError`. The `model` column is "" for the paper's model and otherwise the label of the
+model the runs really used ("tiny_qwen3_5 (smoke)"), so a table can say so instead of printing the paper's.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
 import pandas as pd
+import yaml
 
 DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
+CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+SCOPE_COLUMNS = ("model", "weights", "smoke", "hub_id")
+
+
+class MixedRunsError(ValueError):
+    """Runs of different models, weights or smoke status would pool into one table cell."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which runs of an experiment a table reads: one model, one kind of weights, smoke or not."""
+
+    model: str
+    weights: str
+    smoke: bool
+    hub_id: str
+    paper: bool  # the model the paper used for this experiment, with hub weights, not a smoke run
+
+    @property
+    def label(self) -> str:
+        """'' for the paper's model (nothing to flag), else e.g. 'tiny_qwen3_5 (smoke)'."""
+        return "" if self.paper else describe(self.model, self.weights, self.smoke)
+
+
+def describe(model: str, weights: str, smoke: bool) -> str:
+    if smoke:
+        return f"{model} (smoke)"
+    return model if weights == "hub" else f"{model} ({weights} weights)"
+
+
+@functools.cache
+def experiment_model(experiment: str) -> str | None:
+    """The model conf/experiment/<experiment>.yaml selects (`override /model: ...`), None if it names none."""
+    path = CONF / f"{experiment}.yaml"
+    doc = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    for entry in doc.get("defaults", []):
+        if isinstance(entry, dict) and "override /model" in entry:
+            return entry["override /model"]
+    return None
+
+
+# A frame is split once into (experiment, arm, metric) groups and the scopes each experiment holds; the frame
+# stays in the cache beside them so its id cannot be reused while the entry lives.
+_CACHE: dict[int, tuple[pd.DataFrame, dict, dict]] = {}
+
+
+def _cache(metrics: pd.DataFrame) -> tuple[dict, dict]:
+    if metrics.empty or not {"experiment", "arm", "metric"} <= set(metrics.columns):
+        return {}, {}
+    if id(metrics) not in _CACHE:
+        if len(_CACHE) > 8:
+            _CACHE.clear()
+        m = metrics.copy()
+        # Records written before these columns existed (and hand-made frames) are hub runs of their model.
+        for col, default in zip(SCOPE_COLUMNS, ("", "hub", False, "")):
+            m[col] = m[col].where(m[col].notna(), default) if col in m else default
+        m["smoke"] = m["smoke"].astype(bool)
+        keys = m[["experiment", "arm", "metric"]].astype(str).agg("\x1f".join, axis=1)
+        groups = {tuple(k.split("\x1f")): g for k, g in m.groupby(keys)}
+        scopes = {
+            str(exp): sorted(set(g[list(SCOPE_COLUMNS)].itertuples(index=False, name=None)))
+            for exp, g in m.groupby(m.experiment.astype(str))
+        }
+        _CACHE[id(metrics)] = (metrics, groups, scopes)
+    return _CACHE[id(metrics)][1:]
+
+
+def scope(metrics: pd.DataFrame, experiment: str, model: str | None = None, cell: str = "") -> Scope | None:
+    """The runs of `experiment` (of `model`, if given) a table reads; None when there are none.
+
+    Raises MixedRunsError, naming `cell`, when several scopes are present and none is the paper's."""
+    keys = _cache(metrics)[1].get(experiment, [])
+    if model is not None:
+        keys = [k for k in keys if k[0] == model]
+    want = model or experiment_model(experiment)
+
+    def is_paper(k: tuple) -> bool:
+        return (want is None or k[0] == want) and k[1] == "hub" and not k[2]
+
+    chosen = [k for k in keys if is_paper(k)] or keys
+    if len(chosen) > 1:
+        names = ", ".join(describe(*k[:3]) + (f" ({k[3]})" if k[3] else "") for k in chosen)
+        paper = f"the paper's {want} with hub weights" if want else "a single model"
+        raise MixedRunsError(
+            f"{cell or experiment}: runs of {names} would pool into one cell and none is {paper}; "
+            "read one model's results folder at a time"
+        )
+    return Scope(*chosen[0], paper=is_paper(chosen[0])) if chosen else None
+
+
+def scope_label(metrics: pd.DataFrame, experiment: str, model: str | None = None, cell: str = "") -> str:
+    """'' when `experiment` is read from the paper's model (or has no runs), else the model's label."""
+    sc = scope(metrics, experiment, model, cell)
+    return sc.label if sc else ""
+
+
+def scope_notes(metrics: pd.DataFrame) -> list[str]:
+    """One line per experiment whose records hold runs the tables leave out (other models, smoke runs)."""
+    notes = []
+    for exp, keys in _cache(metrics)[1].items():
+        if len(keys) < 2 or exp in ("scaling", "None"):  # scaling is read per model
+            continue
+        try:
+            sc = scope(metrics, exp)
+        except MixedRunsError as err:
+            notes.append(str(err))
+            continue
+        used = (sc.model, sc.weights, sc.smoke, sc.hub_id)
+        left = ", ".join(describe(*k[:3]) for k in keys if k != used)
+        notes.append(f"{exp}: read runs of {describe(*used[:3])}; left out runs of {left}")
+    return notes
 
 
 def select(
@@ -20,37 +142,25 @@ def select(
     model: str | None = None,
     eval_task: str | None = None,
 ) -> pd.DataFrame:
-    """Per-seed values of one arm: columns seed, value, run_id (one row per seed, sorted by seed)."""
-    empty = pd.DataFrame(
-        {"seed": pd.Series(dtype=int), "value": pd.Series(dtype=float), "run_id": pd.Series(dtype=str)}
-    )
-    m = _groups(metrics).get((experiment, arm, metric))
+    """Per-seed values of one arm: columns seed, value, run_id, model (one row per seed, sorted by seed).
+
+    Only runs of the experiment's scope (see the module docstring); `model` narrows it to one model."""
+    empty = pd.DataFrame({"seed": pd.Series(dtype=int), "value": pd.Series(dtype=float),
+                          "run_id": pd.Series(dtype=str), "model": pd.Series(dtype=str)})  # fmt: skip
+    m = _cache(metrics)[0].get((experiment, arm, metric))
     if m is None:
         return empty
-    if model is not None:
-        m = m[m.model == model]
+    sc = scope(metrics, experiment, model, cell=f"{experiment}/{arm} {metric}")
+    if sc is None:
+        return empty
+    m = m[(m.model == sc.model) & (m.weights == sc.weights) & (m.smoke == sc.smoke) & (m.hub_id == sc.hub_id)]
     if eval_task is not None:
         m = m[m.eval_task == eval_task]
     if m.empty:
         return empty
-    rows = [{"seed": int(seed), "value": float(g.value.mean()), "run_id": ";".join(sorted(set(g.run_id)))}
-            for seed, g in m.groupby("seed")]  # fmt: skip
+    rows = [{"seed": int(seed), "value": float(g.value.mean()), "run_id": ";".join(sorted(set(g.run_id))),
+             "model": sc.label} for seed, g in m.groupby("seed")]  # fmt: skip
     return pd.DataFrame(rows)
-
-
-_GROUPS: dict[int, tuple[pd.DataFrame, dict]] = {}
-
-
-def _groups(metrics: pd.DataFrame) -> dict:
-    """metrics split by (experiment, arm, metric), cached per frame (see _COLUMNS for the id trick)."""
-    if metrics.empty or not {"experiment", "arm", "metric"} <= set(metrics.columns):
-        return {}
-    if id(metrics) not in _GROUPS:
-        if len(_GROUPS) > 8:
-            _GROUPS.clear()
-        keys = metrics[["experiment", "arm", "metric"]].astype(str).agg("\x1f".join, axis=1)
-        _GROUPS[id(metrics)] = (metrics, {tuple(k.split("\x1f")): g for k, g in metrics.groupby(keys)})
-    return _GROUPS[id(metrics)][1]
 
 
 def deltas(
@@ -62,20 +172,24 @@ def deltas(
     model: str | None = None,
     eval_task: str | None = None,
 ) -> pd.DataFrame:
-    """Per-seed improvement over the same seed's baseline run (footnote 1): seed, value, run_id, baseline.
-
-    Seeds without a baseline run are dropped (a delta needs both)."""
+    """Per-seed improvement over the same seed's baseline run (footnote 1): seed, value, run_id, baseline,
+    model. Seeds without a baseline run are dropped (a delta needs both)."""
     a = select(metrics, experiment, arm, metric, model, eval_task)
     b = select(metrics, experiment, baseline_arm, metric, model, eval_task)
     j = a.merge(b, on="seed", suffixes=("", "_base"))
     j["baseline"] = j["value_base"]
     j["value"] = j["value"] - j["value_base"]
     j["run_id"] = j["run_id"] + ";" + j["run_id_base"]
-    return j[["seed", "value", "run_id", "baseline"]]
+    return j[["seed", "value", "run_id", "baseline", "model"]]
 
 
 def run_ids_of(frame: pd.DataFrame) -> list[str]:
     return sorted({r for ids in frame.get("run_id", []) for r in str(ids).split(";") if r})
+
+
+def models_of(*frames: pd.DataFrame) -> list[str]:
+    """Labels of the models behind `frames` that are not the paper's ('' marks the paper's own)."""
+    return sorted({str(x) for f in frames for x in f.get("model", []) if isinstance(x, str) and x})
 
 
 def n_eval_of(metrics: pd.DataFrame, run_ids: list[str]) -> float:

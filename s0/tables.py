@@ -35,7 +35,16 @@ from s0 import stats
 from s0.records import Results, load_results
 from s0.reference import load_paper_values, paper_value
 from s0.table_core import Cell, PaperRef, Table, paper_ref
-from s0.table_data import degraded, deltas, n_eval_of, run_ids_of, select
+from s0.table_data import (
+    MixedRunsError,
+    degraded,
+    deltas,
+    models_of,
+    n_eval_of,
+    run_ids_of,
+    scope_label,
+    select,
+)
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in
@@ -81,7 +90,8 @@ def best_lora(metrics: pd.DataFrame, experiment: str, rank: int | None = None) -
 def _cell(metrics: pd.DataFrame, frame: pd.DataFrame, row: str, column: str, kind: str,
           paper: PaperRef | None, **kw) -> Cell:  # fmt: skip
     ids = run_ids_of(frame)
-    return Cell(row, column, kind, paper, list(frame.value), ids, n_eval_of(metrics, ids), **kw)
+    return Cell(row, column, kind, paper, list(frame.value), ids, n_eval_of(metrics, ids), models=models_of(frame),
+                **kw)  # fmt: skip
 
 
 def _derived(row: str, column: str, kind: str, paper: PaperRef | None, value: float | None,
@@ -92,7 +102,7 @@ def _derived(row: str, column: str, kind: str, paper: PaperRef | None, value: fl
     text = kw.pop("ours_text", None) or (_fmt(value, kind) if vals else None)
     if vals and n is not None and kind != "p":
         text += f" (n={n})"
-    return Cell(row, column, kind, paper, vals, ids, ours_text=text, **kw)
+    return Cell(row, column, kind, paper, vals, ids, ours_text=text, models=models_of(*frames), **kw)
 
 
 def gap_se(*frames: pd.DataFrame) -> float | None:
@@ -140,6 +150,8 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     cells, notes = [], [SELECTION_NOTE + "."]
     cols = {"Qwen3.5-4B (GatedDeltaNet)": ("main_qwen", 10), "FalconH1-7B (Mamba-2)": ("main_falcon", 3)}
     for col, (exp, n) in cols.items():
+        # runs of another model are labelled with it, never with the paper's
+        col = scope_label(m, exp, cell=f"column {col} ({exp})") or col
         lora = best_lora(m, exp)
         notes.append(
             f"{col}: selected LoRA arm {lora or '— (none ran)'} among {', '.join(selection_arms(exp))}."
@@ -207,7 +219,8 @@ def table2(res: Results, ref: pd.DataFrame | None = None) -> Table:
         metric = "n_collapsed" if row == "LoRA r48" else "n_negative"
         pr = paper_ref(ref, "count", metric=metric, **p)
         vals, text = _negatives(d, collapse=row == "LoRA r48")
-        cells.append(Cell(row, "Seeds negative", "count", pr, vals, run_ids_of(d), ours_text=text))
+        cells.append(Cell(row, "Seeds negative", "count", pr, vals, run_ids_of(d), ours_text=text,
+                          models=models_of(d)))  # fmt: skip
     static = {"Params": {r: _params(ref, source="Table 2", setting=s) for r, (_, _, s) in arms.items()}}
     caption = (f"Qwen3.5-4B HumanEval, per-seed Δ pass@1 over the same seed's baseline; 10 seeds each. "
                f"LoRA r24 is the best rank-24 arm of main_qwen ({r24 or 'none ran'}); r48 and r64 use lr 5e-4, "
@@ -268,8 +281,10 @@ def _degraded_frame(res: Results, exp: str, arm: str, baseline_arm: str = "basel
     for _, r in a.merge(b, on="seed", suffixes=("", "_b")).iterrows():
         k = degraded(res.samples, r.run_id_b.split(";")[0], r.run_id.split(";")[0])
         if k is not None:
-            rows.append({"seed": r.seed, "value": float(k), "run_id": f"{r.run_id};{r.run_id_b}"})
-    return pd.DataFrame(rows, columns=["seed", "value", "run_id"])
+            rows.append(
+                {"seed": r.seed, "value": float(k), "run_id": f"{r.run_id};{r.run_id_b}", "model": r.model}
+            )
+    return pd.DataFrame(rows, columns=["seed", "value", "run_id", "model"])
 
 
 def table5(res: Results, ref: pd.DataFrame | None = None) -> Table:
@@ -324,11 +339,16 @@ def load_records(*dirs: str | Path) -> Results:
 def build_tables(
     res: Results, analyses: pd.DataFrame | None = None, only: list[str] | None = None
 ) -> list[Table]:
-    """Every table (or those named in `only`), in paper order."""
+    """Every table (or those named in `only`), in paper order.
+
+    Raises MixedRunsError, naming the table and cell, where runs of different models would pool."""
     ref = load_paper_values()
     out = []
     for key, fn in all_tables().items():
         if only and key not in only:
             continue
-        out.append(fn(res, ref, analyses) if key == "table_sec6" else fn(res, ref))
+        try:
+            out.append(fn(res, ref, analyses) if key == "table_sec6" else fn(res, ref))
+        except MixedRunsError as err:
+            raise MixedRunsError(f"{key}, {err}") from None
     return out

@@ -12,7 +12,7 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_core import Cell, PaperRef, Table, paper_ref
-from s0.table_data import deltas, mechanism_pairs, n_eval_of, run_ids_of, select
+from s0.table_data import deltas, mechanism_pairs, n_eval_of, run_ids_of, scope_label, select
 from s0.tables import _cell, _derived, experiment_arms, gap_se
 
 
@@ -102,9 +102,9 @@ def scaling_frames(m: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame, pd.Dat
     models in the scaling records that the paper does not list (tiny smoke models) get rows of their own."""
     out = {}
     for row, (model, _) in SCALING.items():
-        exp, flt = ("main_qwen", None) if model == "qwen3_5_4b" else ("scaling", model)
-        out[row] = (model, select(m, exp, "baseline", model=flt), select(m, exp, "s0", model=flt),
-                    deltas(m, exp, "s0", model=flt))  # fmt: skip
+        exp = "main_qwen" if model == "qwen3_5_4b" else "scaling"
+        out[row] = (model, select(m, exp, "baseline", model=model), select(m, exp, "s0", model=model),
+                    deltas(m, exp, "s0", model=model))  # fmt: skip
     extra = (
         sorted(set(m[m.experiment == "scaling"].model) - {v[0] for v in SCALING.values()}) if len(m) else []
     )
@@ -204,17 +204,19 @@ def table_sec6(res: Results, ref: pd.DataFrame | None = None, analyses: pd.DataF
     s, ids = div.summary(), sorted({r for p in pairs for r in p[:2]})
     have = len(pairs) > 0 and not res.samples.empty
     p = dict(experiment="mechanism")
+    label = scope_label(res.metrics, "mechanism")
 
     def c(row: str, kind: str, value: float | None, pr: PaperRef | None, text: str | None = None,
           run_ids: list[str] = ids) -> Cell:  # fmt: skip
         vals = [] if value is None or (isinstance(value, float) and math.isnan(value)) else [value]
-        return Cell(row, "Value", kind, pr, vals, run_ids, ours_text=text)
+        return Cell(row, "Value", kind, pr, vals, run_ids, ours_text=text, models=[label] if label else [])
 
     a = (
         analyses
         if analyses is not None and len(analyses)
         else pd.DataFrame(columns=["run_id", "analysis", "key", "value"])
     )
+    a = a[a.run_id.isin({s0_run for _, s0_run, _ in pairs})]  # only the S0 runs the table reads
 
     def an(name: str, key: str) -> tuple[float | None, list[str]]:
         rows = a[(a.analysis == name) & (a.key == key)]

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s0.report import add_io_args, load_inputs
+from s0.table_data import MixedRunsError
 
 KEYS = ("fig1", "fig2", "fig3", "fig4")
 
@@ -45,6 +46,14 @@ def write_figures(
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -16,10 +16,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s0.report import add_io_args, judge_claims, load_inputs, write_report
 from s0.table_core import write_table
+from s0.table_data import MixedRunsError
 from s0.tables import build_tables
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

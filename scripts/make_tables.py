@@ -15,10 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s0.report import add_io_args, load_inputs
 from s0.table_core import write_table
+from s0.table_data import MixedRunsError, scope_notes
 from s0.tables import all_tables, build_tables
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -32,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(all_tables())}")
     res, analyses, _, out = load_inputs(args)
+    for note in scope_notes(res.metrics):
+        print(note)
     for table in build_tables(res, analyses, only=args.only):
         write_table(table, out)
         c = table.counts()

@@ -113,6 +113,17 @@ def test_figures_render_from_tiny_demo_records(demo: Results, tmp_path: Path) ->
     assert "tiny_qwen3_5" in [t.get_text().split("\n")[0] for t in fig3(demo).axes[0].get_xticklabels()]
 
 
+def test_fig1_labels_tiny_runs_with_their_model_and_never_pools_them(demo: Results, paper: Results) -> None:
+    ticks = [t.get_text() for t in fig1(demo).axes[0].get_xticklabels()]
+    assert ticks == ["tiny_qwen3_5 (smoke)", "tiny_falcon_h1 (smoke)"]
+    both = Results(pd.concat([paper.metrics, demo.metrics]), pd.concat([paper.samples, demo.samples]))
+    a = fig1(both).axes[0]
+    assert a.get_xticklabels()[0].get_text() == "Qwen3.5-4B\n(GatedDeltaNet)"
+    heights = [round(c.patches[0].get_height(), 1) for c in a.containers if isinstance(c, BarContainer)]
+    assert heights == [round(h.get_height(), 1) for c in fig1(paper).axes[0].containers
+                       if isinstance(c, BarContainer) for h in c.patches[:1]]  # fmt: skip
+
+
 def test_figures_with_no_records_say_missing() -> None:
     empty = Results(pd.DataFrame(), pd.DataFrame())
     for fn in FIGURES.values():

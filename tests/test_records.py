@@ -80,3 +80,24 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         records.write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_the_model_a_run_really_used_is_a_column(tmp_path):
+    """Tables keep models apart by these columns (issue 10): a tiny model is a smoke run, a hub model is not."""
+    make_run(tmp_path, "tiny")
+    make_run(tmp_path, "real")
+    run = json.loads((tmp_path / "real" / "run.json").read_text())
+    run["model"] = {"name": "qwen3_5_4b", "family": "qwen3_5", "weights": "hub", "hub_id": "Qwen/Qwen3.5-4B",
+                    "tiny": "tiny_qwen3_5"}  # fmt: skip
+    records.write_json(tmp_path / "real" / "run.json", run)
+    m = records.load_results(tmp_path).metrics.drop_duplicates("run_id").set_index("run_id")
+    assert m.loc["tiny", ["model", "weights", "hub_id", "smoke"]].tolist() == [
+        "tiny_qwen3_5",
+        "random",
+        "",
+        True,
+    ]
+    assert m.loc["real", ["model", "weights", "hub_id", "smoke"]].tolist() == [
+        "qwen3_5_4b", "hub", "Qwen/Qwen3.5-4B", False,
+    ]  # fmt: skip
+    assert records.is_smoke({"smoke": True, "model": {"name": "qwen3_5_4b"}})  # an explicit flag wins

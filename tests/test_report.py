@@ -50,6 +50,40 @@ def test_nothing_run_means_not_run_and_a_worse_s0_is_not_reproduced(paper) -> No
     assert [x.verdict for x in v[:2]] == [NOT_REPRODUCED, NOT_REPRODUCED]  # +23.6 pp, and S0 beats LoRA
 
 
+def test_tiny_runs_judge_no_claim_and_mixed_models_stop_the_report(tmp_path: Path, capsys) -> None:
+    import make_report
+    import make_tables
+
+    from tests.test_tables import write_run
+
+    write_run(tmp_path, "tb", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, weights="random")
+    write_run(tmp_path, "ts", "main_qwen", "s0", "tiny_qwen3_5", 30.0, weights="random")
+    tables = build_tables(load_records(tmp_path))
+    verdicts = judge_claims({t.key: t for t in tables})
+    assert {v.verdict for v in verdicts} == {NOT_RUN}  # a tiny model's +30 pp says nothing about the paper
+    write_run(tmp_path, "rb", "main_qwen", "baseline", "qwen3_5_4b", 40.0, weights="hub")
+    md = report_markdown(tables, verdicts, [], load_records(tmp_path), [str(tmp_path)])
+    assert "main_qwen: read runs of qwen3_5_4b; left out runs of tiny_qwen3_5 (smoke)" in md
+    write_run(tmp_path, "xb", "main_qwen", "baseline", "qwen3_5_4b", 40.0, weights="random")
+    (tmp_path / "rb" / "done").unlink()  # now two scopes and neither is the paper's
+    out = tmp_path / "out"
+    for cli in (make_tables, make_report):
+        assert (
+            cli.main(
+                [
+                    "--results",
+                    str(tmp_path),
+                    "--out",
+                    str(out),
+                    *(["--no-figures"] if cli is make_report else []),
+                ]
+            )
+            == 1
+        )
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("error: table1, ") and "tiny_qwen3_5 (smoke)" in err
+
+
 def test_page_has_every_table_figure_and_run(paper) -> None:
     res, tables = paper
     verdicts = judge_claims({t.key: t for t in tables})

@@ -188,3 +188,64 @@ def test_golden(key: str, fixtures: Results, ref: pd.DataFrame) -> None:
         if not UPDATE:
             pytest.fail(f"wrote missing golden file {path}; rerun")
     assert text == path.read_text(), f"{key} changed; S0_UPDATE_GOLDEN=1 to accept (see module docstring)"
+
+
+# ------------------------------------------------------------------------ runs of different models (issue 10)
+def write_run(root: Path, run_id: str, experiment: str, arm: str, model: str, value: float, seed: int = 42,
+              weights: str = "hub") -> None:  # fmt: skip
+    """A finished run in the layout s0.pipeline writes; tiny models are what `debug=smoke` runs."""
+    from s0 import records
+
+    d = root / run_id
+    records.write_json(d / "run.json", {
+        "experiment": experiment, "arm": arm, "seed": seed,
+        "model": {"name": model, "family": "qwen3_5", "weights": weights, "hub_id": None, "tiny": "tiny_qwen3_5"},
+        "method": {"name": "baseline" if arm == "baseline" else "s0", "alpha": 0.07, "lr": 1e-3, "steps": 2},
+        "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}})  # fmt: skip
+    records.write_json(d / "metrics.json", {"pass@1": value, "n_eval": 84.0})
+    records.write_jsonl(d / "samples.jsonl", [])
+    records.add_membership(d, experiment, arm)
+    records.mark_done(d, {})
+
+
+def test_tiny_and_real_runs_never_pool_in_a_cell(tmp_path: Path, ref: pd.DataFrame) -> None:
+    for seed in (42, 7):  # the paper's model with hub weights, and smoke runs of the same experiment/arm/seed
+        write_run(tmp_path, f"real-b{seed}", "main_qwen", "baseline", "qwen3_5_4b", 50.0, seed)
+        write_run(tmp_path, f"real-s{seed}", "main_qwen", "s0", "qwen3_5_4b", 70.0 + seed % 2, seed)
+        write_run(tmp_path, f"tiny-b{seed}", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, seed, "random")
+        write_run(tmp_path, f"tiny-s{seed}", "main_qwen", "s0", "tiny_qwen3_5", 0.0, seed, "random")
+    t1 = build_tables(load_records(tmp_path), only=["table1"])[0]
+    q = "Qwen3.5-4B (GatedDeltaNet)"
+    assert t1.cell("Baseline", q).values == [50.0, 50.0] and t1.cell("S0 (ours)", q).mean == 70.5
+    assert not any(r.startswith("tiny") for r in t1.run_ids) and "smoke" not in t1.to_markdown()
+
+
+def test_only_tiny_runs_are_labelled_with_the_tiny_model(tmp_path: Path) -> None:
+    write_run(tmp_path, "tb", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, weights="random")
+    write_run(tmp_path, "ts", "main_qwen", "s0", "tiny_qwen3_5", 25.0, weights="random")
+    t1, t2 = build_tables(load_records(tmp_path), only=["table1", "table2"])
+    assert "tiny_qwen3_5 (smoke)" in t1.columns and "Qwen3.5-4B (GatedDeltaNet)" not in t1.columns
+    cell = t1.cell("S0 (ours)", "tiny_qwen3_5 (smoke)")
+    assert (
+        cell.mean == 25.0 and cell.status == "info" and "✗" not in cell.ours()
+    )  # not judged against the paper
+    md = t1.to_markdown()
+    assert (
+        "Qwen3.5-4B (GatedDeltaNet)" not in md and "Runs of tiny_qwen3_5 (smoke), not the paper's model" in md
+    )
+    assert t2.models == ["tiny_qwen3_5 (smoke)"] and "tiny_qwen3_5 (smoke)" in t2.to_markdown()
+
+
+def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
+    from s0.table_data import MixedRunsError
+
+    # neither is the paper's model with hub weights, so nothing selects them apart
+    write_run(tmp_path, "tb", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, weights="random")
+    write_run(tmp_path, "rb", "main_qwen", "baseline", "qwen3_5_4b", 10.0, weights="random")
+    with pytest.raises(MixedRunsError) as err:
+        build_tables(load_records(tmp_path), only=["table1"])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(
+        "table1, column Qwen3.5-4B (GatedDeltaNet) (main_qwen): runs of"
+    )
+    assert "tiny_qwen3_5 (smoke)" in msg and "qwen3_5_4b (random weights)" in msg
