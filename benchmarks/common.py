@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import importlib
+import inspect
 import json
 import math
 import os
@@ -338,11 +339,14 @@ def layer_checkpointing(model: torch.nn.Module) -> Iterator[int]:
     for layer in layers:
         fwd = layer.forward
         originals.append(fwd)
+        # The layer's own name for the cache (`cache` from transformers 5.24, `past_key_values` before): nulling
+        # the other name leaves the cache in place, and the recomputation then writes it a second time.
+        cache_arg = "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
 
-        def wrapped(*args: Any, _fwd: Callable = fwd, **kwargs: Any) -> Any:
+        def wrapped(*args: Any, _fwd: Callable = fwd, _cache: str = cache_arg, **kwargs: Any) -> Any:
             if torch.is_grad_enabled():
                 # As transformers does under checkpointing: a cache would be written twice (forward and recompute).
-                kwargs.update(past_key_values=None, use_cache=False)
+                kwargs.update({_cache: None, "use_cache": False})
                 return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
             return _fwd(*args, **kwargs)
 

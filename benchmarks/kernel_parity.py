@@ -79,7 +79,14 @@ def run_case(
         groups = [list(range(len(seqs)))] if padded else [[i] for i in range(len(seqs))]
         for rows in groups:
             ids, mask = left_pad([seqs[i] for i in rows], 0, device)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=k)
+            # No cache, as in s0.train: a loss forward reads none, and one built here would only take memory.
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=_positions(mask),
+                logits_to_keep=k,
+                use_cache=False,
+            )
             logits = out.logits.float()  # (b, k, V)
             if grad:
                 ce = F.cross_entropy(logits.flatten(0, 1), targets[rows].flatten(), reduction="none")

@@ -213,7 +213,10 @@ def test_static_decoder_refuses_to_overrun_its_cache():
 
 
 @pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
-def test_layer_checkpointing_keeps_loss_and_grads(family):
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_layer_checkpointing_keeps_loss_and_grads(family, use_cache):
+    """use_cache=True: the model builds a cache and hands it to every layer; checkpointing must keep the
+    recomputation from writing it a second time, under whatever name the layers take it."""
     from s0.adapters import S0Adapter
     from s0.models import TINY_ARCH, build_model
     from s0.train import TrainExample, collate, completion_ce_sum
@@ -229,7 +232,13 @@ def test_layer_checkpointing_keeps_loss_and_grads(family):
             p.grad = None
         ctx = common.layer_checkpointing(model) if ckpt else torch.enable_grad()
         with ctx, adapter.active(), adapter.train_mode():
-            loss = completion_ce_sum(model, batch)
+            if use_cache:
+                out = model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True
+                )
+                loss = out.logits[:, -1].log_softmax(-1)[:, 7].sum()
+            else:
+                loss = completion_ce_sum(model, batch)
             loss.backward()
         return loss.detach(), torch.cat([p.grad.flatten() for p in adapter.parameters()])
 
