@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from s0.seeding import forked_rng
+
 
 @dataclass(frozen=True)
 class GenerationSpec:
@@ -57,8 +59,27 @@ def generate(
 ) -> list[list[str]]:
     """`spec.samples` completions for each prompt, as `out[prompt_index][sample_index]`.
 
-    Sampling is seeded once per call (`spec.seed`), so a rerun with the same batches reproduces it.
+    Sampling is seeded once per call (`spec.seed`) on a forked RNG, so a rerun with the same batches reproduces
+    it and the caller's random state is left as it was.
     """
+    ids = generate_ids(model, tokenizer, prompts, spec, progress, stats, desc)
+    eos = eos_ids(model, tokenizer)
+    return [
+        [tokenizer.decode(_until_eos(row, eos), skip_special_tokens=True) for row in rows] for rows in ids
+    ]
+
+
+@torch.no_grad()
+def generate_ids(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    spec: GenerationSpec,
+    progress: bool = True,
+    stats: GenerationStats | None = None,
+    desc: str = "generate",
+) -> list[list[list[int]]]:
+    """`generate` before decoding: the new token ids of each (prompt, sample), EOS and padding included."""
     stats = stats if stats is not None else GenerationStats()
     device = _model_device(model)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -68,30 +89,28 @@ def generate(
     rows = sorted(
         ((i, s) for i in range(len(prompts)) for s in range(spec.samples)), key=lambda r: -len(encoded[r[0]])
     )
-    out: list[list[str]] = [[""] * spec.samples for _ in prompts]
-    if spec.do_sample:
-        torch.manual_seed(spec.seed)
+    out: list[list[list[int]]] = [[[] for _ in range(spec.samples)] for _ in prompts]
     pad_id = tokenizer.pad_token_id
-    eos_ids = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     bar = tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress, leave=False)
     start = time.perf_counter()
-    for b in range(0, len(rows), spec.batch_size):
-        batch = rows[b : b + spec.batch_size]
-        ids = [encoded[i] for i, _ in batch]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        if spec.engine == "static":
-            new = _static(model, input_ids, attention_mask, spec, eos_ids, pad_id)
-        else:
-            new = _hf(model, input_ids, attention_mask, spec, eos_ids, pad_id)
-        for (i, s), row in zip(batch, new.tolist()):
-            row = _until_eos(row, eos_ids)
-            stats.new_tokens += len(row)
-            out[i][s] = tokenizer.decode(row, skip_special_tokens=True)
-        stats.seconds = time.perf_counter() - start
-        bar.update(len(batch))
-        bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}")
+    with forked_rng(device, seed=spec.seed if spec.do_sample else None):
+        for b in range(0, len(rows), spec.batch_size):
+            batch = rows[b : b + spec.batch_size]
+            ids = [encoded[i] for i, _ in batch]
+            width = max(map(len, ids))
+            input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+            if spec.engine == "static":
+                new = _static(model, input_ids, attention_mask, spec, eos, pad_id)
+            else:
+                new = _hf(model, input_ids, attention_mask, spec, eos, pad_id)
+            for (i, s), row in zip(batch, new.tolist()):
+                stats.new_tokens += len(_until_eos(row, eos))
+                out[i][s] = row
+            stats.seconds = time.perf_counter() - start
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{stats.tokens_per_second:.0f}")
     bar.close()
     stats.prompts += len(prompts)
     return out
@@ -127,7 +146,7 @@ def _static(
     return static_greedy(model, input_ids, attention_mask, spec.max_new_tokens, eos_ids, pad_id)
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:

@@ -32,7 +32,9 @@ from s0 import records
 from s0.config import RunConfig
 from s0.generation import GenerationSpec, GenerationStats, generate
 from s0.plan import PlannedRun, config_hash
-from s0.provenance import provenance
+from s0.preflight import PreflightError, check_generation, check_logit_change, check_prompts
+from s0.provenance import package_versions, provenance
+from s0.seeding import seed_everything
 
 log = logging.getLogger("s0")
 
@@ -110,6 +112,7 @@ class Pipeline:
         self._model_key: str | None = None
         self.model = self.tokenizer = None
         self.backends: dict[str, Any] | None = None
+        self.load_report: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------- plumbing
     def _ensure_model(self, run: PlannedRun) -> None:
@@ -119,10 +122,42 @@ class Pipeline:
 
             self.model = self.tokenizer = None
             self.model, self.tokenizer = load_model(run, self.device)
+            self.load_report = getattr(self.model, "s0_load_report", None)
             self._model_key = key
             # Routes kernels (fla or PyTorch, per direction) through the injection dispatchers; without this a
             # backward through fla on Hopper with triton < 3.7.1 raises (s0/backends.py).
             self.backends = select_backends(self.cfg.backend.gdn, self.cfg.backend.mamba, device=self.device)
+
+    def _environment(self) -> dict[str, Any]:
+        """What changes cached generations besides the run's config: numerics of the kernels and libraries."""
+        versions = package_versions(("torch", "transformers", "peft", "flash-linear-attention", "mamba-ssm"))
+        return {
+            "dtype": str(next(self.model.parameters()).dtype),
+            "device": self.device.type,
+            "backends": self.backends,
+            "packages": versions,
+        }
+
+    def cache_key(self, stage: str, run: PlannedRun, task_version: int) -> dict[str, Any]:
+        """Everything that changes a cached stage's content: a rerun with any of it changed misses the cache.
+
+        collect: the frozen model's verified samples (shared by every method of a seed); eval: the frozen model's
+        evaluation (shared by every baseline arm). Both decode in batches of eval.batch_size cut to
+        eval.max_length, so those count even for collection.
+        """
+        key: dict[str, Any] = {
+            "model": run.key()["model"],
+            "task_version": task_version,
+            "env": self._environment(),
+        }
+        if stage == "collect":
+            key.update(task=dataclasses.asdict(run.task), collect=dataclasses.asdict(run.collect), seed=run.seed,
+                       batch_size=self.cfg.eval.batch_size, max_length=self.cfg.eval.max_length)  # fmt: skip
+        else:
+            sampled = run.eval.mode == "sampled"
+            key.update(eval_task=dataclasses.asdict(run.eval_task), eval=dataclasses.asdict(run.eval),
+                       seed=run.seed if sampled else None)  # fmt: skip
+        return key
 
     def _spec(self, sampling, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
         """Decoding settings; `sampling` is the EvalConfig or CollectConfig whose temperature and top-p apply."""
@@ -141,8 +176,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ stages
     def collect(self, run: PlannedRun, task) -> tuple[list[dict], dict]:
         """Verified (prompt, completion) pairs for training, cached across methods of one seed."""
-        key = {"model": run.key()["model"], "task": dataclasses.asdict(run.task), "collect": dataclasses.asdict(run.collect),
-               "seed": run.seed, "task_version": task.VERSION}  # fmt: skip
+        key = self.cache_key("collect", run, task.VERSION)
         path = self.cache / "collect" / f"{config_hash(key)}.json"
         if path.exists():
             cached = json.loads(path.read_text())
@@ -150,6 +184,7 @@ class Pipeline:
             return cached["pairs"], cached["info"]
         examples = task.load_split("train")
         prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
+        check_prompts(prompts, self.tokenizer)
         c = run.collect
         spec = self._spec(c, run.seed, sampled=True, samples=c.samples, max_new_tokens=c.max_new_tokens)
         texts = generate(self.model, self.tokenizer, prompts, spec, self.progress, desc="collect")
@@ -228,24 +263,36 @@ class Pipeline:
         records.write_json(train_log, {**result.to_dict(), "data_hash": data_hash, "n_pairs": len(pairs)})
         return adapter
 
-    def evaluate(self, run: PlannedRun, task, adapter) -> list[dict]:
-        """Per-sample records on the eval split, with the adapter active (cached for the frozen model)."""
+    def evaluate(self, run: PlannedRun, task, adapter, checks: dict[str, Any]) -> list[dict]:
+        """Per-sample records on the eval split, with the adapter active (cached for the frozen model).
+
+        Before anything is generated, the preflight checks (s0/preflight.py) run on the first prompts; their
+        findings go into `checks`, and a failure stops the run.
+        """
         e = run.eval
         sampled = e.mode == "sampled"
-        cache_path = None
-        if run.method.name == "baseline":
-            key = {"model": run.key()["model"], "eval_task": dataclasses.asdict(run.eval_task),
-                   "eval": dataclasses.asdict(e), "seed": run.seed if sampled else None, "task_version": task.VERSION}  # fmt: skip
-            cache_path = self.cache / "eval" / f"{config_hash(key)}.jsonl"
-            if cache_path.exists():
-                log.info("evaluate: frozen-model evaluation from cache %s", cache_path.name)
-                return records.read_jsonl(cache_path)
         examples = task.load_split("eval")
         prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
         samples = e.samples if sampled else 1
         spec = self._spec(e, run.seed, sampled, samples, e.max_new_tokens)
-        stats = GenerationStats()
         model = adapter.model if adapter is not None else self.model
+        checks["eval_prompts"] = check_prompts(prompts, self.tokenizer)
+        if adapter is not None:
+            checks["adapter"] = check_logit_change(adapter, self.tokenizer, prompts, spec)
+            if run.method.merge:
+                adapter.merge()  # LoRA only (config validation); the checks below then see the merged path
+        with adapter.active() if adapter is not None else contextlib.nullcontext():
+            checks["generation"] = check_generation(model, self.tokenizer, prompts, spec)
+        log.info("preflight: %s", json.dumps(checks, sort_keys=True))
+        cache_path = None
+        if run.method.name == "baseline":
+            cache_path = (
+                self.cache / "eval" / f"{config_hash(self.cache_key('eval', run, task.VERSION))}.jsonl"
+            )
+            if cache_path.exists():
+                log.info("evaluate: frozen-model evaluation from cache %s", cache_path.name)
+                return records.read_jsonl(cache_path)
+        stats = GenerationStats()
         with adapter.active() if adapter is not None else contextlib.nullcontext():
             texts = generate(model, self.tokenizer, prompts, spec, self.progress, stats, desc="evaluate")
         flat_ex = [ex for ex in examples for _ in range(samples)]
@@ -302,15 +349,12 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
     with run_log(run_dir):
         log.info("run %s: %s %s seed %d (%s)", run.run_id, run.model.name, run.arm, run.seed, run.describe())
         records.write_json(run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id})
-        if pipe.resolved:
-            from omegaconf import OmegaConf
-
-            records.atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(pipe.resolved)))
-        records.write_json(
-            run_dir / "provenance.json", {**provenance(pipe.cfg.paths.root), "backends": pipe.backends}
-        )
+        records.atomic_write(run_dir / "config.yaml", run_config_yaml(run, pipe.resolved))
+        prov = {**provenance(pipe.cfg.paths.root), "backends": pipe.backends, "model_load": pipe.load_report}
+        records.write_json(run_dir / "provenance.json", prov)
+        seed_everything(run.seed)
         checksum = weights_checksum(pipe.model)
-        adapter, info = None, {}
+        adapter, info, checks = None, {}, {}
         try:
             if train_task is not None:
                 t0 = time.perf_counter()
@@ -320,10 +364,12 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
                 adapter = pipe.train(run, pairs, run_dir)
                 timing["train"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            rows = pipe.evaluate(run, eval_task, adapter)
+            rows = pipe.evaluate(run, eval_task, adapter, checks)
             timing["evaluate"] = time.perf_counter() - t0
         except torch.cuda.OutOfMemoryError as err:
             raise PipelineError(_oom_message("this run")) from err
+        except PreflightError as err:
+            raise PipelineError(f"preflight check failed for run {run.run_id} ({run.arm}): {err}") from err
         finally:
             if adapter is not None:
                 adapter.deactivate()
@@ -335,6 +381,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         metrics["n_train"] = float(
             json.loads((run_dir / "train.json").read_text())["n_pairs"] if adapter else 0
         )
+        records.write_json(run_dir / "provenance.json", {**prov, "preflight": checks})
         records.write_jsonl(run_dir / "samples.jsonl", rows)
         records.write_json(run_dir / "metrics.json", metrics)
         records.write_json(run_dir / "timing.json", timing)
@@ -345,6 +392,26 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         records.mark_done(run_dir, {"metrics": metrics, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("done %s: %s", run.run_id, ", ".join(f"{k}={v:.1f}" for k, v in metrics.items()))
     return metrics
+
+
+def run_config_yaml(run: PlannedRun, resolved: dict | None) -> str:
+    """The config this run really used: the command's resolved config with the run's own model, method, tasks,
+    decoding and seed in place of the command-level ones (smoke caps, tiny model and arm fields applied)."""
+    from omegaconf import OmegaConf
+
+    used = {
+        **(resolved or {}),
+        "seed": run.seed,
+        "arm": run.arm,
+        "model": dataclasses.asdict(run.model),
+        "method": dataclasses.asdict(run.method),
+        "task": dataclasses.asdict(run.task),
+        "eval_task": dataclasses.asdict(run.eval_task),
+        "collect": dataclasses.asdict(run.collect),
+        "eval": dataclasses.asdict(run.eval),
+    }
+    header = f"# run {run.run_id}: the config this run used (arm '{run.arm}', seed {run.seed})\n"
+    return header + OmegaConf.to_yaml(OmegaConf.create(used))
 
 
 def log_to_wandb(logger_cfg, run: PlannedRun, run_dir: Path, metrics: dict[str, float]) -> None:

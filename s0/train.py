@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from s0.adapters.base import Adapter
+from s0.seeding import forked_rng
 
 
 @dataclasses.dataclass
@@ -180,13 +181,7 @@ def train(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    rng_devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
-    with torch.random.fork_rng(devices=rng_devices), adapter.active(), adapter.train_mode():
-        torch.manual_seed(seed)
+    with forked_rng(device, seed), adapter.active(), adapter.train_mode():
         opt = torch.optim.Adam(params, lr=lr)
         bar = tqdm(range(steps), disable=not progress, desc=f"train {adapter.method}", leave=False)
         for step in bar:

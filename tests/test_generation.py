@@ -47,3 +47,16 @@ def test_static_engine_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="greedily"):
         spec = GenerationSpec(max_new_tokens=2, engine="static", do_sample=True)
         generate(tiny("qwen3_5"), tok, ["a"], spec, progress=False)
+
+
+def test_sampling_is_seeded_on_a_forked_rng_and_leaves_the_callers_untouched():
+    tok, model = tiny_tokenizer(), tiny("qwen3_5")
+    spec = GenerationSpec(max_new_tokens=6, batch_size=3, do_sample=True, temperature=1.0, top_p=1.0, seed=5)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = generate(model, tok, PROMPTS, spec, progress=False)
+    assert torch.equal(torch.get_rng_state(), before), "generate moved the global RNG"
+    torch.manual_seed(999)  # a different global state must not change a seeded call's samples
+    assert generate(model, tok, PROMPTS, spec, progress=False) == first
+    other = generate(model, tok, PROMPTS, GenerationSpec(**{**spec.__dict__, "seed": 6}), progress=False)
+    assert other != first, "the seed does not reach the sampler"

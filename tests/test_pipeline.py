@@ -98,3 +98,29 @@ def test_batched_greedy_equals_one_at_a_time(family, method, scale):
         single = [generate(adapter.model, tok, [p], spec, progress=False)[0] for p in PROMPTS]
     assert batched == single
     assert batched != base, "the adapter changed nothing: the check would be vacuous"
+
+
+def test_cache_keys_hold_everything_that_changes_a_cached_generation(compose, tmp_path):
+    """Collection and the frozen model's evaluation are cached across runs: a key that missed one input (the
+    batch composition, the truncation length, the kernel, the library version or the dtype) would hand one
+    run another's samples."""
+
+    def keys(*overrides: str) -> tuple[str, str]:
+        cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0", *overrides)
+        pipe = pipeline.Pipeline(cfg, progress=False)
+        pipe._ensure_model(runs[0])
+        return tuple(pipeline.config_hash(pipe.cache_key(s, runs[0], 1)) for s in ("collect", "eval"))
+
+    base = keys()
+    assert keys() == base
+    for override in ("eval.batch_size=2", "eval.max_length=1024", "backend.gdn=torch"):
+        collect, evaluate = keys(override)
+        assert collect != base[0] and evaluate != base[1], override
+
+    cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0")
+    pipe = pipeline.Pipeline(cfg, progress=False)
+    pipe._ensure_model(runs[0])
+    before = pipe.cache_key("collect", runs[0], 1)
+    pipe.model.to(torch.float64)
+    assert pipe.cache_key("collect", runs[0], 1)["env"]["dtype"] != before["env"]["dtype"]
+    assert before["env"]["packages"]["transformers"]
