@@ -245,7 +245,7 @@ def load_checkpoint(
     params = model.state_dict(keep_vars=True)  # the live tensors, so `is` finds the head
     mapped: dict[str, str] = {}  # checkpoint key -> model key
     ignored: dict[str, list[str]] = {}
-    unexpected = []
+    unexpected: dict[str, str] = {}  # checkpoint key -> the name it would have in the model
     for key in sorted(stored):
         prefix = next((p for p in IGNORED_PREFIXES.get(family, {}) if key.startswith(p)), None)
         if prefix is not None:
@@ -259,7 +259,7 @@ def load_checkpoint(
         if target in params:
             mapped[key] = target
         else:
-            unexpected.append(key)
+            unexpected[key] = target
     head_key = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
     missing = sorted(set(params) - set(mapped.values()) - ({head_key} if tied else set()))
     missing = sorted(
@@ -267,7 +267,8 @@ def load_checkpoint(
         | set(info["missing_keys"])
         | {m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]}
     )
-    unexpected = sorted(set(unexpected) | set(info["unexpected_keys"]))
+    # in the file's names; transformers names them as renamed, so add only what it alone saw
+    unexpected = sorted(set(unexpected) | (set(info["unexpected_keys"]) - set(unexpected.values())))
     if missing or unexpected or info["error_msgs"]:
         raise ModelError(
             f"checkpoint '{hub_id}' does not fill {model_cls.__name__}: {len(missing)} missing "

@@ -3,6 +3,8 @@ tiny models build offline, run forward and generate, and expose their recurrent 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -122,3 +124,152 @@ def test_hub_load_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match=r"cannot load 'Qwen/Qwen3\.5-4B'"):
         build_model("qwen3_5", hub_id="Qwen/Qwen3.5-4B", weights="hub")
+
+
+# --- Checkpoints in the hub's real layouts, saved offline with save_pretrained and loaded as the hub path does.
+
+TINY_VISION = dict(
+    depth=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=4,
+    num_position_embeddings=16,
+)
+
+
+def save_multimodal_qwen3_5(path, tied: bool, flag_at: str):
+    """A tiny Qwen3_5ForConditionalGeneration (the hub's class) saved to `path`, with the tie flag written
+    only where `flag_at` says ("top", "text", "both"; "conflict": the top level's true flag, which the
+    saving class reads, and the opposite in text_config), plus an `mtp.*` weight like the hub's. Returns the
+    saved model."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    text = {k: v for k, v in TINY_ARCH["qwen3_5"].items() if k != "tie_word_embeddings"}
+    text["num_hidden_layers"] = 4  # 3 GDN + 1 attention: both kinds of layer, and fast
+    config = Qwen3_5Config(text_config=text, vision_config=TINY_VISION, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = Qwen3_5ForConditionalGeneration(config).eval()
+    assert (model.lm_head.weight is model.model.language_model.embed_tokens.weight) == tied
+    model.save_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    if flag_at == "conflict":
+        raw["text_config"]["tie_word_embeddings"] = not tied
+    else:
+        raw.pop("tie_word_embeddings", None)
+        raw["text_config"].pop("tie_word_embeddings", None)
+        if flag_at in ("top", "both"):
+            raw["tie_word_embeddings"] = tied
+        if flag_at in ("text", "both"):
+            raw["text_config"]["tie_word_embeddings"] = tied
+    (path / "config.json").write_text(json.dumps(raw))
+    tensors = load_file(path / "model.safetensors")
+    tensors["mtp.fc.weight"] = torch.ones(4, 4)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return model
+
+
+def text_weights(model) -> dict[str, torch.Tensor]:
+    """The saved model's text weights under the causal LM's names (the head included even when tied)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.visual."):
+            continue
+        out[key.replace("model.language_model.", "model.")] = value
+    return out
+
+
+def assert_loads_bit_exactly(loaded, saved, multimodal: bool = False):
+    expected = text_weights(saved) if multimodal else saved.state_dict()
+    got = loaded.state_dict()
+    assert set(got) == set(expected)
+    differ = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differ, f"weights differ from the saved model: {differ[:3]}"
+    ids = tiny_tokenizer()("def add(a, b):\n    return", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = saved(input_ids=ids).logits
+        assert torch.equal(loaded(input_ids=ids).logits, reference)
+        loaded.tie_weights()  # what peft and resizing may call later: must not change the head
+        assert torch.equal(loaded(input_ids=ids).logits, reference)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("flag_at", ["top", "text", "both", "conflict"])
+def test_multimodal_qwen3_5_checkpoint_round_trips(tmp_path, tied, flag_at):
+    """Hub Qwen3.5 checkpoints are ConditionalGeneration: the text weights load bit-exactly into the causal
+    LM, the head is tied wherever the flag sits, and the dropped vision and mtp weights are listed."""
+    saved = save_multimodal_qwen3_5(tmp_path, tied, flag_at)
+    loaded = build_model("qwen3_5", hub_id=str(tmp_path), weights="hub")
+    assert_loads_bit_exactly(loaded, saved, multimodal=True)
+    report = loaded.s0_load_report
+    n_visual = sum(k.startswith("model.visual.") for k in saved.state_dict())
+    assert report["checkpoint_class"] == "Qwen3_5ForConditionalGeneration"
+    assert report["ignored"]["model.visual."]["n"] == n_visual > 0
+    assert report["ignored"]["mtp."]["n"] == 1
+    assert report["missing"] == report["unexpected"] == []
+    assert report["tie_word_embeddings"] == tied
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    assert report["verified_bit_exact"] == report["loaded_keys"] == len(text_weights(saved)) - tied
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("family", ["falcon_h1", "qwen2"])
+def test_causal_lm_checkpoint_round_trips(tmp_path, family, tied):
+    saved = build_model(family, {**TINY_ARCH[family], "tie_word_embeddings": tied}, seed=3)
+    saved.save_pretrained(tmp_path)
+    loaded = build_model(family, hub_id=str(tmp_path), weights="hub")
+    assert_loads_bit_exactly(loaded, saved)
+    report = loaded.s0_load_report
+    assert report["layout"] == "causal_lm" and report["ignored"] == {}
+    assert report["tie_word_embeddings"] == tied and report["lm_head"].startswith("tied" if tied else "from")
+
+
+def rewrite_weights(path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("tied", "deleted", "named"),
+    [
+        (True, "model.language_model.layers.0.linear_attn.A_log", "model.layers.0.linear_attn.A_log"),
+        (True, "model.language_model.norm.weight", "model.norm.weight"),
+        (False, "lm_head.weight", "lm_head.weight"),  # an untied head must come from the checkpoint
+    ],
+)
+def test_checkpoint_with_a_missing_weight_is_refused(tmp_path, tied, deleted, named):
+    save_multimodal_qwen3_5(tmp_path, tied, "both")
+    rewrite_weights(tmp_path, lambda t: t.pop(deleted))
+    with pytest.raises(ModelError, match=rf"1 missing \[{named}\]"):
+        build_model("qwen3_5", hub_id=str(tmp_path), weights="hub")
+
+
+def test_untied_checkpoint_without_a_head_is_refused(tmp_path):
+    """Flags false at every level and no lm_head in the file: a random head, so refused."""
+    save_multimodal_qwen3_5(tmp_path, True, "both")
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw["tie_word_embeddings"] = raw["text_config"]["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match=r"missing \[lm_head\.weight\]"):
+        build_model("qwen3_5", hub_id=str(tmp_path), weights="hub")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["model.language_model.layers.0.mlp.extra.weight", "model.extra_head.weight", "visual.proj.weight"],
+)
+def test_checkpoint_with_an_unknown_weight_is_refused(tmp_path, extra):
+    save_multimodal_qwen3_5(tmp_path, True, "both")
+    rewrite_weights(tmp_path, lambda t: t.__setitem__(extra, torch.zeros(2)))
+    with pytest.raises(ModelError, match=r"1 unexpected"):
+        build_model("qwen3_5", hub_id=str(tmp_path), weights="hub")
+
+
+def test_random_weights_have_a_load_report():
+    model = build_model("qwen2", TINY_ARCH["qwen2"], seed=5)
+    assert model.s0_load_report == {"weights": "random", "seed": 5, "dtype": "float32"}
