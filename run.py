@@ -11,8 +11,10 @@ and hands them to the pipeline. A config mistake ends in one line on stderr and 
 
 from __future__ import annotations
 
+import copy
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parent / "conf"
@@ -114,30 +116,51 @@ def load_group(group: str, schema: type, resolve_with: dict | None = None) -> di
     return entries
 
 
-def to_run_config(cfg):
-    """The composed Hydra config as a validated `RunConfig`."""
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The dotted keys (or group names, e.g. `method`) that command-line overrides set."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
+
+
+def to_run_config(cfg, overrides: Sequence[str] = ()):
+    """The composed Hydra config as a validated `RunConfig`, with the command line's `method.*` overrides
+    applied to the experiment's arms (s0.plan.apply_method_overrides). `overrides` are the command-line
+    overrides this config was composed with; `plain` (written as each run's config.yaml) gets the same arms."""
     from omegaconf import OmegaConf
 
     from s0.config import RunConfig, validate
-    from s0.plan import merge_typed
+    from s0.plan import apply_method_overrides, merge_typed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     run_cfg = merge_typed(RunConfig(), plain, key="")
     validate(run_cfg)
+    apply_method_overrides(run_cfg, override_keys(overrides))
+    if "arms" in plain:
+        plain["arms"] = copy.deepcopy(run_cfg.arms)
     return run_cfg, plain
+
+
+def command_line() -> list[str]:
+    """This job's command-line overrides as Hydra applied them. Read from Hydra rather than sys.argv because a
+    sweep job (`-m method.alpha=0.1,0.2`) sees only its own values, also when a launcher runs it elsewhere."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
 
 
 def execute(cfg) -> None:
     from s0.config import MethodConfig, ModelConfig, TaskConfig
     from s0.plan import expand, format_plan
 
-    run_cfg, plain = to_run_config(cfg)
+    overrides = command_line()
+    run_cfg, plain = to_run_config(cfg, overrides)
     context = {"paths": plain["paths"]}
     methods = load_group("method", MethodConfig)
     models = load_group("model", ModelConfig)
     tasks = load_group("task", TaskConfig, resolve_with=context)
     runs = expand(run_cfg, methods, models, tasks)
-    print(summary(run_cfg, runs))
+    print(summary(run_cfg, runs, overrides))
     if run_cfg.plan:
         print(format_plan(runs))
         return
@@ -146,8 +169,10 @@ def execute(cfg) -> None:
     run_all(runs, run_cfg, resolved=plain)
 
 
-def summary(cfg, runs) -> str:
+def summary(cfg, runs, overrides: Sequence[str] = ()) -> str:
     """One screen: what will run, where results go, and the protocol knobs that matter most."""
+    from s0.plan import method_override_targets
+
     models = sorted({r.model.name for r in runs})
     arms = list(dict.fromkeys(r.arm for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
@@ -162,6 +187,9 @@ def summary(cfg, runs) -> str:
         f"results     {cfg.paths.results}",
         f"runs        {len(runs)}",
     ]
+    for key, targets in method_override_targets(cfg, override_keys(overrides)).items():
+        planned = [t for t in targets if t in arms] or ["no planned arm"]
+        lines.append(f"override    method.{key}={getattr(cfg.method, key)} -> {', '.join(planned)}")
     return "\n".join(lines)
 
 

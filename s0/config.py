@@ -15,6 +15,26 @@ STATE_METHODS = ("s0", "state_offset")
 TASKS = ("humaneval", "math500", "gsm8k", "spider")
 ALPHA_MODES = ("inference", "train_and_inference", "normalized")
 FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
+# The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
+# `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/plan.py,
+# apply_method_overrides), because a value nothing reads would change the run id and nothing else.
+TRAINING_KEYS = (
+    "lr",
+    "steps",
+    "l2",
+    "grad_clip",
+    "batching",
+    "micro_batch_size",
+    "max_tokens",
+    "max_train_examples",
+)
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "s0": (*TRAINING_KEYS, "alpha", "alpha_mode", "layers"),
+    "state_offset": (*TRAINING_KEYS, "alpha", "alpha_mode", "layers"),
+    "lora": (*TRAINING_KEYS, "r", "lora_alpha", "lora_dropout", "merge"),
+    "prefix": (*TRAINING_KEYS, "num_virtual_tokens", "prefix_projection"),
+}
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,7 @@ rerun of a sweep finds finished runs by name (DomainBed style).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from s0.config import (
+    METHOD_KEYS,
     CollectConfig,
     ConfigError,
     EvalConfig,
@@ -117,6 +119,64 @@ def merge_typed(schema: Any, *overrides: dict[str, Any], key: str) -> Any:
         raise ConfigError(f"{full_key}: {str(err).splitlines()[0]}") from err
 
 
+def apply_method_overrides(cfg: RunConfig, given: list[str]) -> dict[str, list[str]]:
+    """Make command-line `method.*` overrides mean what they say; returns {key: the arms it went to}.
+
+    `given` holds the dotted keys set on the command line (Hydra's task overrides of this job; `method` for the
+    group choice `method=<name>`); the values are read from the composed `cfg.method`. The rule:
+
+    - `method.name` is refused everywhere: `method=<name>` chooses a method together with its defaults.
+    - Without `arms`, `cfg.method` is the run's method; a `method.<key>` it does not read (METHOD_KEYS in
+      s0/config.py) is refused.
+    - With `arms`, every arm names its own method and the `method` group is not used, so:
+      - `method.<key>=v` sets <key> on every arm whose method reads it, over the arm's value in the experiment
+        file (`method.alpha` goes to the s0 and state_offset arms, `method.lr` to every trained arm). The
+        change is in `cfg.arms`, hence in the plan, the run id and the run's config.yaml. An `arms.<arm>.<key>`
+        (or a whole `arms.<arm>`) also given on the command line is more specific and wins for that arm.
+        A key that no arm reads is refused.
+      - `method=<name>` is accepted only when every trained arm already uses <name> (it then changes nothing);
+        otherwise it is refused with a pointer to `arm=<arm>` and `arms.<arm>.method=<name>`.
+    - Two arms made equal by an override (`method.lr` over an lr grid) are refused by `expand`.
+    """
+    targets = method_override_targets(cfg, given)
+    if cfg.arms:
+        for key, arms in targets.items():
+            for arm in arms:
+                cfg.arms[arm][key] = copy.deepcopy(getattr(cfg.method, key))
+    return targets
+
+
+def method_override_targets(cfg: RunConfig, given: list[str]) -> dict[str, list[str]]:
+    """{key: arms} for every command-line `method.<key>` (see apply_method_overrides); changes nothing."""
+    keys = [k.split(".", 1)[1] for k in given if k.startswith("method.")]
+    if "name" in keys:
+        raise ConfigError(
+            "method.name: choose a method with method=<name> (it loads conf/method/<name>.yaml)"
+        )
+    if not cfg.arms:
+        unread = [k for k in keys if k not in METHOD_KEYS[cfg.method.name]]
+        if unread:
+            raise ConfigError(f"method.{unread[0]}: method '{cfg.method.name}' does not use {unread[0]}")
+        return {k: [cfg.method.name] for k in keys}
+    methods = {arm: fields.get("method") for arm, fields in cfg.arms.items()}
+    label = f"experiment '{cfg.experiment}'" if cfg.experiment else "these arms"
+    if "method" in given and {m for m in methods.values() if m != "baseline"} != {cfg.method.name}:
+        raise ConfigError(
+            f"method={cfg.method.name}: {label} gives each arm its method "
+            f"({', '.join(sorted(set(map(str, methods.values()))))}); "
+            "pick arms with arm=<arm> or change one with arms.<arm>.method=<name>"
+        )
+    targets = {}
+    for key in keys:
+        readers = [arm for arm, m in methods.items() if key in METHOD_KEYS.get(m, ())]
+        if not readers:
+            listing = ", ".join(f"{arm}={m}" for arm, m in methods.items())
+            raise ConfigError(f"method.{key}: no arm of {label} uses {key} (arms: {listing})")
+        explicit = set(given)  # the command line's own arms.<arm>[.<key>] is more specific
+        targets[key] = [a for a in readers if not {"arms", f"arms.{a}", f"arms.{a}.{key}"} & explicit]
+    return targets
+
+
 def resolve_arms(cfg: RunConfig, methods: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
     """Each arm's full method config: conf/method/<name>.yaml with the arm's fields on top."""
     if not cfg.arms:
@@ -190,12 +250,13 @@ def expand(
             seeds = [cfg.seed]
         n_rec = n_recurrent_layers(model.family, model.arch)
         for arm, method in arms.items():
+            layers_key = f"arms.{arm}.layers" if cfg.arms else "method.layers"
             if cfg.smoke and method.layers and n_rec < n_full:
+                # checked on the real model first: scaling would fold an out-of-range index into range
+                validate_layers(method.layers, n_full, model_name, key=layers_key)
                 method = dataclasses.replace(method, layers=scale_layers(method.layers, n_full, n_rec))
             validate_model_method(model, method, key=f"arms.{arm}" if cfg.arms else "method")
-            validate_layers(
-                method.layers, n_rec, model.name, key=f"arms.{arm}.layers" if cfg.arms else "method.layers"
-            )
+            validate_layers(method.layers, n_rec, model.name, key=layers_key)
             for seed in seeds:
                 for eval_name in eval_names:
                     eval_task = cfg.task if eval_name == cfg.task.name else tasks[eval_name]
@@ -203,7 +264,21 @@ def expand(
                         cfg.experiment, arm, seed, model, method, cfg.task, eval_task, cfg.collect, cfg.eval
                     )
                     runs.append(apply_limits(run, cfg.limit))
+    check_distinct_arms(runs)
     return runs
+
+
+def check_distinct_arms(runs: list[PlannedRun]) -> None:
+    """Two arms that plan the same run would share one directory, and the second would be skipped as done
+    under the first one's label (`method.lr=...` over main_qwen's lr grid, say)."""
+    arm_of: dict[str, str] = {}
+    for r in runs:
+        other = arm_of.setdefault(r.run_id, r.arm)
+        if other != r.arm:
+            raise ConfigError(
+                f"arms: '{other}' and '{r.arm}' are the same run ({r.run_id}: {r.describe()}); "
+                f"keep one with arm=<arm> or set them apart with arms.<arm>.<key>"
+            )
 
 
 def scale_layers(layers: list[int], n_from: int, n_to: int) -> list[int]:

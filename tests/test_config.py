@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -9,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import run
-from s0.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
+from s0.config import METHOD_KEYS, ConfigError, MethodConfig, ModelConfig, TaskConfig
 from s0.plan import expand
 
 EXPERIMENTS = sorted(p.stem for p in run.CONF.glob("experiment/*.yaml"))
@@ -44,7 +45,7 @@ def groups(paths: str) -> tuple[dict, dict, dict]:
 
 
 def plan(compose, overrides: list[str]):
-    run_cfg, plain = run.to_run_config(compose(overrides))
+    run_cfg, plain = run.to_run_config(compose(overrides), overrides)
     return run_cfg, expand(run_cfg, *groups(json.dumps(plain["paths"])))
 
 
@@ -116,6 +117,14 @@ def test_shared_runs_share_ids(compose):
         (["experiment=main_qwen", "seeds=[a,b]"], "seeds[0]"),
         (["experiment=main_qwen", "arm=nope"], "arm: 'nope' is not an arm"),
         (["eval.mode=beam"], "eval.mode"),
+        (["experiment=layer_ablation", "method.layers=[0,99]"], "index 99 out of range"),
+        (["experiment=layer_ablation", "method.layers=[0,99]", "debug=smoke"], "index 99 out of range"),
+        (["experiment=main_qwen", "method.lr=0.5"], "are the same run"),  # collapses the lr grid
+        (["experiment=alpha_sweep_qwen", "method.r=8"], "method.r: no arm of experiment 'alpha_sweep_qwen'"),
+        (["experiment=main_qwen", "method=lora"], "arm=<arm> or change one with arms.<arm>.method"),
+        (["experiment=main_qwen", "method.name=lora"], "method.name: choose a method with method=<name>"),
+        (["method=lora", "method.alpha=0.5"], "method.alpha: method 'lora' does not use alpha"),
+        (["method=baseline", "method.steps=5"], "method.steps: method 'baseline' does not use steps"),
     ],
 )
 def test_bad_values_name_the_key(compose, overrides, message):
@@ -123,3 +132,67 @@ def test_bad_values_name_the_key(compose, overrides, message):
         plan(compose, overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def by_arm(compose, *overrides: str) -> dict:
+    return {r.arm: r for r in plan(compose, list(overrides))[1]}
+
+
+def test_method_override_reaches_every_arm_that_reads_it(compose):
+    """`method.alpha` goes to both state arms over the file's 0.07; LoRA and the baseline keep their runs."""
+    before = by_arm(compose, "experiment=state_offset", "seed=42")
+    after = by_arm(compose, "experiment=state_offset", "seed=42", "method.alpha=0.1", "method.l2=0")
+    for arm in ("s0", "state_offset"):
+        assert (after[arm].method.alpha, after[arm].method.l2) == (0.1, 0.0)
+        assert after[arm].run_id != before[arm].run_id
+    assert after["baseline"].run_id == before["baseline"].run_id
+
+
+def test_method_override_of_a_training_key_skips_the_baseline(compose):
+    before = by_arm(compose, "experiment=main_qwen", "seed=42")
+    after = by_arm(compose, "experiment=main_qwen", "seed=42", "method.steps=7")
+    assert after["baseline"].method.steps == 0 and after["baseline"].run_id == before["baseline"].run_id
+    assert {a: r.method.steps for a, r in after.items() if a != "baseline"} == dict.fromkeys(
+        list(after)[1:], 7
+    )
+    lora = after["lora_r16_lr1e-4"].method
+    assert (lora.r, lora.lr) == (16, 1e-4), "the arm's own grid values stay"
+
+
+def test_method_override_with_one_arm(compose):
+    """An lr for every trained arm would merge main_qwen's lr grid; with arm= it is one run and applies."""
+    runs = by_arm(compose, "experiment=main_qwen", "seed=42", "arm=lora_r24_lr5e-4", "method.lr=0.5")
+    assert runs["lora_r24_lr5e-4"].method.lr == 0.5
+
+
+def test_command_line_arm_value_beats_method_value(compose):
+    runs = by_arm(compose, "experiment=state_offset", "seed=42", "method.alpha=0.1", "arms.s0.alpha=0.2")
+    assert (runs["s0"].method.alpha, runs["state_offset"].method.alpha) == (0.2, 0.1)
+
+
+def test_method_choice_that_matches_every_trained_arm_is_accepted(compose):
+    runs = by_arm(
+        compose, "experiment=prefix_control", "seed=42", "method=prefix", "method.num_virtual_tokens=5"
+    )
+    assert {a: r.method.num_virtual_tokens for a, r in runs.items() if a != "baseline"} == {
+        "prefix_lr1e-4": 5, "prefix_lr1e-3": 5, "prefix_lr1e-2": 5}  # fmt: skip
+
+
+def test_override_lands_in_the_recorded_config(compose):
+    """config.yaml of a run is written from `plain`: its arms must carry the applied value."""
+    overrides = ["experiment=main_qwen", "method.alpha=0.3"]
+    _, plain = run.to_run_config(compose(overrides), overrides)
+    assert plain["arms"]["s0"]["alpha"] == 0.3
+
+
+def test_method_keys_cover_what_each_method_reads():
+    """METHOD_KEYS decides where an override goes; it must name every adapter field and every method field."""
+    from s0.adapters import ADAPTERS
+
+    every = set().union(*METHOD_KEYS.values()) | {"name"}
+    assert every == {f.name for f in dataclasses.fields(MethodConfig)}
+    for method, cls in ADAPTERS.items():
+        adapter_fields = (
+            {f.name for f in dataclasses.fields(cls.config_cls)} if hasattr(cls, "config_cls") else set()
+        )
+        assert adapter_fields - {"target_modules"} <= set(METHOD_KEYS[method]), method

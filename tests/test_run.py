@@ -36,6 +36,23 @@ def test_plan_lists_runs_without_loading_a_model(root):
         (["experiment=layer_ablation", "arms.s0_early.layers=[0,99]", "plan=true"], "out of range"),
         (["experiment=main_qwen", "seeds=[1,x]", "plan=true"], "could not be converted to Integer"),
         (["sed=3"], "unknown config key 'sed'"),
+        (["experiment=layer_ablation", "method.layers=[0,99]", "plan=true"], "index 99 out of range"),
+        (
+            ["experiment=main_qwen", "method.num_virtual_tokens=5", "plan=true"],
+            "no arm of experiment 'main_qwen'",
+        ),
+        (["experiment=main_qwen", "method=lora", "plan=true"], "arms.<arm>.method"),
+        (
+            [
+                "-m",
+                "experiment=main_qwen",
+                "seed=42",
+                "method.layers=[0,99]",
+                "plan=true",
+                "hydra.sweep.dir=/tmp/s0-test-sweep",
+            ],
+            "index 99 out of range",
+        ),
     ],
 )
 def test_config_mistakes_get_one_line(root, args, message):
@@ -44,6 +61,35 @@ def test_config_mistakes_get_one_line(root, args, message):
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def plan_lines(out: subprocess.CompletedProcess) -> dict[str, str]:
+    """{arm: its plan line} of a `plan=true` listing."""
+    assert out.returncode == 0, out.stderr
+    return {
+        line.split()[4]: line
+        for line in out.stdout.splitlines()
+        if re.match(r"\s+\d+\s+[0-9a-f]{12}\s", line)
+    }
+
+
+def test_method_override_shows_in_the_plan_and_the_run_id(root):
+    before = plan_lines(run_cli(root, "experiment=main_qwen", "seed=42", "plan=true"))
+    out = run_cli(root, "experiment=main_qwen", "seed=42", "method.alpha=0.1", "method.steps=9", "plan=true")
+    after = plan_lines(out)
+    assert "alpha=0.1 " in after["s0"] and "steps=9" in after["s0"]
+    assert after["s0"].split()[1] != before["s0"].split()[1], "same run id: the run would be skipped as done"
+    assert after["baseline"] == before["baseline"]
+    assert "override    method.alpha=0.1 -> s0" in out.stdout
+
+
+def test_method_override_in_a_sweep(root, tmp_path):
+    """Each sweep job applies its own value (Hydra's per-job overrides, not sys.argv)."""
+    out = run_cli(root, "-m", "experiment=main_qwen", "seed=42", "arm=s0", "method.alpha=0.1,0.2", "plan=true",
+                  f"hydra.sweep.dir={tmp_path}")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    alphas = re.findall(r"\bs0\s+42\s+alpha=([\d.]+)", out.stdout)
+    assert alphas == ["0.1", "0.2"]
 
 
 def test_gpu_pool_launcher_gives_each_job_its_own_gpu(root, tmp_path):
