@@ -196,3 +196,18 @@ def test_method_keys_cover_what_each_method_reads():
             {f.name for f in dataclasses.fields(cls.config_cls)} if hasattr(cls, "config_cls") else set()
         )
         assert adapter_fields - {"target_modules"} <= set(METHOD_KEYS[method]), method
+
+
+@pytest.mark.parametrize(
+    ("overrides", "results", "cache"),
+    [
+        (["debug=smoke"], "./results/smoke/runs", "./results/smoke/cache"),
+        ([], "./results/runs", "./results/cache"),
+        (["debug=smoke", "paths.results=/r", "paths.cache=/c"], "/r", "/c"),  # the command line wins
+        (["debug=smoke", "paths.root=/x"], "/x/results/smoke/runs", "/x/results/smoke/cache"),
+    ],
+)
+def test_smoke_runs_have_their_own_folder(compose, overrides, results, cache):
+    """Tiny-model runs in results/runs would be averaged with real ones; smoke mode keeps them apart."""
+    run_cfg, _ = plan(compose, ["experiment=main_qwen", "seed=42", *overrides])
+    assert (run_cfg.paths.results, run_cfg.paths.cache) == (results, cache)
