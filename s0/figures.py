@@ -28,7 +28,7 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_data import deltas, mechanism_pairs, scope_label, select
-from s0.tables import best_lora, experiment_arms, welch_p
+from s0.tables import best_lora, experiment_arms, welch_test
 from s0.tables_appendix import SCALING, scaling_frames
 
 TEAL = "#178f8f"  # S0, as in the paper
@@ -102,17 +102,16 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
             if not math.isnan(paper[k]):
                 ax.scatter([x], [paper[k]], **PAPER)
         d_s0, d_lo = deltas(m, exp, "s0"), deltas(m, exp, lora or "__none__")
-        p = welch_p(d_s0, d_lo)
-        if p is not None:
+        test = welch_test(d_s0, d_lo)
+        if test is not None:
             tops = [sum(_mean_std(frames[k].value)) for k in present]  # clear every bar under the bracket
             top = max(t for t in tops if not math.isnan(t))
             y = top + 4
             ax.plot(
                 [xs["LoRA"], xs["LoRA"], xs["S0"], xs["S0"]], [y - 1.5, y, y, y - 1.5], color="black", lw=0.8
             )
-            ax.text(
-                (xs["LoRA"] + xs["S0"]) / 2, y + 0.5, stats.stars(p), ha="center", va="bottom", fontsize=9
-            )
+            mark = f"n/a ({test.reason})" if test.reason else stats.stars(test.pvalue)
+            ax.text((xs["LoRA"] + xs["S0"]) / 2, y + 0.5, mark, ha="center", va="bottom", fontsize=9)
     handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=k if k in seen else f"{k} (missing)")
                for k in methods]  # fmt: skip
     handles.append(ax.scatter([], [], label="paper", **PAPER))

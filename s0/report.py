@@ -140,19 +140,17 @@ def judge_claims(tables: dict[str, Table]) -> list[Verdict]:
                 cells.append(tables[key].cell(row, col))
             except KeyError:
                 cells.append(None)
-        if any(c is None or not c.values for c in cells):
+        models = sorted({m for c in cells if c is not None for m in c.models})
+        if any(c is None or not (c.values or c.undefined) for c in cells):
             verdict, ours = NOT_RUN, "—"
-        elif any(
-            c.models for c in cells
-        ):  # the paper's model was not run: other models' numbers judge nothing
-            models = sorted({m for c in cells for m in c.models})
-            verdict, ours = (
-                NOT_RUN,
-                f"only runs of {', '.join(models)}: " + "; ".join(c.ours(with_n=False) for c in cells),
-            )
         else:
-            verdict = REPRODUCED if cl.test(cells) else NOT_REPRODUCED
             ours = "; ".join(c.ours(with_n=False) for c in cells)
+            if models:  # the paper's model was not run: other models' numbers judge nothing
+                verdict, ours = NOT_RUN, f"only runs of {', '.join(models)}: {ours}"
+            elif any(c.undefined for c in cells):  # runs exist, but the rule's statistic is undefined on them
+                verdict = NOT_RUN
+            else:
+                verdict = REPRODUCED if cl.test(cells) else NOT_REPRODUCED
         ids = sorted({r for c in cells if c is not None for r in c.run_ids})
         out.append(Verdict(cl.claim, cl.source, cl.rule, verdict, ours, ids))
     return out

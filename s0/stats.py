@@ -42,6 +42,8 @@ def _check_alternative(alternative: str) -> None:
 
 def stars(p: float) -> str:
     """Significance stars as in the paper's Fig 1: *** p<0.001, ** p<0.01, * p<0.05, else 'n.s.'."""
+    if math.isnan(p):
+        return "n/a"  # an undefined test is not "not significant"
     if p < 0.001:
         return "***"
     if p < 0.01:
@@ -98,6 +100,7 @@ class TestResult:
     n2: int | None
     alternative: str
     confidence: float = 0.95
+    reason: str = ""  # why the test is undefined ("zero variance", "n=1"; every number NaN), "" if defined
 
     @property
     def stars(self) -> str:
@@ -108,6 +111,8 @@ class TestResult:
         return self.pvalue < 1.0 - self.confidence
 
     def format(self, digits: int = 2) -> str:
+        if self.reason:
+            return f"{self.name}: n/a ({self.reason})"
         side = "" if self.alternative == "two-sided" else f", {self.alternative}"
         if self.df is None:  # exact count tests: the statistic is a number of successes out of n1
             stat = f"{self.name} k = {self.statistic:.0f}/{self.n1}"
@@ -191,14 +196,11 @@ def welch_ttest_from_stats(
     The CI is for mean1 - mean2 with the Welch-Satterthwaite df; the effect size is Cohen's d (pooled SD).
     """
     _check_alternative(alternative)
-    if n1 < 2 or n2 < 2:
-        raise ValueError("each group needs n >= 2")
+    if n1 < 2 or n2 < 2:  # no spread to test against
+        return _undefined("Welch t", mean1 - mean2, n1, n2, alternative, confidence, f"n={min(n1, n2)}")
     v1, v2 = std1**2 / n1, std2**2 / n2
     if v1 + v2 == 0:  # both groups constant (tiny demo models score 0 everywhere): undefined, as in scipy
-        nan = math.nan
-        return TestResult(
-            "Welch t", nan, nan, nan, mean1 - mean2, nan, nan, nan, n1, n2, alternative, confidence
-        )
+        return _undefined("Welch t", mean1 - mean2, n1, n2, alternative, confidence, "zero variance")
     se = math.sqrt(v1 + v2)
     # Welch-Satterthwaite: each group's variance is weighted by its own df, so unequal spreads (1.7 vs 5.1
     # in the paper's main comparison) are not averaged away as in Student's t-test.
@@ -210,15 +212,38 @@ def welch_ttest_from_stats(
     return TestResult("Welch t", t, p, df, diff, lo, hi, d, n1, n2, alternative, confidence)
 
 
+def _undefined(name: str, estimate: float, n1: int, n2: int | None, alternative: str, confidence: float,
+               reason: str) -> TestResult:  # fmt: skip
+    nan = math.nan
+    return TestResult(name, nan, nan, nan, estimate, nan, nan, nan, n1, n2, alternative, confidence, reason)
+
+
+def degenerate(*samples: ArrayLike) -> str:
+    """Why a t-test on `samples` is undefined: "n=1" (a sample of fewer than 2), "zero variance" (every sample
+    constant), or "" when it is defined. Tables print "n/a (<reason>)" instead of a p-value."""
+    arrays = [_as_array(x, min_n=1) for x in samples]
+    small = min(a.size for a in arrays)
+    if small < 2:
+        return f"n={small}"
+    return "zero variance" if all(_mean_std_n(a)[1] == 0 for a in arrays) else ""
+
+
 def _mean_std_n(x: np.ndarray) -> tuple[float, float, int]:
+    if x.size < 2:
+        return float(x.mean()), math.nan, x.size
+    # Equal values can average to a mean off by an ulp, and then a "std" of 1e-15 makes t astronomically large.
+    if np.ptp(x) <= 1e-9 * max(1.0, float(np.abs(x).max())):
+        return float(x.mean()), 0.0, x.size
     return float(x.mean()), float(x.std(ddof=1)), x.size
 
 
 def welch_ttest(
     a: ArrayLike, b: ArrayLike, alternative: str = "two-sided", confidence: float = 0.95
 ) -> TestResult:
-    """Welch's t-test of mean(a) vs mean(b) for independent per-seed values (the paper's default test)."""
-    x, y = _as_array(a, "a"), _as_array(b, "b")
+    """Welch's t-test of mean(a) vs mean(b) for independent per-seed values (the paper's default test).
+
+    Undefined (NaN, with `reason`) when a group has one value or both are constant."""
+    x, y = _as_array(a, "a", min_n=1), _as_array(b, "b", min_n=1)
     return welch_ttest_from_stats(*_mean_std_n(x), *_mean_std_n(y), alternative, confidence)
 
 
@@ -230,10 +255,14 @@ def one_sample_ttest_from_stats(
     alternative: str = "two-sided",
     confidence: float = 0.95,
 ) -> TestResult:
-    """One-sample t-test from a published mean ± std (ddof=1) over n seeds; effect size is (mean-popmean)/std."""
+    """One-sample t-test from a published mean ± std (ddof=1) over n seeds; effect size is (mean-popmean)/std.
+
+    Undefined (NaN, with `reason`) for n < 2 or std = 0, where t would divide by zero."""
     _check_alternative(alternative)
     if n < 2:
-        raise ValueError("n must be >= 2")
+        return _undefined("t", mean, n, None, alternative, confidence, f"n={n}")
+    if std == 0:
+        return _undefined("t", mean, n, None, alternative, confidence, "zero variance")
     se = std / math.sqrt(n)
     t = (mean - popmean) / se
     p, lo, hi = _t_pvalue_ci(t, n - 1, mean, se, alternative, confidence)
@@ -245,14 +274,14 @@ def one_sample_ttest(
     x: ArrayLike, popmean: float = 0.0, alternative: str = "two-sided", confidence: float = 0.95
 ) -> TestResult:
     """One-sample t-test of mean(x) against ``popmean``; on per-seed deltas this tests 'Δ = 0' (d is d_z)."""
-    return one_sample_ttest_from_stats(*_mean_std_n(_as_array(x)), popmean, alternative, confidence)
+    return one_sample_ttest_from_stats(*_mean_std_n(_as_array(x, min_n=1)), popmean, alternative, confidence)
 
 
 def paired_ttest(
     a: ArrayLike, b: ArrayLike, alternative: str = "two-sided", confidence: float = 0.95
 ) -> TestResult:
     """Paired t-test on a[i] - b[i] (same seed for both methods, as in the S0 vs state-offset rerun)."""
-    x, y = _as_array(a, "a"), _as_array(b, "b")
+    x, y = _as_array(a, "a", min_n=1), _as_array(b, "b", min_n=1)
     if x.size != y.size:
         raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
     return replace(one_sample_ttest(x - y, 0.0, alternative, confidence), name="paired t", n2=y.size)

@@ -11,6 +11,7 @@ run ids behind them, and knows whether the two agree:
     info      shown side by side, not judged (per-seed rows: a reproduction's seed 42 is not the paper's)
     no paper  the paper prints nothing here (our extra rows and columns)
     n/a       the paper marks the cell not applicable (state-offset on FalconH1)
+    undefined runs exist but the statistic is not defined on them: "n/a (zero variance)", "n/a (n=1)"
 
 Tolerance ("beyond the seed spread"): 2 standard errors of the difference of the two means plus half a unit
 of the paper's last printed digit, se^2 = s_ours^2/n_ours + s_paper^2/n_paper. A side without a spread of its
@@ -140,9 +141,8 @@ class Cell:
     not_applicable: bool = False
     ours_text: str | None = None  # overrides the formatted mean ± std (counts like "8/10")
     se: float | None = None  # standard error of a derived statistic (a gap of two means), for the tolerance
-    models: list[str] = field(
-        default_factory=list
-    )  # labels of runs not of the paper's model: shown, not judged
+    models: list[str] = field(default_factory=list)  # runs not of the paper's model: shown, not judged
+    undefined: str = ""  # why a statistic cannot be computed from these runs ("zero variance", "n=1")
     status: str = field(init=False, default="")
     tolerance: float = field(init=False, default=math.nan)
 
@@ -182,6 +182,8 @@ class Cell:
     def _judge(self) -> tuple[str, float]:
         if self.not_applicable:
             return "n/a", math.nan
+        if self.undefined:
+            return "undefined", math.nan
         if not self.values:
             return "missing", math.nan
         p = self.paper
@@ -209,6 +211,8 @@ class Cell:
     def ours(self, with_n: bool = True) -> str:
         if self.not_applicable:
             return "n/a"
+        if self.undefined:
+            return f"n/a ({self.undefined})"
         if not self.values:
             return DASH
         text = self.ours_text or fmt_value(self.mean, self.kind, self.std)

@@ -118,10 +118,18 @@ def _fmt(x: float, kind: str) -> str:
     return fmt_value(x, kind)
 
 
-def welch_p(a: pd.DataFrame, b: pd.DataFrame) -> float | None:
-    if len(a) < 2 or len(b) < 2:
-        return None
-    return stats.welch_ttest(a.value, b.value).pvalue
+def welch_test(a: pd.DataFrame, b: pd.DataFrame) -> stats.TestResult | None:
+    """Welch's t-test of two arms' per-seed values; None when one has no runs (undefined tests say why)."""
+    return stats.welch_ttest(a.value, b.value) if len(a) and len(b) else None
+
+
+def p_cell(row: str, column: str, paper: PaperRef | None, test: stats.TestResult | None,
+              frames: list[pd.DataFrame]) -> Cell:  # fmt: skip
+    """A p-value cell: "—" without runs, "n/a (zero variance)" or "n/a (n=1)" where the test is undefined."""
+    if test is not None and test.reason:
+        ids = sorted({r for f in frames for r in run_ids_of(f)})
+        return Cell(row, column, "p", paper, [], ids, models=models_of(*frames), undefined=test.reason)
+    return _derived(row, column, "p", paper, test.pvalue if test else None, frames)
 
 
 def _params(ref: pd.DataFrame, **filters: object) -> str:
@@ -183,7 +191,7 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         cells.append(_derived("S0 − LoRA (pp)", col, "pp", pg, gap, [d_s0, d_lo], se=gap_se(d_s0, d_lo)))
         pp = (paper_ref(ref, "p", source="Sec 5.1", metric="p_value") if exp == "main_qwen"
               else PaperRef(0.05, printed="n.s.", relation=">"))  # fmt: skip
-        cells.append(_derived("Welch p, S0 vs LoRA", col, "p", pp, welch_p(d_s0, d_lo), [d_s0, d_lo]))
+        cells.append(p_cell("Welch p, S0 vs LoRA", col, pp, welch_test(d_s0, d_lo), [d_s0, d_lo]))
     static = {
         "Params": {
             "LoRA (best config)": f"{_params(ref, source='Table 1', experiment='main_qwen', method='lora')} / "
@@ -248,16 +256,15 @@ def table3(res: Results, ref: pd.DataFrame | None = None) -> Table:
         pg = paper_ref(ref, "pp", source="Table 3", method=meth, metric="gap_vs_lora")
         cells.append(_derived(row, "Gap vs. main LoRA (pp)", "pp", pg, gap, [d, d_lo], se=gap_se(d, d_lo)))
     po = paper_ref(ref, "p", source="Sec 7.2", metric="p_value")
-    cells.append(
-        _derived("State-offset", "Welch p vs. main LoRA", "p", po, welch_p(d_so, d_lo), [d_so, d_lo])
-    )
+    cells.append(p_cell("State-offset", "Welch p vs. main LoRA", po, welch_test(d_so, d_lo), [d_so, d_lo]))
     share = 100 * d_s0.value.mean() / d_so.value.mean() if len(d_s0) and len(d_so) else None
     ps = paper_ref(ref, "share", source="Sec 5.5", metric="share_of_offset_gain")
     cells.append(_derived("S0", "Share of offset gain", "share", ps, share, [d_s0, d_so]))
     paired = d_so.merge(d_s0, on="seed", suffixes=("_so", "_s0"))
-    if len(paired) >= 2:
+    if len(paired):
         t = stats.paired_ttest(paired.value_so, paired.value_s0)
-        text = f"{t.estimate:+.1f} pp, {t.format().split(', ')[1].split(';')[0]}"
+        p_text = f"p n/a ({t.reason})" if t.reason else t.format().split(", ")[1].split(";")[0]
+        text = f"{t.estimate:+.1f} pp, {p_text}"
         cells.append(_derived("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp", None, t.estimate,
                               [d_so, d_s0], n=len(paired), ours_text=text))  # fmt: skip
     else:

@@ -12,8 +12,8 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_core import Cell, PaperRef, Table, paper_ref
-from s0.table_data import deltas, mechanism_pairs, n_eval_of, run_ids_of, scope_label, select
-from s0.tables import _cell, _derived, experiment_arms, gap_se
+from s0.table_data import deltas, mechanism_pairs, models_of, n_eval_of, run_ids_of, scope_label, select
+from s0.tables import _cell, _derived, experiment_arms, gap_se, p_cell
 
 
 def _astr(alpha: float) -> str:
@@ -26,8 +26,8 @@ def _alpha_arms(experiment: str) -> dict[str, float]:
     return {a: float(f["alpha"]) for a, f in experiment_arms(experiment).items() if f.get("method") == "s0"}
 
 
-def _one_sample_p(d: pd.DataFrame) -> float | None:
-    return stats.one_sample_ttest(d.value).pvalue if len(d) >= 2 else None
+def _one_sample(d: pd.DataFrame) -> stats.TestResult | None:
+    return stats.one_sample_ttest(d.value) if len(d) else None
 
 
 # ------------------------------------------------------------------------------------------------ App D
@@ -130,7 +130,7 @@ def table_app_h(res: Results, ref: pd.DataFrame | None = None) -> Table:
             )
         )
         pp = paper_ref(ref, "p", source="Sec 5.4", model=model, metric="p_value") if known else None
-        cells.append(_derived(row, "p (one-sample t)", "p", pp, _one_sample_p(d), [d]))
+        cells.append(p_cell(row, "p (one-sample t)", pp, _one_sample(d), [d]))
         if known:
             static["GDN"][row] = f"{paper_value(ref, metric='n_gdn_layers', **p):g}"
             static["State"][row] = f"{paper_value(ref, metric='params', **p):g}M"
@@ -154,7 +154,7 @@ def table_transfer(res: Results, ref: pd.DataFrame | None = None) -> Table:
         pr = paper_ref(ref, "pp", n=n, source="Sec 5.6", experiment=exp, metric="delta") if known else None
         cells.append(_cell(m, d, row, "Δ (pp)", "pp", pr))
         pp = paper_ref(ref, "p", source="Sec 5.6", experiment=exp, metric="p_value") if known else None
-        cells.append(_derived(row, "p (one-sample t)", "p", pp, _one_sample_p(d), [d]))
+        cells.append(p_cell(row, "p (one-sample t)", pp, _one_sample(d), [d]))
     ps = paper_ref(ref, "pp", source="Sec 5.6", experiment="spider_boundary", metric="delta")
     for arm, alpha in _alpha_arms("spider_boundary").items():
         d = deltas(m, "spider_boundary", arm)
@@ -179,10 +179,15 @@ def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
     row = f"All {len(pooled) or 9} configurations"
     p = dict(source="Sec 5.8", experiment=exp)
     cells.append(_cell(m, pooled, row, "Δ (pp)", "pp", paper_ref(ref, "pp", metric="delta", **p)))
-    ci = stats.summarize(pooled.value).ci_high if len(pooled) >= 2 else None
     pc = paper_ref(ref, "pp", metric="delta", stat="ci95_high", **p)
-    se = pooled.value.std(ddof=1) / math.sqrt(len(pooled)) if len(pooled) >= 2 else None
-    cells.append(_derived(row, "95% CI upper (pp)", "pp", pc, ci, [pooled], n=len(pooled), se=se))
+    why = stats.degenerate(pooled.value) if len(pooled) else ""
+    if why:  # a t interval needs a spread
+        cells.append(Cell(row, "95% CI upper (pp)", "pp", pc, [], run_ids_of(pooled), undefined=why,
+                          models=models_of(pooled)))  # fmt: skip
+    else:
+        ci = stats.summarize(pooled.value).ci_high if len(pooled) else None
+        se = pooled.value.std(ddof=1) / math.sqrt(len(pooled)) if len(pooled) else None
+        cells.append(_derived(row, "95% CI upper (pp)", "pp", pc, ci, [pooled], n=len(pooled), se=se))
     neg = f"{int((pooled.value < 0).sum())}/{len(pooled)}" if len(pooled) else None
     cells.append(_derived(row, "Negative", "count", paper_ref(ref, "count", metric="n_negative", **p),
                           float((pooled.value < 0).sum()) if len(pooled) else None, [pooled], ours_text=neg))  # fmt: skip

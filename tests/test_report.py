@@ -84,6 +84,27 @@ def test_tiny_runs_judge_no_claim_and_mixed_models_stop_the_report(tmp_path: Pat
         assert "\n" not in err and err.startswith("error: table1, ") and "tiny_qwen3_5 (smoke)" in err
 
 
+@pytest.mark.parametrize("tiny", [False, True])
+def test_equal_deltas_render_in_the_report(tiny: bool, tmp_path: Path) -> None:
+    """`make report` on smoke results used to end in ZeroDivisionError (every delta equal)."""
+    import make_report
+
+    from s0.figures import fig1
+    from tests.test_tables import write_equal_deltas
+
+    runs, out = write_equal_deltas(tmp_path / "runs", [42, 7, 123], tiny=tiny), tmp_path / "out"
+    assert make_report.main(["--results", str(runs), "--out", str(out), "--models", "tiny_qwen3_5"]) == 0
+    md = (out / "report.md").read_text()
+    assert "n/a (zero variance)" in md and "nan" not in md.lower()
+    assert "n/a (zero variance)" in (out / "report.html").read_text()
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert set(verdicts.verdict) <= {NOT_RUN, NOT_REPRODUCED, REPRODUCED}
+    gsm = verdicts[verdicts.claim.str.startswith("GSM8K")].iloc[0]
+    assert gsm.verdict == NOT_RUN and "n/a (zero variance)" in gsm.ours  # p undefined: not judged either way
+    bracket = [t.get_text() for t in fig1(load_records(runs)).axes[0].texts]
+    assert "n/a (zero variance)" in bracket and "n.s." not in bracket  # an undefined test is not "n.s."
+
+
 def test_page_has_every_table_figure_and_run(paper) -> None:
     res, tables = paper
     verdicts = judge_claims({t.key: t for t in tables})

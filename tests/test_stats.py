@@ -172,7 +172,9 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="NaN"):
         st.summarize([1.0, float("nan"), 2.0])
     with pytest.raises(ValueError, match="at least 2"):
-        st.welch_ttest([1.0], [1.0, 2.0])
+        st.summarize([1.0])
+    with pytest.raises(ValueError, match="at least 1"):
+        st.welch_ttest([], [1.0, 2.0])
     with pytest.raises(ValueError, match="alternative"):
         st.one_sample_ttest([1.0, 2.0], alternative="two_sided")
     with pytest.raises(ValueError, match="length"):
@@ -309,3 +311,22 @@ def test_welch_with_two_constant_groups_is_undefined_not_an_error():
     assert math.isnan(res.pvalue) and math.isnan(res.statistic)
     ref = sp.ttest_ind([0.0, 0.0, 0.0], [0.0, 0.0], equal_var=False)
     assert math.isnan(ref.pvalue)
+
+
+def test_degenerate_tests_are_nan_with_a_reason_never_an_error() -> None:
+    """Smoke runs give every seed the same delta (issue 10): p is NaN and says why, where it used to divide by 0."""
+    for res in (st.one_sample_ttest([0.0, 0.0, 0.0]), st.one_sample_ttest([2.5] * 4),
+                st.paired_ttest([1.0, 2.0], [0.0, 1.0]), st.welch_ttest([0.0, 0.0], [3.0, 3.0, 3.0]),
+                st.one_sample_ttest_from_stats(1.0, 0.0, 5)):  # fmt: skip
+        assert math.isnan(res.pvalue) and res.reason == "zero variance", res
+        assert res.format().endswith("n/a (zero variance)") and res.stars == "n/a" and not res.significant
+    for res in (st.one_sample_ttest([3.0]), st.welch_ttest([1.0], [1.0, 2.0]), st.paired_ttest([1.0], [0.0]),
+                st.welch_ttest_from_stats(1.0, 0.5, 1, 2.0, 0.5, 10)):  # fmt: skip
+        assert math.isnan(res.pvalue) and res.reason == "n=1", res
+    # equal values whose mean is off by an ulp are still constant: no astronomically small p
+    x = [100 * 41 / 84 - 100 * 20 / 84] * 7
+    assert st.one_sample_ttest(x).reason == "zero variance" and st.degenerate(x) == "zero variance"
+    assert st.degenerate([1.0, 2.0]) == "" and st.degenerate([1.0], [1.0, 2.0]) == "n=1"
+    assert st.degenerate([0.0, 0.0], [1.0, 2.0]) == "" and st.welch_ttest([0.0, 0.0], [1.0, 2.0]).reason == ""
+    ok = st.one_sample_ttest([1.0, 2.0, 4.0])
+    assert ok.reason == "" and ok.pvalue == pytest.approx(sp.ttest_1samp([1.0, 2.0, 4.0], 0.0).pvalue)

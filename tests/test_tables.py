@@ -249,3 +249,60 @@ def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
         "table1, column Qwen3.5-4B (GatedDeltaNet) (main_qwen): runs of"
     )
     assert "tiny_qwen3_5 (smoke)" in msg and "qwen3_5_4b (random weights)" in msg
+
+
+# --------------------------------------------------------------------- degenerate statistics (issue 10)
+EQUAL_DELTAS = {  # experiment -> (model, arms): every non-baseline arm gains exactly +10 pp on every seed
+    "main_qwen": ("qwen3_5_4b", ["s0", "lora_r24_lr5e-4"]),
+    "main_falcon": ("falcon_h1_7b", ["s0", "lora_r24_lr1e-4"]),
+    "state_offset": ("qwen3_5_4b", ["s0", "state_offset"]),
+    "transfer_math500": ("qwen3_5_4b", ["s0"]),
+    "transfer_gsm8k": ("qwen3_5_4b", ["s0"]),
+    "scaling": ("qwen3_5_2b", ["s0"]),
+    "prefix_control": ("qwen2_5_3b_instruct", ["prefix_lr1e-4", "prefix_lr1e-3", "prefix_lr1e-2"]),
+}
+TESTS = {  # (table, row, column) of every test (and interval) a table shows
+    "table1": [("Welch p, S0 vs LoRA", "Qwen3.5-4B (GatedDeltaNet)"), ("Welch p, S0 vs LoRA", "FalconH1-7B (Mamba-2)")],
+    "table3": [("State-offset", "Welch p vs. main LoRA")],
+    "table_app_h": [("Qwen3.5-2B", "p (one-sample t)"), ("Qwen3.5-4B", "p (one-sample t)")],
+    "table_transfer": [("MATH-500", "p (one-sample t)"), ("GSM8K", "p (one-sample t)")],
+    "table_prefix": [],  # its 95% CI, row named by the number of configurations
+}  # fmt: skip
+
+
+def write_equal_deltas(root: Path, seeds: list[int], tiny: bool = False) -> Path:
+    for exp, (model, arms) in EQUAL_DELTAS.items():
+        model, weights = ("tiny_qwen3_5", "random") if tiny else (model, "hub")
+        for seed in seeds:
+            write_run(root, f"{exp}-{model}-b-{seed}", exp, "baseline", model, 50.0, seed, weights)
+            for arm in arms:
+                write_run(root, f"{exp}-{model}-{arm}-{seed}", exp, arm, model, 60.0, seed, weights)
+    return root
+
+
+@pytest.mark.parametrize(("seeds", "reason"), [([42, 7, 123], "zero variance"), ([42], "n=1")])
+def test_equal_deltas_render_in_every_table_with_a_test(
+    seeds: list[int], reason: str, tmp_path: Path
+) -> None:
+    res = load_records(write_equal_deltas(tmp_path, seeds))
+    tables = {t.key: t for t in build_tables(res)}  # used to end in ZeroDivisionError
+    for key, cells in TESTS.items():
+        t = tables[key]
+        want = f"n/a ({reason})"
+        if key == "table_prefix":  # three equal configurations per seed pool into one interval
+            cells, want = (
+                [(f"All {3 * len(seeds)} configurations", "95% CI upper (pp)")],
+                "n/a (zero variance)",
+            )
+        for row, column in cells:
+            cell = t.cell(row, column)
+            assert cell.ours() == want and cell.status == "undefined" and cell.run_ids, (
+                key,
+                row,
+                cell.ours(),
+            )
+        assert want in t.to_markdown() and "nan" not in t.to_markdown().lower()
+        assert want in t.to_latex() and want in t.to_html()
+    paired = tables["table3"].cell("State-offset − S0 (paired t)", "Mean Δ (pp)")
+    assert paired.ours().startswith(f"+0.0 pp, p n/a ({reason})")  # the estimate stands, the p-value cannot
+    assert tables["table1"].cell("S0 (ours)", "Qwen3.5-4B (GatedDeltaNet)").mean == 60.0
