@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,14 @@ DONE = "done"
 
 
 def atomic_write(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file.
+
+    The file gets the mode any new file gets (0666 less the umask: 0644 under the usual 022, 0664 under a
+    group-sharing 002), not mkstemp's owner-only 0600: results folders are shared on clusters."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -101,3 +102,16 @@ def test_the_model_a_run_really_used_is_a_column(tmp_path):
         "qwen3_5_4b", "hub", "Qwen/Qwen3.5-4B", False,
     ]  # fmt: skip
     assert records.is_smoke({"smoke": True, "model": {"name": "qwen3_5_4b"}})  # an explicit flag wins
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_results_files_get_the_mode_of_any_new_file(tmp_path, umask, mode):
+    """Readable by the group under the usual umask, not mkstemp's owner-only 0600 (issue 10)."""
+    old = os.umask(umask)
+    try:
+        make_run(tmp_path, "eee")
+        records.write_json(tmp_path / "eee" / "run.json", {"rewritten": True})  # a replace keeps the rule
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "eee").iterdir())  # run.json, metrics.json, samples.jsonl, member-*.json, done
+    assert len(files) == 5 and {p.stat().st_mode & 0o777 for p in files} == {mode}
