@@ -173,17 +173,23 @@ def summary(cfg, runs, overrides: Sequence[str] = ()) -> str:
     """One screen: what will run, where results go, and the protocol knobs that matter most."""
     from s0.plan import method_override_targets
 
-    models = sorted({r.model.name for r in runs})
+    # Read from the runs, not from cfg: smoke mode swaps the models and caps the budgets after composition.
+    models = ", ".join(sorted({f"{r.model.name} ({r.model.weights} weights)" for r in runs}))
+    if cfg.smoke:
+        models += f"; smoke stand-in for {', '.join(cfg.models or [cfg.model.name])}"
+    decoding = "; ".join(
+        sorted({f"{_mode(r.eval)}, {r.eval.max_new_tokens} new tokens, pass@{r.eval.ks}" for r in runs})
+    )
     arms = list(dict.fromkeys(r.arm for r in runs))
     seeds = list(dict.fromkeys(r.seed for r in runs))
     lines = [
         f"experiment  {cfg.experiment or '(none)'}  [{cfg.paper_ref or 'ad hoc'}]"
         + ("  SMOKE" if cfg.smoke else ""),
-        f"models      {', '.join(models)}",
+        f"models      {models}",
         f"task        {cfg.task.name} -> {', '.join(cfg.eval_tasks or [cfg.task.name])}",
         f"arms        {', '.join(arms)}",
         f"seeds       {', '.join(map(str, seeds))}",
-        f"decoding    {cfg.eval.mode}, {cfg.eval.max_new_tokens} new tokens, pass@{cfg.eval.ks}",
+        f"decoding    {decoding}",
         f"results     {cfg.paths.results}",
         f"runs        {len(runs)}",
     ]
@@ -191,6 +197,10 @@ def summary(cfg, runs, overrides: Sequence[str] = ()) -> str:
         planned = [t for t in targets if t in arms] or ["no planned arm"]
         lines.append(f"override    method.{key}={getattr(cfg.method, key)} -> {', '.join(planned)}")
     return "\n".join(lines)
+
+
+def _mode(evalc) -> str:
+    return f"sampled x{evalc.samples} at T={evalc.temperature}" if evalc.mode == "sampled" else evalc.mode
 
 
 if __name__ == "__main__":

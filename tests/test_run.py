@@ -92,6 +92,16 @@ def test_method_override_in_a_sweep(root, tmp_path):
     assert alphas == ["0.1", "0.2"]
 
 
+def test_smoke_summary_says_what_runs_use(root):
+    """Smoke mode swaps in the tiny model and caps generation at 16 tokens; the summary must say so."""
+    out = run_cli(root, "experiment=passk", "debug=smoke", "plan=true")
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines()[:8])
+    assert lines["models"] == "tiny_qwen3_5 (random weights); smoke stand-in for qwen3_5_4b"
+    assert lines["decoding"] == "sampled x2 at T=0.7, 16 new tokens, pass@[1]"
+    assert lines["results"] == "./results/smoke/runs"
+
+
 def test_gpu_pool_launcher_gives_each_job_its_own_gpu(root, tmp_path):
     """hydra/launcher=gpu_pool: one process per job, CUDA_VISIBLE_DEVICES set to one GPU of the pool."""
     sweep = tmp_path / "sweep"
