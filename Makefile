@@ -10,18 +10,40 @@ TABLES := table1 table2 table3 table5 table6 table7 table8 table9 table10 table_
 	table_app_e_falcon table_app_h table_transfer table_prefix table_sec6
 FIGURES := fig1 fig2 fig3 fig4
 
-.PHONY: help install install-cpu lint format test test-slow test-gpu demo plan reproduce-all tables figures \
+.PHONY: help install install-cpu test-latest lint format test test-slow test-gpu demo plan reproduce-all tables figures \
 	report paper-fixtures mechanism $(TABLES) $(FIGURES)
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install-cpu:  ## CPU-only install (no CUDA wheels), with the dev tools
-	$(PY) -m pip install torch --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -e '.[dev]'
+# The exact versions CI tests; installs take them as pip constraints.
+LOCK := constraints.txt
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+LATEST_VENV := .venv-latest
+# `make test-latest LATEST_TORCH=torch==2.13.0` keeps the locked torch and updates the rest.
+LATEST_TORCH ?= torch
+# pyproject.toml's dependencies (with dev) by name only: test-latest takes their newest releases, past the ranges.
+LATEST_DEPS = $(shell python3 -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(*(re.match(r'[A-Za-z0-9_.-]+', d).group() for d in p['dependencies'] + p['optional-dependencies']['dev']))")
 
-install:  ## GPU install: torch with CUDA from PyPI, flash-linear-attention, dev tools
-	$(PY) -m pip install -e '.[gpu,dev]'
+install-cpu:  ## CPU-only install of the locked versions (torch's CPU build), with the dev tools
+	$(PY) -m pip install -c $(LOCK) --no-deps torch --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
+
+install:  ## GPU install: the locked versions but torch's CUDA build from PyPI, flash-linear-attention, dev tools
+	grep -v '^torch==' $(LOCK) | $(PY) -m pip install -c /dev/stdin -e '.[gpu,dev]'
+
+# torch.txt keeps the torch build just installed: an eager upgrade of the rest would swap it for PyPI's CUDA build.
+test-latest:  ## the CPU test suite on the newest releases of every dependency (no lock), in .venv-latest
+	python3 -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade '$(LATEST_TORCH)' --extra-index-url $(TORCH_CPU_INDEX)
+	$(LATEST_VENV)/bin/python -m pip freeze | grep '^torch==' > $(LATEST_VENV)/torch.txt
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch.txt \
+		$(filter-out torch,$(LATEST_DEPS))
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|peft|accelerate)=='
+	$(LATEST_VENV)/bin/python -m pytest
 
 lint:  ## ruff lint and format check
 	ruff check .
