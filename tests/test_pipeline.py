@@ -124,3 +124,36 @@ def test_cache_keys_hold_everything_that_changes_a_cached_generation(compose, tm
     pipe.model.to(torch.float64)
     assert pipe.cache_key("collect", runs[0], 1)["env"]["dtype"] != before["env"]["dtype"]
     assert before["env"]["packages"]["transformers"]
+
+
+def test_run_directory_config_is_the_config_the_run_used(compose, tmp_path):
+    """A smoke run of main_qwen runs the tiny model with capped tokens: its config.yaml says so, not the
+    command-level qwen3_5_4b with 512 tokens."""
+    import yaml
+
+    cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=baseline")
+    run_all(runs, cfg, progress=False)
+    run_dir = tmp_path / "runs" / runs[0].run_id
+    used = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert used["model"]["name"] == "tiny_qwen3_5" and used["model"]["weights"] == "random"
+    assert used["eval"]["max_new_tokens"] == 16 and used["eval_task"]["n_eval"] == 4
+    assert (used["seed"], used["arm"], used["method"]["name"]) == (42, "baseline", "baseline")
+    prov = (run_dir / "provenance.json").read_text()
+    assert '"generation"' in prov and '"model_load"' in prov
+
+
+def test_lora_merge_is_applied_at_evaluation(compose, tmp_path, monkeypatch):
+    """`merge: true` used to be accepted and ignored; now evaluation runs on the merged weights, which are
+    restored bit-exactly afterwards (the run would otherwise be refused by the weights checksum)."""
+    from s0.adapters.peft_methods import LoraAdapter
+
+    merged = []
+    real = LoraAdapter.merge
+    monkeypatch.setattr(LoraAdapter, "merge", lambda self: merged.append(1) or real(self))
+    arm = "lora_r24_lr5e-4"
+    cfg, runs = planned(
+        compose, tmp_path, "experiment=main_qwen", "seed=42", f"arm={arm}", f"+arms.{arm}.merge=true"
+    )
+    run_all(runs, cfg, progress=False)
+    assert merged == [1]
+    assert (tmp_path / "runs" / runs[0].run_id / "done").exists()
