@@ -11,7 +11,6 @@ No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from s0.seeding import forked_rng
 
 Weights = Literal["hub", "random", "meta"]
 
@@ -178,7 +179,8 @@ def build_model(
             raise ModelError(f"weights={weights} needs model.arch (the architecture fields)")
         config = build_config(family, arch)
         ctx = torch.device("meta") if weights == "meta" else torch.device(device)
-        with ctx, _fork_rng(seed):
+        # tiny models must be identical across processes and test orders, without touching the global RNG
+        with ctx, forked_rng(None if weights == "meta" else device, seed):
             model = model_cls(config)
         if weights == "random":
             model = model.to(dtype)
@@ -339,14 +341,6 @@ def _first(keys: list[str], n: int = 3) -> str:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-@contextlib.contextmanager
-def _fork_rng(seed: int):
-    # Tiny models must be identical across processes and test orders, without touching the global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def count_parameters(model: nn.Module) -> int:
