@@ -87,6 +87,14 @@ paper-fixtures:  ## the same from the paper's own values, into paper_figures/pap
 mechanism:  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mechanism does this itself)
 	$(PY) scripts/mechanism.py --results $(RESULTS)
 
+# Bundled already: GSM8K, MATH-500, Spider dev (s0/tasks/data). This adds Spider's train split and, from the
+# Spider release's zip, its databases. Needs `pip install -e '.[data]'` and the hub.
+DATA_DIR ?= data
+SPIDER_ZIP ?=
+.PHONY: data
+data:  ## full GSM8K, MATH-500, Spider from the HF hub into DATA_DIR (default data/; SPIDER_ZIP=<zip>: + databases)
+	@$(PY) scripts/fetch_data.py --out $(DATA_DIR) $(if $(SPIDER_ZIP),--spider-zip $(SPIDER_ZIP))
+
 $(TABLES):  ## one table, e.g. `make table1`
 	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT) --only $@
 

@@ -2,7 +2,7 @@
 
 Usage:
     from s0.tasks import get_task
-    task = get_task("gsm8k", data_root="../shared/data", n_eval=100)
+    task = get_task("gsm8k", n_eval=100)   # the bundled data; data_root=<dir> reads a local folder
     examples = task.load_split("eval")
     prompts = [task.build_prompt(ex, tokenizer) for ex in examples]
     records = task.score(examples, completions)   # one dict per completion, with "task_version"

@@ -7,9 +7,12 @@ back into `task.score(examples, completions)`.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,7 +41,7 @@ class Task:
 
     name: ClassVar[str] = ""
     VERSION: ClassVar[int] = 0
-    data_root: str | None = None  # local copy, e.g. ../shared/data; None: the Hugging Face hub
+    data_root: str | None = None  # a local data folder (layout of s0/tasks/data); None: the bundled copy
     n_train: int | None = None  # None = the whole split
     n_eval: int | None = None
 
@@ -102,28 +105,61 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
     return [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
 
 
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+BUNDLED_DATA = os.path.join(os.path.dirname(__file__), "data")  # GSM8K, MATH-500, Spider dev (README there)
+CHECKSUMS = "SHA256SUMS"  # `sha256sum` format, over each file's uncompressed content
 
 
-def local_file(data_root: str, *parts: str) -> str:
-    path = os.path.join(os.path.expanduser(data_root), *parts)
-    if not os.path.isfile(path):
+def read_data(data_root: str | None, *names: str) -> str:
+    """The text of the first of `names` (e.g. "gsm8k/test.jsonl", or its .gz) found under data_root, or under
+    the copy bundled with the package when data_root is None; checked against the folder's SHA256SUMS."""
+    root = os.path.expanduser(data_root) if data_root else BUNDLED_DATA
+    for name in names:
+        for path in (os.path.join(root, name), os.path.join(root, name + ".gz")):
+            if os.path.isfile(path):
+                return _verified_text(root, name, path, bundled=not data_root)
+    if not data_root:
         raise TaskDataError(
-            f"missing {path} (paths.data_root={data_root}); see ../shared/data/README.md for the layout"
+            f"{names[0]} is not bundled with s0 ({BUNDLED_DATA}); fetch it with `make data DATA_DIR=<dir>` "
+            "and pass paths.data_root=<dir>"
         )
-    return path
+    raise TaskDataError(
+        f"missing {names[0]} (or .gz) under paths.data_root={data_root}; leave paths.data_root unset for the "
+        "bundled copy, or fetch a folder with `make data DATA_DIR=<dir>`"
+    )
 
 
-def hub_rows(repo: str, config: str | None, split: str) -> list[dict]:
-    """Rows from the Hugging Face hub through `datasets` (optional, imported lazily)."""
+def _verified_text(root: str, name: str, path: str, bundled: bool) -> str:
     try:
-        import datasets
-
-        return [dict(r) for r in datasets.load_dataset(repo, config, split=split)]
-    except Exception as e:  # ImportError, offline, gated: one clear message either way
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupted gzip stream
+        raise TaskDataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+    want = _checksums(root).get(name)
+    # Every bundled file must be listed; a user's folder is checked where its manifest lists the file.
+    if (want is not None or bundled) and hashlib.sha256(raw).hexdigest() != want:
         raise TaskDataError(
-            f"cannot load {repo} ({split}) from the Hugging Face hub: {type(e).__name__}: {e}. "
-            "Pass a local copy instead: data_root=<dir> (on the command line: paths.data_root=../shared/data)."
-        ) from e
+            f"{path} does not match its sha256 in {os.path.join(root, CHECKSUMS)} (a corrupted or altered "
+            "copy); restore it (git checkout, or `make data` again)"
+        )
+    return raw.decode("utf-8")
+
+
+def _checksums(root: str) -> dict[str, str]:
+    path = os.path.join(root, CHECKSUMS)
+    if not os.path.isfile(path):
+        return {}
+    sums = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                digest, name = line.rstrip("\n").split(maxsplit=1)
+                sums[name.lstrip("*")] = digest  # sha256sum marks binary mode with a leading *
+    return sums
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

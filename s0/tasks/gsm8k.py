@@ -1,7 +1,7 @@
 """GSM8K (Cobbe et al. 2021): grade-school word problems with a numeric answer after `####`.
 
 Usage:
-    task = get_task("gsm8k", data_root="../shared/data")
+    task = get_task("gsm8k")                      # the bundled copy; data_root=<dir> for your own
     task.load_split("train")   # the first 200 train problems (collection)
     task.load_split("eval")    # the 1319 test problems (Sec 5.6 transfer)
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
 
-from s0.tasks.base import Example, Task, check_lengths, hub_rows, local_file, read_jsonl, strip_thinking
+from s0.tasks.base import Example, Task, check_lengths, parse_jsonl, read_data, strip_thinking
 
 INSTRUCTION = (
     "Solve the following math problem step by step. On the last line, write the final answer as a plain "
@@ -34,10 +34,7 @@ class GSM8KTask(Task):
 
     def _load(self, split: str) -> list[Example]:
         src = "train" if split == "train" else "test"
-        if self.data_root:
-            rows = read_jsonl(local_file(self.data_root, "gsm8k", f"{src}.jsonl"))
-        else:
-            rows = hub_rows("openai/gsm8k", "main", src)
+        rows = parse_jsonl(read_data(self.data_root, f"gsm8k/{src}.jsonl"))
         return [self._example(i, src, r) for i, r in enumerate(rows)]
 
     def _example(self, i: int, src: str, row: dict) -> Example:

@@ -1,7 +1,7 @@
 """MATH-500 (Hendrycks et al. 2021; the 500-problem subset of Lightman et al.): a final answer in \\boxed{}.
 
 Usage:
-    task = get_task("math500", data_root="../shared/data")      # 250 train / 250 eval
+    task = get_task("math500")      # the bundled copy, 250 train / 250 eval
     records = task.score(task.load_split("eval"), completions)
 
 Equivalence is math-verify's `verify(gold, pred)` (gold first: it is asymmetric). It runs with its own
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from s0 import sandbox
-from s0.tasks.base import Example, Task, check_lengths, hub_rows, local_file, read_jsonl, strip_thinking
+from s0.tasks.base import Example, Task, check_lengths, parse_jsonl, read_data, strip_thinking
 
 INSTRUCTION = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
@@ -34,10 +34,7 @@ class Math500Task(Task):
     verify_timeout: float = 10.0  # assumption: wall-clock seconds per answer pair, then "timeout"
 
     def _load(self, split: str) -> list[Example]:
-        if self.data_root:
-            rows = read_jsonl(local_file(self.data_root, "math500", "test.jsonl"))
-        else:
-            rows = hub_rows("HuggingFaceH4/MATH-500", None, "test")
+        rows = parse_jsonl(read_data(self.data_root, "math500/test.jsonl"))
         idx = range(self.split_at) if split == "train" else range(self.split_at, len(rows))
         return [self._example(i, rows[i]) for i in idx]
 

@@ -1,11 +1,12 @@
 """Spider (Yu et al. 2018) text-to-SQL, scored by execution accuracy on the question's SQLite database.
 
 Usage:
-    task = get_task("spider", data_root="../shared/data", db_dir="/data/spider/database")
-    task.load_split("eval")    # the 1034 dev questions (Sec 5.6: no transfer expected)
+    task = get_task("spider", db_dir="/data/spider/database")
+    task.load_split("eval")    # the 1034 dev questions, bundled (Sec 5.6: no transfer expected)
 
 Comparison semantics are test-suite-sql-eval's (see `s0.sandbox.results_match`), fixed for all runs.
-The databases (`<db_dir>/<db_id>/<db_id>.sqlite`) ship only in the Spider release, not in ../shared/data.
+The databases (`<db_dir>/<db_id>/<db_id>.sqlite`) ship only in the Spider release, not with s0; nor does the
+train split (`make data` fetches it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from s0 import sandbox
-from s0.tasks.base import Example, Task, TaskDataError, check_lengths, code_blocks, hub_rows, strip_thinking
+from s0.tasks.base import Example, Task, TaskDataError, check_lengths, code_blocks, read_data, strip_thinking
 
 INSTRUCTION = (
     "Here is the schema of a SQLite database:\n\n{schema}\n\nWrite one SQLite query that answers this "
@@ -27,8 +28,8 @@ INSTRUCTION = (
 )
 GET_DBS = (
     "Download the Spider release (https://yale-lily.github.io/spider, or the spider.zip of the "
-    "taoyds/spider GitHub repo), unzip it and pass db_dir=<path>/spider/database "
-    "(it holds <db_id>/<db_id>.sqlite)."
+    "taoyds/spider GitHub repo), unzip it and pass task.db_dir=<path>/spider/database "
+    "(it holds <db_id>/<db_id>.sqlite), or unpack it with `make data SPIDER_ZIP=<path>/spider.zip`."
 )
 _SQL_START = re.compile(r"\b(select|with)\b", re.I)
 
@@ -63,15 +64,9 @@ class SpiderTask(Task):
         return [self._example(f"spider/{src}/{i}", r) for i, r in enumerate(rows)]
 
     def _rows(self, split: str) -> list[dict]:
-        if not self.data_root:
-            return hub_rows("xlangai/spider", None, "train" if split == "train" else "validation")
+        # The bundled copy has dev.json only; train_spider.json comes from `make data` or the Spider release.
         names = ("train_spider.json", "train.json") if split == "train" else ("dev.json",)
-        for name in names:
-            path = os.path.join(os.path.expanduser(self.data_root), "spider", name)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    return json.load(f)
-        raise TaskDataError(f"missing spider/{names[0]} under data_root={self.data_root}. {GET_DBS}")
+        return json.loads(read_data(self.data_root, *(f"spider/{n}" for n in names)))
 
     def _example(self, ex_id: str, row: dict) -> Example:
         schema = self.schema(row["db_id"])
