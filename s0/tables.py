@@ -124,7 +124,7 @@ def welch_test(a: pd.DataFrame, b: pd.DataFrame) -> stats.TestResult | None:
 
 
 def p_cell(row: str, column: str, paper: PaperRef | None, test: stats.TestResult | None,
-              frames: list[pd.DataFrame]) -> Cell:  # fmt: skip
+           frames: list[pd.DataFrame]) -> Cell:  # fmt: skip
     """A p-value cell: "—" without runs, "n/a (zero variance)" or "n/a (n=1)" where the test is undefined."""
     if test is not None and test.reason:
         ids = sorted({r for f in frames for r in run_ids_of(f)})
