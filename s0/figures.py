@@ -111,7 +111,8 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
                 [xs["LoRA"], xs["LoRA"], xs["S0"], xs["S0"]], [y - 1.5, y, y, y - 1.5], color="black", lw=0.8
             )
             mark = f"n/a ({test.reason})" if test.reason else stats.stars(test.pvalue)
-            ax.text((xs["LoRA"] + xs["S0"]) / 2, y + 0.5, mark, ha="center", va="bottom", fontsize=9)
+            ax.text((xs["LoRA"] + xs["S0"]) / 2, y + 0.5, mark, ha="center", va="bottom",
+                    fontsize=7 if test.reason else 9)  # fmt: skip
     handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=k if k in seen else f"{k} (missing)")
                for k in methods]  # fmt: skip
     handles.append(ax.scatter([], [], label="paper", **PAPER))
