@@ -348,7 +348,9 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
     timing["load_model"] = time.perf_counter() - t0
     with run_log(run_dir):
         log.info("run %s: %s %s seed %d (%s)", run.run_id, run.model.name, run.arm, run.seed, run.describe())
-        records.write_json(run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id})
+        records.write_json(
+            run_dir / "run.json", {**dataclasses.asdict(run), "run_id": run.run_id, "smoke": pipe.cfg.smoke}
+        )
         records.atomic_write(run_dir / "config.yaml", run_config_yaml(run, pipe.resolved))
         prov = {**provenance(pipe.cfg.paths.root), "backends": pipe.backends, "model_load": pipe.load_report}
         records.write_json(run_dir / "provenance.json", prov)

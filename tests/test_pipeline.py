@@ -3,6 +3,8 @@ Also: batched greedy evaluation equals one-at-a-time evaluation with S0 (both fa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -138,6 +140,7 @@ def test_run_directory_config_is_the_config_the_run_used(compose, tmp_path):
     assert used["model"]["name"] == "tiny_qwen3_5" and used["model"]["weights"] == "random"
     assert used["eval"]["max_new_tokens"] == 16 and used["eval_task"]["n_eval"] == 4
     assert (used["seed"], used["arm"], used["method"]["name"]) == (42, "baseline", "baseline")
+    assert json.loads((run_dir / "run.json").read_text())["smoke"] is True
     prov = (run_dir / "provenance.json").read_text()
     assert '"generation"' in prov and '"model_load"' in prov
 
