@@ -38,11 +38,8 @@ def no_run_dirs(tmp_path) -> bool:
     return not runs.exists() or not any(runs.iterdir())
 
 
-def test_missing_spider_databases(compose, tmp_path, root):
-    data = root.parent / "shared" / "data"
-    cfg, runs = planned(
-        compose, tmp_path, "experiment=spider_boundary", "arm=baseline", f"paths.data_root={data}"
-    )
+def test_missing_spider_databases(compose, tmp_path):
+    cfg, runs = planned(compose, tmp_path, "experiment=spider_boundary", "arm=baseline")  # bundled dev.json
     with pytest.raises(TaskDataError, match="Spider databases not found"):
         run_all(runs, cfg, progress=False)
     assert no_run_dirs(tmp_path)
