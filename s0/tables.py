@@ -13,8 +13,9 @@ Semantics shared by all tables:
 - "Degraded" counts problems that pass under the baseline and fail under the method (greedy, sample 0),
   joined on problem id within a seed.
 - Table 1's "LoRA (best config)" is the experiment's `selection` rule (conf/experiment/<name>.yaml: highest
-  mean pass@1 over seeds among the listed arms), selected on the evaluation split as the paper does. Tables
-  2, 3 and 6 use the best rank-24 arm, the paper's "main rank-24 LoRA baseline".
+  mean pass@1 over seeds among the listed arms that have runs), selected on the evaluation split as the paper
+  does; its notes say how many LoRA arms had runs and which was selected. Tables 2, 3 and 6 use the best
+  rank-24 arm, the paper's "main rank-24 LoRA baseline".
 - Tests: Welch two-sided for S0 vs LoRA, paired t for S0 vs state-offset (Table 3), one-sample t on
   per-seed deltas for scaling and transfer (see s0.stats and tests/test_stats.py).
 
@@ -49,8 +50,8 @@ from s0.table_data import (
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in
 SELECTION_NOTE = (
-    "LoRA (best config) is the grid point with the highest mean pass@1 over seeds, selected on the evaluation "
-    "problems themselves, as in the paper (Sec 4.3)"
+    "LoRA (best config) is the LoRA arm with the highest mean pass@1 over seeds among those with runs, selected "
+    "on the evaluation problems themselves, as in the paper (Sec 4.3); the notes say which arms ran"
 )
 
 
@@ -85,6 +86,31 @@ def best_lora(metrics: pd.DataFrame, experiment: str, rank: int | None = None) -
     if rank is not None:
         arms = [a for a in arms if experiment_arms(experiment).get(a, {}).get("r") == rank]
     return select_best(metrics, experiment, arms)
+
+
+def lora_selection_note(metrics: pd.DataFrame, experiment: str, metric: str = "pass@1") -> str:
+    """Which LoRA arms of the experiment have runs and which one the selection rule picked, in words.
+
+    Says "the only one of the 4 LoRA arms with runs" when a single grid point ran (nothing was compared), and
+    lists each arm's mean and seed count when several did."""
+    grid = selection_arms(experiment)
+    ran = {a: select(metrics, experiment, a, metric) for a in grid}
+    ran = {a: f for a, f in ran.items() if len(f)}
+    absent = [a for a in grid if a not in ran]
+    chosen = select_best(metrics, experiment, grid, metric)
+    seeds = lambda a: f"{len(ran[a])} seed{'s' if len(ran[a]) != 1 else ''}"  # noqa: E731
+    if chosen is None:
+        return (f"no LoRA runs: none of the {len(grid)} LoRA arm{'s' if len(grid) != 1 else ''} "
+                f"({', '.join(grid)}) has finished runs.")  # fmt: skip
+    if len(grid) == 1:
+        return f"LoRA is {chosen} ({seeds(chosen)}), the experiment's only LoRA arm; nothing to select."
+    missing = f"; no runs of {', '.join(absent)}" if absent else ""
+    if len(ran) == 1:
+        return (f"LoRA (best config) is {chosen} ({seeds(chosen)}), the only one of the {len(grid)} LoRA arms "
+                f"with runs, so nothing was selected{missing}.")  # fmt: skip
+    means = ", ".join(f"{a} {ran[a].value.mean():.1f} ({seeds(a)})" for a in ran)
+    return (f"LoRA (best config) is {chosen}, the highest mean {metric} of the {len(ran)} of {len(grid)} LoRA "
+            f"arms with runs ({means}){missing}.")  # fmt: skip
 
 
 def _cell(metrics: pd.DataFrame, frame: pd.DataFrame, row: str, column: str, kind: str,
@@ -155,15 +181,13 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """HumanEval main results (Table 1): pass@1 mean ± std per method, Qwen3.5-4B and FalconH1-7B."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
-    cells, notes = [], [SELECTION_NOTE + "."]
+    cells, notes = [], []
     cols = {"Qwen3.5-4B (GatedDeltaNet)": ("main_qwen", 10), "FalconH1-7B (Mamba-2)": ("main_falcon", 3)}
     for col, (exp, n) in cols.items():
         # runs of another model are labelled with it, never with the paper's
         col = scope_label(m, exp, cell=f"column {col} ({exp})") or col
         lora = best_lora(m, exp)
-        notes.append(
-            f"{col}: selected LoRA arm {lora or '— (none ran)'} among {', '.join(selection_arms(exp))}."
-        )
+        notes.append(f"{col}: {lora_selection_note(m, exp)}")
         p = dict(source="Table 1", experiment=exp)
         base = select(m, exp, "baseline")
         lo = select(m, exp, lora) if lora else select(m, exp, "__none__")

@@ -162,8 +162,27 @@ def test_selection_rule_comes_from_the_experiment_config(fixtures: Results, ref:
         arm="lora_r16_lr1e-4", value=99.0
     )
     t1 = _tables(Results(pd.concat([m, better]), fixtures.samples), ref)["table1"]
-    assert "selected LoRA arm lora_r16_lr1e-4" in t1.to_markdown()
+    md = t1.to_markdown()
+    assert "LoRA (best config) is lora_r16_lr1e-4, the highest mean pass@1 of the 2 of 4 LoRA arms" in md
+    assert "no runs of lora_r16_lr5e-4, lora_r24_lr1e-4." in md
     assert t1.cell("LoRA (best config)", "Qwen3.5-4B (GatedDeltaNet)").mean == 99.0
+
+
+def test_table1_note_says_how_many_lora_arms_ran(fixtures: Results, ref: pd.DataFrame) -> None:
+    """One LoRA arm of main_qwen's four ran (the paper fixtures, the demo): the note must not claim a choice
+    among four; main_falcon's single arm is its only one; with no LoRA run the note says so."""
+    notes = _tables(fixtures, ref)["table1"].notes
+    assert notes == [
+        "Qwen3.5-4B (GatedDeltaNet): LoRA (best config) is lora_r24_lr5e-4 (10 seeds), the only one of the 4 "
+        "LoRA arms with runs, so nothing was selected; no runs of lora_r16_lr1e-4, lora_r16_lr5e-4, "
+        "lora_r24_lr1e-4.",
+        "FalconH1-7B (Mamba-2): LoRA is lora_r24_lr1e-4 (3 seeds), the experiment's only LoRA arm; nothing to "
+        "select.",
+    ]
+    m = fixtures.metrics
+    none = Results(m[~m.arm.str.startswith("lora")], fixtures.samples)
+    note = _tables(none, ref)["table1"].notes[0]
+    assert note.startswith("Qwen3.5-4B (GatedDeltaNet): no LoRA runs: none of the 4 LoRA arms (")
 
 
 # ---------------------------------------------------------------------------------------------- outputs
