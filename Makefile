@@ -1,5 +1,11 @@
 # Every command the README shows. `make help` lists them.
-PY ?= python
+# `make demo` and `make test` set themselves up: scripts/bootstrap.py creates .venv with the locked CPU set on the
+# first call (a few minutes) and returns at once while constraints.txt and pyproject.toml are unchanged.
+# PY=<python> uses (and installs into) another environment, e.g. a conda env.
+PYTHON3 ?= python3
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+SETUP = $(PYTHON3) scripts/bootstrap.py --python $(PY)
 EXPERIMENTS_IN_ORDER := main_qwen main_falcon lora_rank_matched state_offset scaling alpha_sweep_qwen \
 	alpha_sweep_falcon layer_ablation data_efficiency passk prefix_control transfer_math500 transfer_gsm8k \
 	transfer_code_to_math spider_boundary mechanism
@@ -10,7 +16,7 @@ TABLES := table1 table2 table3 table5 table6 table7 table8 table9 table10 table_
 	table_app_e_falcon table_app_h table_transfer table_prefix table_sec6
 FIGURES := fig1 fig2 fig3 fig4
 
-.PHONY: help install install-cpu test-latest lint format test test-slow test-gpu demo plan reproduce-all tables figures \
+.PHONY: help setup install install-cpu test-latest lint format test test-slow test-gpu demo plan reproduce-all tables figures \
 	report paper-fixtures mechanism $(TABLES) $(FIGURES)
 
 help:  ## list targets
@@ -23,19 +29,21 @@ LATEST_VENV := .venv-latest
 # `make test-latest LATEST_TORCH=torch==2.13.0` keeps the locked torch and updates the rest.
 LATEST_TORCH ?= torch
 # pyproject.toml's dependencies (with dev) by name only: test-latest takes their newest releases, past the ranges.
-LATEST_DEPS = $(shell python3 -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+LATEST_DEPS = $(shell $(PYTHON3) -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	print(*(re.match(r'[A-Za-z0-9_.-]+', d).group() for d in p['dependencies'] + p['optional-dependencies']['dev']))")
 
-install-cpu:  ## CPU-only install of the locked versions (torch's CPU build), with the dev tools
-	$(PY) -m pip install -c $(LOCK) --no-deps torch --index-url $(TORCH_CPU_INDEX)
-	$(PY) -m pip install -c $(LOCK) -e '.[dev]'
+setup:  ## create .venv if absent and install the locked CPU set once (demo and test do this themselves)
+	@$(SETUP)
+
+install-cpu:  ## CPU-only install of the locked versions (torch's CPU build), with the dev tools, even if current
+	$(SETUP) --cpu --force
 
 install:  ## GPU install: the locked versions but torch's CUDA build from PyPI, flash-linear-attention, dev tools
-	grep -v '^torch==' $(LOCK) | $(PY) -m pip install -c /dev/stdin -e '.[gpu,dev]'
+	$(SETUP) --gpu
 
 # torch.txt keeps the torch build just installed: an eager upgrade of the rest would swap it for PyPI's CUDA build.
 test-latest:  ## the CPU test suite on the newest releases of every dependency (no lock), in .venv-latest
-	python3 -m venv $(LATEST_VENV)
+	$(PYTHON3) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade '$(LATEST_TORCH)' --extra-index-url $(TORCH_CPU_INDEX)
 	$(LATEST_VENV)/bin/python -m pip freeze | grep '^torch==' > $(LATEST_VENV)/torch.txt
@@ -45,46 +53,46 @@ test-latest:  ## the CPU test suite on the newest releases of every dependency (
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | grep -iE '^(torch|transformers|peft|accelerate)=='
 	$(LATEST_VENV)/bin/python -m pytest
 
-lint:  ## ruff lint and format check
-	ruff check .
-	ruff format --check .
+lint: setup  ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
-format:  ## apply ruff's formatting and safe fixes
-	ruff check --fix .
-	ruff format .
+format: setup  ## apply ruff's formatting and safe fixes
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test: lint  ## lint, then the CPU test suite
 	$(PY) -m pytest
 
-test-slow:  ## longer end-to-end tests (smoke runs of every experiment)
+test-slow: setup  ## longer end-to-end tests (smoke runs of every experiment)
 	$(PY) -m pytest -m slow
 
-test-gpu:  ## GPU tests, on a CUDA machine
+test-gpu:  ## GPU tests, on a CUDA machine (after make install)
 	$(PY) -m pytest -m gpu
 
-demo:  ## the whole pipeline on tiny models, offline, CPU, a few minutes
+demo: setup  ## the whole pipeline on tiny models, offline, CPU, a few minutes
 	$(PY) scripts/demo.py
 
-plan:  ## list the concrete runs of every experiment
+plan: setup  ## list the concrete runs of every experiment
 	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py experiment=$$e plan=true | head -8; echo; done
 
 reproduce-all:  ## every experiment of the paper, in dependency order (GPU, days)
 	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py -m experiment=$$e || exit 1; done
 	$(MAKE) report
 
-tables:  ## every table (Markdown, LaTeX, CSV) into paper_figures/
+tables: setup  ## every table (Markdown, LaTeX, CSV) into paper_figures/
 	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT)
 
-figures:  ## every figure (PDF, PNG) into paper_figures/
+figures: setup  ## every figure (PDF, PNG) into paper_figures/
 	$(PY) scripts/make_figures.py --results $(RESULTS) --out $(OUT)
 
-report:  ## report.md/.html: every table and figure, a verdict per claim, the runs behind each number
+report: setup  ## report.md/.html: every table and figure, a verdict per claim, the runs behind each number
 	$(PY) scripts/make_report.py --results $(RESULTS) --out $(OUT)
 
-paper-fixtures:  ## the same from the paper's own values, into paper_figures/paper_fixtures/
+paper-fixtures: setup  ## the same from the paper's own values, into paper_figures/paper_fixtures/
 	$(PY) scripts/make_report.py --paper-fixtures
 
-mechanism:  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mechanism does this itself)
+mechanism: setup  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mechanism does this itself)
 	$(PY) scripts/mechanism.py --results $(RESULTS)
 
 # Bundled already: GSM8K, MATH-500, Spider dev (s0/tasks/data). This adds Spider's train split and, from the
@@ -92,11 +100,11 @@ mechanism:  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mec
 DATA_DIR ?= data
 SPIDER_ZIP ?=
 .PHONY: data
-data:  ## full GSM8K, MATH-500, Spider from the HF hub into DATA_DIR (default data/; SPIDER_ZIP=<zip>: + databases)
+data: setup  ## full GSM8K, MATH-500, Spider from the HF hub into DATA_DIR (default data/; SPIDER_ZIP=<zip>: + databases)
 	@$(PY) scripts/fetch_data.py --out $(DATA_DIR) $(if $(SPIDER_ZIP),--spider-zip $(SPIDER_ZIP))
 
-$(TABLES):  ## one table, e.g. `make table1`
+$(TABLES): setup  ## one table, e.g. `make table1`
 	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT) --only $@
 
-$(FIGURES):  ## one figure, e.g. `make fig1`
+$(FIGURES): setup  ## one figure, e.g. `make fig1`
 	$(PY) scripts/make_figures.py --results $(RESULTS) --out $(OUT) --only $@
