@@ -63,7 +63,7 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
     # runs of another model (the demo's tiny smoke runs) are labelled with it, never with the paper's
     groups = [(scope_label(m, exp) or name, exp) for name, exp in paper_groups.items()]
     methods = ["Baseline", "LoRA", "State-offset", "S0"]
-    width, seen = 0.2, set()
+    width, seen, brackets = 0.2, set(), []
     for g, (_, exp) in enumerate(groups):
         lora = best_lora(m, exp)
         frames = {
@@ -88,16 +88,17 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
         }
         present = [k for k in methods if frames[k] is not None]
         xs = {k: g + (i - (len(present) - 1) / 2) * width for i, k in enumerate(present)}
+        labels = []  # the texts drawn in this group, which a bracket above it must clear
         for k in present:
             mean, std = _mean_std(frames[k].value)
             x = xs[k]
             if math.isnan(mean):
-                ax.text(x, 2, "missing", **MISSING)
+                labels.append(ax.text(x, 2, "missing", **MISSING))
             else:
                 ax.bar(x, mean, width * 0.92, yerr=std, capsize=3, color=COLORS[k], edgecolor="black",
                        linewidth=0.6, hatch="//" if exp == "main_falcon" else None, error_kw=dict(lw=0.9))  # fmt: skip
-                ax.text(x, 1.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=6.5,  # inside, off the error bars
-                        bbox=dict(facecolor="white", edgecolor="none", pad=0.6, alpha=0.8))  # fmt: skip
+                labels.append(ax.text(x, 1.5, f"{mean:.1f}", ha="center", va="bottom", fontsize=6.5,
+                                      bbox=dict(facecolor="white", edgecolor="none", pad=0.6, alpha=0.8)))  # fmt: skip
                 seen.add(k)
             if not math.isnan(paper[k]):
                 ax.scatter([x], [paper[k]], **PAPER)
@@ -106,13 +107,8 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
         if test is not None:
             tops = [sum(_mean_std(frames[k].value)) for k in present]  # clear every bar under the bracket
             top = max(t for t in tops if not math.isnan(t))
-            y = top + 4
-            ax.plot(
-                [xs["LoRA"], xs["LoRA"], xs["S0"], xs["S0"]], [y - 1.5, y, y, y - 1.5], color="black", lw=0.8
-            )
             mark = f"n/a ({test.reason})" if test.reason else stats.stars(test.pvalue)
-            ax.text((xs["LoRA"] + xs["S0"]) / 2, y + 0.5, mark, ha="center", va="bottom",
-                    fontsize=7 if test.reason else 9)  # fmt: skip
+            brackets.append((xs["LoRA"], xs["S0"], top, labels, mark, 7 if test.reason else 9))
     handles = [Patch(facecolor=COLORS[k], edgecolor="black", label=k if k in seen else f"{k} (missing)")
                for k in methods]  # fmt: skip
     handles.append(ax.scatter([], [], label="paper", **PAPER))
@@ -123,7 +119,28 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
     ax.set_title("(a) Cross-architecture comparison", fontsize=10)
     ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=5, frameon=False, title_fontsize=7,
               title="error bars ±1 std over seeds; stars: Welch t, S0 vs LoRA")  # fmt: skip
+    _draw_brackets(ax, brackets, width)
     return ax
+
+
+def _draw_brackets(ax: Axes, brackets: list[tuple], width: float) -> None:
+    """Significance brackets from LoRA to S0, each above the bars AND the labels beneath it.
+
+    The labels ("missing" written upwards, the values inside the bars) have a height in points, so they are
+    measured after the figure is laid out, where a point's height in data units is final."""
+    if not brackets:
+        return
+    fig = ax.get_figure(root=True)
+    fig.draw_without_rendering()
+    to_data = ax.transData.inverted()
+    for x0, x1, top, labels, mark, size in brackets:
+        y = top + 4
+        for t in labels:
+            (lx0, _), (lx1, ly1) = to_data.transform(t.get_window_extent().get_points())
+            if lx1 > x0 - width / 2 and lx0 < x1 + width / 2:  # under the bracket's span
+                y = max(y, ly1 + 3)
+        ax.plot([x0, x0, x1, x1], [y - 1.5, y, y, y - 1.5], color="black", lw=0.8)
+        ax.text((x0 + x1) / 2, y + 0.5, mark, ha="center", va="bottom", fontsize=size)
 
 
 # ------------------------------------------------------------------------------------- divergence panels
@@ -144,6 +161,8 @@ def _paper_positions(ref: pd.DataFrame) -> list[int]:
 
 
 def _no_data(ax: Axes, what: str) -> Axes:
+    ax.set_xticks([])  # no data: the 0-1 ticks of an empty axes would read as a scale
+    ax.set_yticks([])
     ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", color="#b00020", wrap=True)
     return ax
 
@@ -276,9 +295,10 @@ def panel_positions(ax: Axes, res: Results, ref: pd.DataFrame | None = None) -> 
     ax.bar(
         edges[:-1], counts, width=width, align="edge", color=colors, edgecolor="black", lw=0.4, label="ours"
     )
-    if paper:
-        pc, _ = np.histogram(paper, bins=bins)
-        ax.step(edges[:-1], pc, where="post", color="black", lw=0.9, label="paper")
+    if paper:  # hollow markers on each bin's count, as the paper's values elsewhere: an outline drawn over
+        pc, _ = np.histogram(paper, bins=bins)  # bars of the same height would vanish into their edges
+        at = pc > 0
+        ax.scatter(edges[:-1][at] + width / 2, pc[at], **PAPER, label="paper")
     n0 = int((f.position == 0).sum())
     ax.text(0.98, 0.95, f"{n0} of {len(f)} ({100 * n0 / len(f):.0f}%) at position 0", transform=ax.transAxes,
             ha="right", va="top", fontsize=8)  # fmt: skip

@@ -7,6 +7,7 @@ The tiny demo records here are written by hand in the layout `python run.py ... 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -27,26 +28,29 @@ def paper() -> Results:
     return load_records(FIXTURES / "paper_records", FIXTURES / "paper_summaries")
 
 
+IDS = [f"HumanEval/{80 + i}" for i in range(4)]
+
+
+def write_run(root, run_id, members, model, method, correct, texts, alpha=None, seed=42) -> None:
+    """One finished smoke run (4 problems) in the layout the runner writes."""
+    d = root / run_id
+    records.write_json(d / "run.json", {
+        "experiment": members[0][0], "arm": members[0][1], "seed": seed,
+        "model": {"name": model, "family": model.removeprefix("tiny_"), "weights": "random"},
+        "method": {"name": method, "alpha": alpha, "alpha_mode": "inference", "layers": None, "lr": 1e-3,
+                   "steps": 2, "r": 24, "max_train_examples": None},
+        "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}})  # fmt: skip
+    records.write_json(d / "metrics.json", {"pass@1": 100 * sum(correct) / 4, "n_eval": 4.0, "n_train": 4.0})
+    records.write_jsonl(d / "samples.jsonl", [
+        {"id": i, "sample": 0, "correct": c, "completion": t} for i, c, t in zip(IDS, correct, texts)])  # fmt: skip
+    for exp, arm in members:
+        records.add_membership(d, exp, arm)
+    records.mark_done(d, {})
+
+
 def write_demo(root: Path) -> Path:
     """Smoke-size records: tiny Qwen3.5 / FalconH1, 4 problems, seed 42; S0 flips one problem at character 0."""
-    ids = [f"HumanEval/{80 + i}" for i in range(4)]
-
-    def run(run_id, members, model, method, correct, texts, alpha=None):
-        d = root / run_id
-        records.write_json(d / "run.json", {
-            "experiment": members[0][0], "arm": members[0][1], "seed": 42,
-            "model": {"name": model, "family": model.removeprefix("tiny_"), "weights": "random"},
-            "method": {"name": method, "alpha": alpha, "alpha_mode": "inference", "layers": None, "lr": 1e-3,
-                       "steps": 2, "r": 24, "max_train_examples": None},
-            "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}})  # fmt: skip
-        records.write_json(
-            d / "metrics.json", {"pass@1": 100 * sum(correct) / 4, "n_eval": 4.0, "n_train": 4.0}
-        )
-        records.write_jsonl(d / "samples.jsonl", [
-            {"id": i, "sample": 0, "correct": c, "completion": t} for i, c, t in zip(ids, correct, texts)])  # fmt: skip
-        for exp, arm in members:
-            records.add_membership(d, exp, arm)
-        records.mark_done(d, {})
+    run = functools.partial(write_run, root)
 
     base_members = [("main_qwen", "baseline"), ("mechanism", "baseline"), ("scaling", "baseline")]
     run("b", base_members, "tiny_qwen3_5", "baseline", [True, False, False, False], ["\n\n"] * 4)
@@ -62,6 +66,21 @@ def write_demo(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Results:
     return load_records(write_demo(tmp_path_factory.mktemp("demo")))
+
+
+def write_zero_demo(root: Path) -> Path:
+    """What `make demo` writes: baseline, S0 and one LoRA arm per tiny model, seeds 42 and 7, every pass@1 0
+    (so the Welch tests are undefined: zero variance), no state-offset run."""
+    arms = {
+        "tiny_qwen3_5": ("main_qwen", "lora_r24_lr5e-4"),
+        "tiny_falcon_h1": ("main_falcon", "lora_r24_lr1e-4"),
+    }
+    for model, (exp, lora) in arms.items():
+        for seed in (42, 7):
+            for arm, method in (("baseline", "baseline"), ("s0", "s0"), (lora, "lora")):
+                write_run(root, f"{model}-{arm}-{seed}", [(exp, arm)], model, method, [False] * 4, ["\n"] * 4,
+                          seed=seed)  # fmt: skip
+    return root
 
 
 def texts(fig) -> str:
@@ -146,3 +165,72 @@ def test_fig2_is_drawn_from_the_real_layer_layout() -> None:
     assert sum(b.recurrent for b in tiny) == 6
     plain, _, _ = layout_from_conf("tiny_qwen2")  # a pure Transformer: nothing to inject into
     assert not any(b.recurrent for b in plain) and "Learned: 0 × S0" in texts(fig2(plain))
+
+
+def _boxes(fig, artists) -> list:
+    renderer = fig._get_renderer()
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def test_fig1_brackets_clear_the_labels_beneath_them(tmp_path: Path) -> None:
+    """The demo's Fig 1a: LoRA and S0 at 0 with an undefined test, state-offset missing between them. The
+    upright "missing" and the value labels must not run into the bracket or its "n/a (zero variance)"."""
+    fig = fig1(load_records(write_zero_demo(tmp_path)))
+    fig.savefig(tmp_path / "fig1.png", dpi=150)  # lays the figure out as the demo's PNG
+    a = fig.axes[0]
+    brackets = [ln for ln in a.lines if len(ln.get_xdata()) == 4]
+    marks = [t for t in a.texts if t.get_text().startswith("n/a")]
+    labels = [t for t in a.texts if t.get_text() == "missing" or t.get_text() == "0.0"]
+    assert len(brackets) == 2 and len(marks) == 2 and sum(t.get_text() == "missing" for t in labels) == 1
+    for box in _boxes(fig, labels):
+        for other in _boxes(fig, [*brackets, *marks]):
+            assert not box.overlaps(other), (box, other)
+
+
+def _visible(handle) -> bool:
+    """Whether a legend handle draws anything: a line, a marker, a filled or outlined patch."""
+    from matplotlib.collections import Collection
+    from matplotlib.colors import to_rgba_array
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if isinstance(handle, Line2D):
+        line = handle.get_linestyle() not in ("None", "", " ") and handle.get_linewidth() > 0
+        mark = handle.get_marker() not in (None, "None", "", " ") and handle.get_markersize() > 0
+        return (line or mark) and to_rgba_array(handle.get_color())[:, 3].max() > 0
+    if isinstance(handle, Collection):  # markers (sizes) or line segments
+        face = to_rgba_array(handle.get_facecolor())
+        edge = to_rgba_array(handle.get_edgecolor())
+        outlined = bool(len(edge)) and edge[:, 3].max() > 0 and max(handle.get_linewidths(), default=0) > 0
+        if not hasattr(handle, "get_sizes"):
+            return outlined
+        filled = bool(len(face)) and face[:, 3].max() > 0
+        return len(handle.get_sizes()) > 0 and handle.get_sizes().max() > 0 and (filled or outlined)
+    if isinstance(handle, Patch):
+        return handle.get_facecolor()[3] > 0 or (handle.get_edgecolor()[3] > 0 and handle.get_linewidth() > 0)
+    return False
+
+
+def test_every_legend_entry_has_a_visible_mark(paper: Results, demo: Results) -> None:
+    for res in (paper, demo):
+        for fn in FIGURES.values():
+            for ax in fn(res).axes:
+                if ax.get_legend() is not None:
+                    hidden = [t.get_text() for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts())
+                              if not _visible(h)]  # fmt: skip
+                    assert not hidden, (ax.get_title(), hidden)
+
+
+def test_fig4a_paper_counts_show_over_bars_of_the_same_height(paper: Results) -> None:
+    """On the paper's own flips ours and the paper's histograms coincide: an outline drawn along our bars'
+    edges is invisible, so the paper's counts are hollow markers on top of each bin, as in the other figures."""
+    from matplotlib.collections import PathCollection
+
+    a = fig4(paper).axes[0]
+    marks = [c for c in a.collections if c.get_label() == "paper"]
+    assert len(marks) == 1 and isinstance(marks[0], PathCollection)
+    heights = sorted(round(p.get_height()) for p in a.patches if p.get_height() > 0)
+    assert sorted(round(y) for _, y in marks[0].get_offsets()) == heights  # one marker per paper bin
+    assert marks[0].get_zorder() > max(p.get_zorder() for p in a.patches)
+    handle = dict(zip(legend(a), a.get_legend().legend_handles))["paper"]
+    assert isinstance(handle, PathCollection) and _visible(handle)
