@@ -253,6 +253,7 @@ def test_only_tiny_runs_are_labelled_with_the_tiny_model(tmp_path: Path) -> None
         "Qwen3.5-4B (GatedDeltaNet)" not in md and "Runs of tiny_qwen3_5 (smoke), not the paper's model" in md
     )
     assert t2.models == ["tiny_qwen3_5 (smoke)"] and "tiny_qwen3_5 (smoke)" in t2.to_markdown()
+    assert "| Params (paper's models) |" in md  # 12.6M / 34.6M are not the tiny models' counts
 
 
 def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
