@@ -73,8 +73,8 @@ test-gpu:  ## GPU tests, on a CUDA machine (after make install)
 demo: setup  ## the whole pipeline on tiny models, offline, CPU, a few minutes
 	$(PY) scripts/demo.py
 
-plan: setup  ## list the concrete runs of every experiment
-	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py experiment=$$e plan=true | head -8; echo; done
+plan: setup  ## the plan of every experiment (summary, then one line per run), in one process, writing nothing
+	@$(PY) scripts/plan_all.py $(EXPERIMENTS_IN_ORDER)
 
 reproduce-all:  ## every experiment of the paper, in dependency order (GPU, days)
 	@for e in $(EXPERIMENTS_IN_ORDER); do $(PY) run.py -m experiment=$$e || exit 1; done
