@@ -170,3 +170,55 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     )
     md = (tmp_path / "out" / "report.md").read_text()
     assert "fig1.png" in md and "Table 1" in md
+
+
+def write_demo_runs(out: Path) -> None:
+    """Finished records under the run ids the demo plans (as if `make demo` had run), without running."""
+    import demo
+
+    from s0 import records
+
+    planned = demo.planned_run_ids(out, [42, 7])
+    models = {"main_qwen": "tiny_qwen3_5", "main_falcon": "tiny_falcon_h1"}
+    for experiment, runs in planned.items():
+        for run_id, arm, seed in runs:
+            d = out / "runs" / run_id
+            method = "lora" if arm.startswith("lora") else arm
+            records.write_json(d / "run.json", {
+                "experiment": experiment, "arm": arm, "seed": seed,
+                "model": {"name": models[experiment], "family": "x", "weights": "random"},
+                "method": {"name": method, "r": 24}, "task": {"name": "humaneval"},
+                "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}, "smoke": True})  # fmt: skip
+            records.write_json(d / "metrics.json", {"pass@1": 0.0, "n_eval": 4.0})
+            records.write_jsonl(d / "samples.jsonl", [])
+            records.add_membership(d, experiment, arm)
+            records.mark_done(d, {})
+
+
+def test_demo_rerun_starts_no_runner_and_then_does_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every planned run finished: the demo builds Table 1 and Figure 1 without starting run.py (no model
+    load), prints each path it wrote; a second call finds nothing changed and only prints them again."""
+    import demo
+
+    write_demo_runs(tmp_path)
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail(f"started {a}"))
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    first = capsys.readouterr().out
+    assert "main_qwen: 6 of 6 runs already finished" in first and "main_falcon: 6 of 6" in first
+    assert (
+        "tiny_qwen3_5 (smoke): LoRA (best config) is lora_r24_lr5e-4 (2 seeds), the only one of the 4"
+        in first
+    )
+    lines = first.split("The demo wrote:")[1].splitlines()
+    for name in ("runs", "table1.md", "table1.tex", "table1.csv", "fig1.png", "fig1.pdf", "demo.json"):
+        assert any(line.strip().endswith(str(tmp_path / name)) for line in lines), name
+        assert (tmp_path / name).exists()
+    assert "tiny_qwen3_5 and tiny_falcon_h1, random weights" in first
+    built = (tmp_path / "fig1.png").stat().st_mtime_ns
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    second = capsys.readouterr().out
+    assert second.startswith("Nothing to do") and str(tmp_path / "fig1.png") in second
+    assert (tmp_path / "fig1.png").stat().st_mtime_ns == built
+    (tmp_path / "runs" / next(iter(demo.done_runs(tmp_path / "runs"))) / "done").unlink()  # a run redone
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
+    assert demo.main(["--out", str(tmp_path)]) == 1  # not current: the runner is asked again
