@@ -19,8 +19,8 @@ FIGURES := fig1 fig2 fig3 fig4
 .PHONY: help setup install install-cpu test-latest lint format test test-slow test-gpu demo plan reproduce-all tables figures \
 	report paper-fixtures mechanism $(TABLES) $(FIGURES)
 
-help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+help:  ## list every target, one per line (this list)
+	@grep -E '^[a-z][a-z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 22
 
 # The exact versions CI tests; installs take them as pip constraints.
 LOCK := constraints.txt
@@ -103,8 +103,30 @@ SPIDER_ZIP ?=
 data: setup  ## full GSM8K, MATH-500, Spider from the HF hub into DATA_DIR (default data/; SPIDER_ZIP=<zip>: + databases)
 	@$(PY) scripts/fetch_data.py --out $(DATA_DIR) $(if $(SPIDER_ZIP),--spider-zip $(SPIDER_ZIP))
 
-$(TABLES): setup  ## one table, e.g. `make table1`
+# One artifact each, from RESULTS into OUT (tables: .md, .tex, .csv; figures: .pdf, .png).
+$(TABLES): setup
 	$(PY) scripts/make_tables.py --results $(RESULTS) --out $(OUT) --only $@
 
-$(FIGURES): setup  ## one figure, e.g. `make fig1`
+$(FIGURES): setup
 	$(PY) scripts/make_figures.py --results $(RESULTS) --out $(OUT) --only $@
+
+table1:  ## Table 1: HumanEval pass@1, baseline / S0 / LoRA, Qwen3.5-4B and FalconH1-7B
+table2:  ## Table 2: parameter-matched LoRA (r24, r48, r64) vs S0
+table3:  ## Table 3: S0 vs per-step state-offset, paired
+table5:  ## Table 5: S0 on early, middle, late or all GDN layers
+table6:  ## Table 6: per-seed LoRA r24 results (Qwen3.5-4B)
+table7:  ## Table 7: per-seed FalconH1-7B results
+table8:  ## Table 8: per-seed LoRA r48 and r64
+table9:  ## Table 9: sampled pass@1/5/10
+table10:  ## Table 10: per-seed pass@k
+table_app_d:  ## App D: data efficiency (10, 25, 50 solutions)
+table_app_e_qwen:  ## App E: Qwen3.5-4B alpha sweep
+table_app_e_falcon:  ## App E: FalconH1-7B alpha sweep
+table_app_h:  ## App H: scaling across Qwen3.5 sizes
+table_transfer:  ## Sec 5.6: transfer to MATH-500, GSM8K, Spider
+table_prefix:  ## Sec 5.8: prefix tuning on the pure Transformer Qwen2.5-3B
+table_sec6:  ## Sec 6: mechanism numbers (KL ratio, divergence, probe AUCs)
+fig1:  ## Figure 1: cross-architecture comparison (a), first-character divergence (b)
+fig2:  ## Figure 2: the model's layer graph with S0 in each recurrent layer
+fig3:  ## Figure 3: scaling (a) and FalconH1 alpha sweep (b)
+fig4:  ## Figure 4: first-divergence positions (a) and their cumulative distribution (b)
