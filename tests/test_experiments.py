@@ -15,26 +15,22 @@ from s0 import records
 from s0.config import MethodConfig, ModelConfig, TaskConfig
 from s0.pipeline import run_all
 from s0.plan import expand
+from s0.tasks.base import BUNDLED_DATA, read_data
 
 EXPERIMENTS = sorted(p.stem for p in run.CONF.glob("experiment/*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def store(root, tmp_path_factory) -> dict[str, Path]:
-    """Results, cache and a data root: the shared offline data plus a Spider fixture (a concert_singer
+def store(tmp_path_factory) -> dict[str, Path]:
+    """Results, cache and a data root: the bundled data plus a Spider fixture (a concert_singer
     database built from SQL, and its dev questions standing in for the missing train split)."""
     tmp = tmp_path_factory.mktemp("experiments")
-    shared = root.parent / "shared" / "data"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not beside the checkout")
     data = tmp / "data"
     data.mkdir()
-    for name in ("gsm8k", "math500"):
-        (data / name).symlink_to(shared / name)
+    for name in ("gsm8k", "math500"):  # the bundled copies (gzipped; the loaders read .gz)
+        (data / name).symlink_to(Path(BUNDLED_DATA) / name)
     (data / "spider").mkdir()
-    dev = [
-        q for q in json.loads((shared / "spider" / "dev.json").read_text()) if q["db_id"] == "concert_singer"
-    ]
+    dev = [q for q in json.loads(read_data(None, "spider/dev.json")) if q["db_id"] == "concert_singer"]
     (data / "spider" / "dev.json").write_text(json.dumps(dev))
     (data / "spider" / "train_spider.json").write_text(json.dumps(dev[::-1]))
     from tests.fixtures.spider.build import build_dbs
@@ -44,7 +40,10 @@ def store(root, tmp_path_factory) -> dict[str, Path]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# main_qwen in the default suite; every other experiment under `-m slow` (make test-slow).
+@pytest.mark.parametrize(
+    "name", [n if n == "main_qwen" else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS]
+)
 def test_experiment_runs_end_to_end_in_smoke_mode(compose, store, name):
     overrides = [f"experiment={name}", "debug=smoke", f"paths.results={store['results']}",
                  f"paths.cache={store['cache']}", f"paths.data_root={store['data']}"]  # fmt: skip
