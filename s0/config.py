@@ -103,7 +103,9 @@ class MethodConfig:
 @dataclass
 class TaskConfig:
     name: str = _help("humaneval, math500, gsm8k or spider", "humaneval")
-    data_root: str | None = _help("local data directory (offline copy); null = the hub", None)
+    data_root: str | None = _help(
+        "local data directory (layout of s0/tasks/data or a make-data folder); null = the bundled copy", None
+    )
     n_train: int | None = _help("training problems offered to collection; null = the task's default", None)
     n_eval: int | None = _help("evaluation problems; null = the whole eval split", None)
     db_dir: str | None = _help("Spider: directory of <db_id>/<db_id>.sqlite databases", None)
@@ -159,7 +161,9 @@ class BackendConfig:
 @dataclass
 class PathsConfig:
     root: str = _help("repository root", ".")
-    data_root: str | None = _help("default local data directory for every task", None)
+    data_root: str | None = _help(
+        "default local data directory for every task; null = the copies bundled in s0/tasks/data", None
+    )
     results: str = _help("where run directories are written", "results/runs")
     cache: str = _help("collected data and baseline evaluations shared across runs", "results/cache")
 
