@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from s0 import records
 
 
@@ -38,6 +40,7 @@ def done_times(runs: Path) -> dict[str, float]:
     return {p.parent.name: p.stat().st_mtime for p in runs.glob("*/done")}
 
 
+@pytest.mark.slow  # about 5 minutes on 2 cores: make test-slow
 def test_sweep_kill_and_resume(root, tmp_path):
     runs = tmp_path / "runs"
     sweep(root, tmp_path, "main_qwen", "42,7")
