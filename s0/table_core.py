@@ -249,6 +249,9 @@ class Table:
     cells: list[Cell]
     static: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> row -> paper text
     notes: list[str] = field(default_factory=list)
+    # a column shown under another model's name (runs of a tiny smoke model) -> that name, so a look-up by
+    # the paper's column name (the report's claims) still finds it
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[str]:
@@ -259,6 +262,7 @@ class Table:
         return list(dict.fromkeys(c.column for c in self.cells))
 
     def cell(self, row: str, column: str) -> Cell:
+        column = column if column in self.columns else self.aliases.get(column, column)
         for c in self.cells:
             if c.row == row and c.column == column:
                 return c

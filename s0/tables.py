@@ -181,11 +181,13 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """HumanEval main results (Table 1): pass@1 mean ± std per method, Qwen3.5-4B and FalconH1-7B."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
-    cells, notes = [], []
+    cells, notes, aliases = [], [], {}
     cols = {"Qwen3.5-4B (GatedDeltaNet)": ("main_qwen", 10), "FalconH1-7B (Mamba-2)": ("main_falcon", 3)}
-    for col, (exp, n) in cols.items():
+    for paper_col, (exp, n) in cols.items():
         # runs of another model are labelled with it, never with the paper's
-        col = scope_label(m, exp, cell=f"column {col} ({exp})") or col
+        col = scope_label(m, exp, cell=f"column {paper_col} ({exp})") or paper_col
+        if col != paper_col:
+            aliases[paper_col] = col
         lora = best_lora(m, exp)
         notes.append(f"{col}: {lora_selection_note(m, exp)}")
         p = dict(source="Table 1", experiment=exp)
@@ -230,7 +232,9 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         static = {"Params (paper's models)" if k == "Params" else k: v for k, v in static.items()}
     caption = ("HumanEval greedy pass@1 (%) on held-out problems 80–163, mean ± std over seeds (Qwen 10 seeds, "
                "Falcon 3). " + SELECTION_NOTE + ".")  # fmt: skip
-    return Table("table1", "Table 1: HumanEval main results", caption, "Method", cells, static, notes)
+    return Table(
+        "table1", "Table 1: HumanEval main results", caption, "Method", cells, static, notes, aliases
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Table 2

@@ -222,3 +222,17 @@ def test_demo_rerun_starts_no_runner_and_then_does_nothing(tmp_path: Path, monke
     (tmp_path / "runs" / next(iter(demo.done_runs(tmp_path / "runs"))) / "done").unlink()  # a run redone
     monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
     assert demo.main(["--out", str(tmp_path)]) == 1  # not current: the runner is asked again
+
+
+def test_claims_on_tiny_runs_name_them_and_judge_nothing(tmp_path: Path) -> None:
+    """The demo's runs: Table 1's claims find their cells under the tiny model's column and say whose runs
+    they are ("not run" for the paper's model), rather than "—" with no runs."""
+    from tests.test_figures import write_zero_demo
+
+    res = load_records(write_zero_demo(tmp_path))
+    verdicts = judge_claims({t.key: t for t in build_tables(res, only=["table1"])})
+    first = verdicts[0]  # S0 improves Qwen3.5-4B ... (Table 1's S0 delta)
+    assert first.verdict == NOT_RUN and first.ours.startswith("only runs of tiny_qwen3_5 (smoke): +0.0")
+    assert len(first.run_ids) == 4  # two seeds of baseline and S0
+    falcon = verdicts[2]
+    assert falcon.verdict == NOT_RUN and "tiny_falcon_h1 (smoke)" in falcon.ours and falcon.run_ids
