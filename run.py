@@ -3,17 +3,23 @@
     python run.py experiment=main_qwen seed=42          # one seed, every arm of the experiment
     python run.py -m experiment=main_qwen               # the experiment's seed sweep, one job per seed
     python run.py experiment=main_qwen plan=true        # list the concrete runs, load nothing
-    python run.py experiment=main_qwen debug=smoke      # tiny models, seconds on CPU
+    python run.py experiment=main_qwen debug=smoke      # tiny models on CPU (main_qwen: 60 runs, minutes)
+    python run.py -m experiment=main_qwen hydra/launcher=gpu_pool   # the sweep, one job per GPU
+    python run.py --help                                # this text; --hydra-help for Hydra's own
 
 Composes conf/, checks types and values against s0/config.py, expands the experiment into runs (s0/plan.py)
-and hands them to the pipeline. A config mistake ends in one line on stderr and exit code 2.
+and hands them to the pipeline. A mistake (config, device, launcher, an unreachable hub) ends in one line on
+stderr and exit code 2; Ctrl-C ends in one line saying how to resume, exit code 130. Rerunning a command skips
+its finished runs and redoes interrupted ones (from the saved adapter if training had finished).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +28,59 @@ CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = ("experiment", "model", "method", "task", "logger", "debug", "paths", "hydra/launcher")
 
 
+INTERRUPTED = (
+    "interrupted (Ctrl-C): finished runs are kept; rerun the same command to skip them and resume the "
+    "interrupted run (from its saved adapter if training had finished)"
+)
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def usage() -> str:
+    """`run.py --help`: the commands, the config groups with their choices, and where the schema lives."""
+    groups = []
+    for group in GROUPS:
+        choices = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        if group == "hydra/launcher":
+            choices = ["basic (default)", *choices, "submitit_local", "submitit_slurm"]
+        lines = textwrap.wrap(
+            ", ".join(choices), 100, initial_indent=f"  {group + '=':<16}", subsequent_indent=" " * 18
+        )
+        groups.extend(lines)
+    return "\n".join(
+        [
+            "usage: python run.py [-m] [group=choice ...] [key=value ...]",
+            (__doc__ or "").split("\n", 1)[1].rstrip(),
+            "",
+            "Config groups (conf/<group>/<choice>.yaml):",
+            *groups,
+            "",
+            "Keys: every field of RunConfig in s0/config.py, each with its help text and default; the common protocol",
+            "is conf/config.yaml, each experiment conf/experiment/<name>.yaml. `-m` sweeps comma-separated values",
+            "(seed=42,7). Show a composed config without running: python run.py <overrides> --cfg job.",
+            "Hydra's own help: python run.py --hydra-help",
+        ]
+    )
+
+
+def check_device(device: str, plan: bool) -> None:
+    """`device=tpu` (or cuda on a machine without one) gets one line, before anything loads."""
+    if not DEVICE.fullmatch(device):
+        fail(f"device '{device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    if plan or device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"device={device} but torch sees no CUDA GPU; use device=cpu or device=auto")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        fail(f"device={device} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        fail("device=mps but MPS is not available here; use device=cpu or device=auto")
 
 
 def check_group_choices(argv: list[str]) -> None:
@@ -77,6 +133,9 @@ def register_schema() -> None:
 
 
 def main() -> None:
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(usage())
+        return
     check_group_choices(sys.argv[1:])
     check_keys(sys.argv[1:])
     register_schema()
@@ -155,6 +214,7 @@ def execute(cfg) -> None:
 
     overrides = command_line()
     run_cfg, plain = to_run_config(cfg, overrides)
+    check_device(run_cfg.device, run_cfg.plan)
     context = {"paths": plain["paths"]}
     methods = load_group("method", MethodConfig)
     models = load_group("model", ModelConfig)
@@ -204,4 +264,11 @@ def _mode(evalc) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `python run.py --help | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

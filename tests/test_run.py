@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -119,3 +120,74 @@ def test_gpu_pool_launcher_gives_each_job_its_own_gpu(root, tmp_path):
     ]
     for job in range(3):
         assert "runs        3" in (sweep / str(job) / "job.log").read_text()
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["device=tpu", "plan=true"], "device 'tpu' is not one of auto, cpu, cuda, cuda:N, mps"),
+        (["device=cuda:x", "debug=smoke", "plan=true"], "device 'cuda:x'"),
+    ],
+)
+def test_device_mistakes_get_one_line(root, args, message):
+    out = run_cli(root, *args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.skipif(has_cuda(), reason="needs a machine without a CUDA GPU")
+def test_missing_gpu_gets_one_line(root, tmp_path):
+    out = run_cli(root, "experiment=main_qwen", "seed=42", "arm=baseline", "debug=smoke", "device=cuda")
+    assert out.returncode == 2 and "torch sees no CUDA GPU" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    args = [
+        "-m",
+        "debug=smoke",
+        "plan=true",
+        "seed=42,7",
+        "hydra/launcher=gpu_pool",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "gpu_pool found no CUDA GPU" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_help_is_our_usage(root):
+    out = subprocess.run(
+        [sys.executable, "run.py", "--help"], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python run.py")
+    assert "python run.py experiment=main_qwen plan=true" in out.stdout
+    assert "s0/config.py" in out.stdout and "main_qwen" in out.stdout and "gpu_pool" in out.stdout
+    assert "Powered by Hydra" not in out.stdout and "--hydra-help" in out.stdout
+
+
+def test_ctrl_c_stops_in_one_line_and_says_how_to_resume(root, tmp_path):
+    """SIGINT once a run has started: exit 130, one line on stderr, no traceback, no half-written run left as done."""
+    cmd = [sys.executable, "run.py", "experiment=main_qwen", "debug=smoke", "seed=42", "arm=s0",
+           f"paths.results={tmp_path}/runs", f"paths.cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if re.search(r"\] - run [0-9a-f]{12}: ", line):
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert "interrupted" in err and "rerun the same command" in err
+    assert not list((tmp_path / "runs").glob("*/done"))

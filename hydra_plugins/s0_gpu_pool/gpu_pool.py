@@ -46,6 +46,7 @@ class GPUPoolLauncher(Launcher):
         self.gpus = list(gpus) if gpus is not None else None
         self.poll_seconds = poll_seconds
         self.config = None
+        self._running: dict[int, tuple[subprocess.Popen, int, Sequence[str]]] = {}
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         self.config = config
@@ -56,10 +57,13 @@ class GPUPoolLauncher(Launcher):
         import torch
 
         devices = list(range(torch.cuda.device_count()))
-        if not devices:
-            raise JobFailed(
-                "gpu_pool found no GPU; use hydra/launcher=submitit_local or set hydra.launcher.gpus"
+        if not devices:  # a user's mistake: one line and exit code 2, like every config error (run.py)
+            print(
+                "error: hydra/launcher=gpu_pool found no CUDA GPU; drop it (jobs then run one after another), "
+                "use hydra/launcher=submitit_local, or name the GPUs with hydra.launcher.gpus=[0,1]",
+                file=sys.stderr,
             )
+            sys.exit(2)
         return devices
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -67,8 +71,20 @@ class GPUPoolLauncher(Launcher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         free = self._devices()
         log.info(f"gpu_pool: {len(job_overrides)} jobs over GPUs {free}")
+        try:
+            return self._run(job_overrides, initial_job_idx, sweep_dir, free)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches every job (one process group): let each stop, then report once (run.py)
+            for proc, _, _ in self._running.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+
+    def _run(self, job_overrides, initial_job_idx, sweep_dir, free) -> Sequence[JobReturn]:
         pending = list(enumerate(job_overrides, start=initial_job_idx))
-        running: dict[int, tuple[subprocess.Popen, int, Sequence[str]]] = {}
+        running = self._running = {}
         returns: dict[int, JobReturn] = {}
         while pending or running:
             while pending and free:
