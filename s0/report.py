@@ -22,7 +22,7 @@ import pandas as pd
 
 from s0.records import Results
 from s0.table_core import Cell, Table, esc
-from s0.table_data import scope_notes
+from s0.table_data import MixedRunsError, scope_notes
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 Q, F = "Qwen3.5-4B (GatedDeltaNet)", "FalconH1-7B (Mamba-2)"
@@ -258,6 +258,18 @@ FIXTURE_DIRS = [
     ROOT / "tests" / "fixtures" / "paper_records",
     ROOT / "tests" / "fixtures" / "paper_summaries",
 ]
+
+
+def run_cli(body: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    """A make_{tables,figures,report} entry point: runs of different models that would pool stop it with one
+    line on stderr and exit code 1, not a traceback."""
+    import sys
+
+    try:
+        return body(argv)
+    except MixedRunsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def add_io_args(parser) -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report import add_io_args, load_inputs
-from s0.table_data import MixedRunsError
+from s0.report import add_io_args, load_inputs, run_cli
 
 KEYS = ("fig1", "fig2", "fig3", "fig4")
 
@@ -46,11 +45,7 @@ def write_figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

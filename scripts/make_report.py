@@ -14,18 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report import add_io_args, judge_claims, load_inputs, write_report
+from s0.report import add_io_args, judge_claims, load_inputs, run_cli, write_report
 from s0.table_core import write_table
-from s0.table_data import MixedRunsError
 from s0.tables import build_tables
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

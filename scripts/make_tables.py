@@ -13,18 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report import add_io_args, load_inputs
+from s0.report import add_io_args, load_inputs, run_cli
 from s0.table_core import write_table
-from s0.table_data import MixedRunsError, scope_notes
+from s0.table_data import scope_notes
 from s0.tables import all_tables, build_tables
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except MixedRunsError as err:  # runs of different models would pool: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:
