@@ -224,9 +224,67 @@ def execute(cfg) -> None:
     if run_cfg.plan:
         print(format_plan(runs))
         return
+    warn_cpu(run_cfg, runs)
     from s0.pipeline import run_all
 
     run_all(runs, run_cfg, resolved=plain)
+
+
+# Rough CPU cost of real-size models, to warn before hours of work. Every figure is an assumption:
+CPU_FLOPS = 1e11  # ~100 GFLOP/s of fp32 matmuls on a CPU
+TRAIN_TOKENS_PER_EXAMPLE = 400  # prompt + verified solution
+EVAL_PROBLEMS = {
+    "humaneval": 84,
+    "math500": 250,
+    "gsm8k": 1319,
+    "spider": 1034,
+}  # eval splits when n_eval is null
+
+
+def cpu_hours(runs, results: str) -> float:
+    """Hours the unfinished `runs` would take on a CPU: 2 x params FLOPs per generated token (collection and
+    evaluation), 6 x params per trained token (forward and backward), at CPU_FLOPS."""
+    from s0 import records
+
+    flops, collected = 0.0, set()
+    for r in runs:
+        if records.is_done(Path(results) / r.run_id):
+            continue
+        params = (r.model.params_b or 1.0) * 1e9
+        n_eval = r.eval_task.n_eval or EVAL_PROBLEMS.get(r.eval_task.name, 500)
+        tokens = n_eval * (r.eval.samples if r.eval.mode == "sampled" else 1) * r.eval.max_new_tokens
+        if r.method.name != "baseline":
+            key = (r.model.name, r.seed, r.task.name)
+            n_train = r.task.n_train or 200
+            if key not in collected:
+                collected.add(key)
+                tokens += n_train * r.collect.samples * r.collect.max_new_tokens
+            examples = min(n_train, r.method.max_train_examples or n_train)
+            tokens += 3 * r.method.steps * examples * TRAIN_TOKENS_PER_EXAMPLE
+        flops += 2 * params * tokens
+    return flops / CPU_FLOPS / 3600
+
+
+def warn_cpu(cfg, runs) -> None:
+    """A real-size model about to run on the CPU gets a warning with a rough time, and the way to a quick run."""
+    big = sorted(
+        {f"{r.model.name} ({r.model.params_b or '?'}B)" for r in runs if not r.model.name.startswith("tiny_")}
+    )
+    if not big or cfg.device not in ("cpu", "auto"):
+        return
+    if cfg.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    hours = cpu_hours(runs, cfg.paths.results)
+    if hours > 0:
+        print(
+            f"warning: {', '.join(big)} on the CPU: roughly {hours:,.0f} hours for the unfinished runs (assuming "
+            f"{CPU_FLOPS:.0e} FLOP/s, 2 x params FLOPs per generated token, 6 x per trained one); debug=smoke "
+            "runs the same pipeline on tiny models in minutes",
+            file=sys.stderr,
+        )
 
 
 def summary(cfg, runs, overrides: Sequence[str] = ()) -> str:

@@ -11,6 +11,7 @@ No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,7 @@ def build_model(
     if weights == "hub":
         if not hub_id:
             raise ModelError("weights=hub needs model.hub_id")
+        hub_id = hub_source(hub_id, revision)
         try:
             model, report = load_checkpoint(family, hub_id, dtype=dtype, revision=revision)
         except OSError as err:
@@ -191,6 +193,45 @@ def build_model(
     model.requires_grad_(False)
     model.s0_load_report = report  # a plain, JSON-ready dict for provenance.json
     return model
+
+
+HUB_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def hub_source(hub_id: str, revision: str | None = None) -> str:
+    """Where to load `hub_id` from, checked once and quickly: the id itself when the hub answers (or it is a
+    local directory), its snapshot in the local cache when the hub is unreachable or HF_HUB_OFFLINE is set, and
+    otherwise a one-line ModelError at once, rather than transformers' retries on every file."""
+    import urllib.error
+    import urllib.request
+
+    if Path(hub_id).is_dir():
+        return hub_id
+    from huggingface_hub import constants  # reads HF_ENDPOINT and HF_HUB_OFFLINE
+
+    endpoint = constants.ENDPOINT.rstrip("/")
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        request = urllib.request.Request(f"{endpoint}/api/models/{hub_id}", method="HEAD")
+        try:
+            urllib.request.urlopen(request, timeout=HUB_TIMEOUT_S).close()
+            return hub_id
+        except urllib.error.HTTPError:
+            return hub_id  # the hub answered (401, 404, ...): transformers reports that in its own words
+        except (OSError, ValueError) as err:
+            reason = f"{endpoint} is unreachable ({getattr(err, 'reason', err)})"
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(hub_id, revision=revision, local_files_only=True)
+    except Exception as err:
+        raise ModelError(
+            f"cannot load '{hub_id}': {reason}, and it is not in the local cache (HF_HOME). Connect once to "
+            "download it, pass a local directory as model.hub_id, or run offline with debug=smoke (tiny models) "
+            "or model.weights=random (real size, random weights: slow on CPU)."
+        ) from err
 
 
 # Weights a checkpoint may hold that the text-only causal LM drops by design: listed in the load report,
@@ -389,6 +430,7 @@ def build_tokenizer(hub_id: str | None, tiny: bool = False, revision: str | None
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
+    hub_id = hub_source(hub_id, revision)
     try:
         tok = AutoTokenizer.from_pretrained(hub_id, revision=revision)
     except OSError as err:

@@ -191,3 +191,30 @@ def test_ctrl_c_stops_in_one_line_and_says_how_to_resume(root, tmp_path):
     assert err.strip().splitlines() == [err.strip()], err
     assert "interrupted" in err and "rerun the same command" in err
     assert not list((tmp_path / "runs").glob("*/done"))
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+        ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "is unreachable"),
+    ],
+)
+def test_unreachable_hub_fails_fast_after_a_cpu_warning(root, tmp_path, env, reason):
+    """No hub: one line at once (no retries); before it, a real-size model on the CPU gets a time estimate."""
+    import os
+    import time
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    environ.update(env, HF_HOME=str(tmp_path / "hf"))
+    args = ["experiment=main_qwen", "seed=42", "arm=baseline", "device=cpu", f"paths.results={tmp_path}/runs",
+            f"paths.cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "run.py", *args], cwd=root, env=environ, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert time.perf_counter() - start < 60  # startup on a loaded machine; the check itself takes < 5 s
+    assert out.returncode == 2, out.stderr
+    warning, error = out.stderr.strip().splitlines()
+    assert warning.startswith("warning: qwen3_5_4b (4.0B) on the CPU: roughly") and "debug=smoke" in warning
+    assert error.startswith("error: cannot load 'Qwen/Qwen3.5-4B'") and reason in error
+    assert not list((tmp_path / "runs").glob("*"))
