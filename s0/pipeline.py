@@ -20,7 +20,9 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +94,45 @@ def run_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
+class _OncePerPackage(logging.Filter):
+    """transformers says "`f` is falling back to its reference PyTorch implementation because `pkg` is not
+    installed" once per kernel function; one line per missing package is enough (s0.backends says the rest)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "falling back to its reference PyTorch implementation" not in message:
+            return True
+        package = message.split("because", 1)[-1].split("is not installed", 1)[0].strip()
+        if package in self.seen:
+            return False
+        self.seen.add(package)
+        return True
+
+
+def quiet_library_notices() -> None:
+    """Each library notice once: kernel fallbacks once per missing package, and no FutureWarning about
+    transformers' deprecated `is_gradient_checkpointing` alias, which peft reads on every LoRA run."""
+    kernels = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _OncePerPackage) for f in kernels.filters):
+        kernels.addFilter(_OncePerPackage())
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
 def _oom_message(stage: str) -> str:
     return (
         f"out of GPU memory during {stage}. Lower eval.batch_size, collect.samples or eval.max_new_tokens, "
@@ -105,7 +146,9 @@ class Pipeline:
     def __init__(self, cfg: RunConfig, resolved: dict | None = None, progress: bool = True):
         self.cfg = cfg
         self.resolved = resolved or {}
-        self.progress = progress
+        # bars only on a terminal: in a log file they are \r clutter; the stages log one line each instead
+        self.progress = progress and sys.stderr.isatty()
+        quiet_library_notices()
         self.device = resolve_device(cfg.device)
         self.results = Path(cfg.paths.results)
         self.cache = Path(cfg.paths.cache)
@@ -440,6 +483,7 @@ def run_all(
     outcome: dict[str, Any] = {}
     # One model load per model: runs are grouped by model, in plan order otherwise.
     order = sorted(range(len(runs)), key=lambda i: (config_hash(runs[i].key()["model"]), i))
+    pending = []
     for i in order:
         run = runs[i]
         run_dir = pipe.results / run.run_id
@@ -448,8 +492,18 @@ def run_all(
             outcome.setdefault(run.run_id, "skipped")
             log.info("skip %s (%s %s seed %d): already done", run.run_id, run.model.name, run.arm, run.seed)
             continue
+        outcome[run.run_id] = None
+        pending.append(run)
+    start = time.perf_counter()
+    for k, run in enumerate(pending, 1):
+        elapsed = time.perf_counter() - start
+        left = f", about {_duration(elapsed / (k - 1) * (len(pending) - k + 1))} left" if k > 1 else ""
+        log.info("run %d of %d: %s %s seed %d; %s elapsed%s", k, len(pending), run.model.name, run.arm, run.seed,
+                 _duration(elapsed), left)  # fmt: skip
         outcome[run.run_id] = execute_run(pipe, run)
-        records.add_membership(run_dir, run.experiment, run.arm)
+        records.add_membership(pipe.results / run.run_id, run.experiment, run.arm)
+    if len(pending) > 1:
+        log.info("%d runs done in %s", len(pending), _duration(time.perf_counter() - start))
     if cfg.analyses and cfg.experiment:
         from s0.analysis import run_mechanism
 

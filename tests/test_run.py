@@ -218,3 +218,22 @@ def test_unreachable_hub_fails_fast_after_a_cpu_warning(root, tmp_path, env, rea
     assert warning.startswith("warning: qwen3_5_4b (4.0B) on the CPU: roughly") and "debug=smoke" in warning
     assert error.startswith("error: cannot load 'Qwen/Qwen3.5-4B'") and reason in error
     assert not list((tmp_path / "runs").glob("*"))
+
+
+def test_logs_in_a_file_are_quiet(root, tmp_path):
+    """Output to a file (not a terminal): no progress bars, each library notice once, no FutureWarning from
+    peft's LoRA, and the run counted (run k of N)."""
+    args = ["experiment=main_qwen", "debug=smoke", "seed=42", "arm=lora_r24_lr1e-4", f"paths.results={tmp_path}/runs",
+            f"paths.cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "\r" not in text and "it/s]" not in text
+    notices = re.findall(r"falling back to its reference PyTorch implementation because `([^`]+)`", text)
+    assert len(notices) == len(set(notices)), notices
+    assert "FutureWarning" not in text
+    assert re.search(r"run 1 of 1: tiny_qwen3_5 lora_r24_lr1e-4 seed 42; 0m00s elapsed", text)
+    for stage in ("collect: ", "train: ", "evaluate: ", "done "):
+        assert stage in text
