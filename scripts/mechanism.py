@@ -2,7 +2,8 @@
 
     python run.py experiment=mechanism                 # the baseline and S0 runs (shared with main_qwen seed 42)
     python scripts/mechanism.py                        # -> results/runs/<s0 run>/analysis/{persistence,divergence,probe}.csv
-    python run.py experiment=mechanism debug=smoke && python scripts/mechanism.py --max-prompts 4   # tiny, CPU
+    python run.py experiment=mechanism debug=smoke          # tiny, CPU; smoke runs go to results/smoke/runs
+    python scripts/mechanism.py --results results/smoke/runs --max-prompts 4
 
 For each (baseline run, S0 run, seed): the model and the saved S0 adapter are loaded from the S0 run; prompts are
 its evaluation split. Persistence runs the first --max-prompts prompts with the tuned and the zero state; the
