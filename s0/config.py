@@ -33,7 +33,7 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "s0": (*TRAINING_KEYS, "alpha", "alpha_mode", "layers"),
     "state_offset": (*TRAINING_KEYS, "alpha", "alpha_mode", "layers"),
     "lora": (*TRAINING_KEYS, "r", "lora_alpha", "lora_dropout", "merge"),
-    "prefix": (*TRAINING_KEYS, "num_virtual_tokens", "prefix_projection"),
+    "prefix": (*TRAINING_KEYS, "num_virtual_tokens", "prefix_projection", "encoder_hidden_size"),
 }
 
 
@@ -98,6 +98,11 @@ class MethodConfig:
     # Prefix tuning (Sec 5.8) through peft.
     num_virtual_tokens: int = _help("prefix length", 30)
     prefix_projection: bool = _help("reparameterise the prefix through an MLP", True)
+    encoder_hidden_size: int | None = _help(
+        "hidden width of the prefix projection MLP (sets the trainable count, Sec 5.8); null = the model's "
+        "hidden_size",
+        None,
+    )
 
 
 @dataclass
@@ -237,6 +242,12 @@ def validate_method(m: MethodConfig, key: str = "method") -> None:
     _positive(f"{key}.r", m.r)
     _positive(f"{key}.lora_alpha", m.lora_alpha)
     _positive(f"{key}.num_virtual_tokens", m.num_virtual_tokens)
+    _positive(f"{key}.encoder_hidden_size", m.encoder_hidden_size)
+    if m.encoder_hidden_size is not None and not m.prefix_projection:
+        raise ConfigError(
+            f"{key}.encoder_hidden_size: only the projection MLP reads it; set {key}.prefix_projection=true "
+            "or leave encoder_hidden_size null"
+        )
     if not 0 <= m.lora_dropout < 1:
         raise ConfigError(f"{key}.lora_dropout: must be in [0, 1), got {m.lora_dropout}")
     if m.layers is not None:

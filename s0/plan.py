@@ -82,7 +82,8 @@ class PlannedRun:
             "s0": [f"alpha={m.alpha}", f"mode={m.alpha_mode}"],
             "state_offset": [f"alpha={m.alpha}", f"mode={m.alpha_mode}"],
             "lora": [f"r={m.r}", f"lora_alpha={m.lora_alpha or 2 * m.r}", f"merge={m.merge}"],
-            "prefix": [f"tokens={m.num_virtual_tokens}", f"projection={m.prefix_projection}"],
+            "prefix": [f"tokens={m.num_virtual_tokens}", f"projection={m.prefix_projection}"]
+            + ([f"encoder_hidden={m.encoder_hidden_size}"] if m.encoder_hidden_size else []),
         }[m.name]
         if m.name != "baseline":
             parts += [f"lr={m.lr:g}", f"steps={m.steps}"]

@@ -195,3 +195,48 @@ def test_lora_needs_targets_for_unknown_families():
     model.config.model_type = "unknown_family"
     with pytest.raises(AdapterError, match="target_modules"):
         LoraAdapter(model)
+
+
+S0_PARAMS_QWEN3_5_4B = 24 * 32 * 128 * 128  # S0 on Qwen3.5-4B: 24 GDN layers x H x K x V (Table 1: 12.6M)
+
+
+def test_prefix_control_is_parameter_matched_to_s0(compose):
+    """Sec 5.8 "matched parameter count": every prefix arm of prefix_control, built on the real Qwen2.5-3B
+    architecture (meta device, no weights), trains within 2% of S0's 12,582,912 (issue 12)."""
+    import dataclasses
+
+    from tests.test_config import plan
+
+    assert S0_PARAMS_QWEN3_5_4B == 12_582_912
+    _, runs = plan(compose, ["experiment=prefix_control", "seed=42"])
+    prefix_runs = [r for r in runs if r.method.name == "prefix"]
+    assert len(prefix_runs) == 3 and {r.method.encoder_hidden_size for r in prefix_runs} == {672}
+    run = prefix_runs[0]
+    assert run.model.name == "qwen2_5_3b_instruct"
+    model = build_model(run.model.family, run.model.arch, weights="meta")
+    fields = {
+        k: v
+        for k, v in dataclasses.asdict(run.method).items()
+        if k not in ("name", "micro_batch_size", "max_tokens")
+    }
+    adapter = build_adapter("prefix", model, seed=run.seed, **fields)
+    n = adapter.num_trainable()
+    assert n == 26_112 + 18_689 * 672 == 12_585_120  # the arithmetic in conf/experiment/prefix_control.yaml
+    assert abs(n - S0_PARAMS_QWEN3_5_4B) / S0_PARAMS_QWEN3_5_4B < 0.02
+    # the previous wiring (projection width = hidden_size) was 3x S0's count
+    assert (
+        build_adapter("prefix", build_model("qwen2", run.model.arch, weights="meta")).num_trainable()
+        == 38_301_184
+    )
+
+
+def test_prefix_encoder_hidden_size_reaches_peft_and_is_validated():
+    from s0.config import ConfigError, MethodConfig, validate_method
+
+    adapter = build_adapter("prefix", tiny("qwen2"), encoder_hidden_size=16, seed=0)
+    assert adapter.model.peft_config["default"].encoder_hidden_size == 16
+    assert adapter.config.encoder_hidden_size == 16
+    with pytest.raises(ConfigError, match="encoder_hidden_size"):
+        validate_method(MethodConfig(name="prefix", encoder_hidden_size=0))
+    with pytest.raises(ConfigError, match="prefix_projection"):
+        validate_method(MethodConfig(name="prefix", encoder_hidden_size=16, prefix_projection=False))

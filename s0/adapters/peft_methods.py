@@ -3,7 +3,8 @@
     LoRA    (paper Sec 4.3, App A, App F): LoraConfig(r, lora_alpha=2r by default, target_modules from the model
             config: {q,k,v,o}_proj on Qwen3.5, {q,k,v,in}_proj on FalconH1), dropout 0.
     Prefix  (Sec 4.3, 5.8): PrefixTuningConfig(num_virtual_tokens=30, prefix_projection=True), the negative
-            control on a pure Transformer.
+            control on a pure Transformer; `encoder_hidden_size` sizes the projection MLP (the prefix_control
+            experiment sets it so the trainable count matches S0's, "matched parameter count", Sec 5.8).
 
 peft wraps the model, so `adapter.model` is the PeftModel (call it for forward and generate); the base model's
 own weights are untouched (LoRA adds modules beside them; `merge()` folds them in, `unmerge()` takes them out).
@@ -59,6 +60,9 @@ class LoraAdapterConfig(ConfigMixin):
 class PrefixAdapterConfig(ConfigMixin):
     num_virtual_tokens: int = dataclasses.field(default=30, metadata={"help": "prefix length"})
     prefix_projection: bool = dataclasses.field(default=True, metadata={"help": "MLP reparameterisation"})
+    encoder_hidden_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "hidden width of the projection MLP; None = the model's hidden_size"}
+    )
 
 
 class _PeftAdapter(Adapter):
@@ -221,7 +225,7 @@ class PrefixAdapter(_PeftAdapter):
             task_type="CAUSAL_LM",
             num_virtual_tokens=self.config.num_virtual_tokens,
             prefix_projection=self.config.prefix_projection,
-            encoder_hidden_size=model.config.hidden_size,
+            encoder_hidden_size=self.config.encoder_hidden_size or model.config.hidden_size,
         )
 
 
