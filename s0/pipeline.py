@@ -399,7 +399,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         records.write_json(run_dir / "provenance.json", prov)
         seed_everything(run.seed)
         checksum = weights_checksum(pipe.model)
-        adapter, info, checks = None, {}, {}
+        adapter, info, checks, trainable = None, {}, {}, 0
         try:
             if train_task is not None:
                 t0 = time.perf_counter()
@@ -407,6 +407,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
                 timing["collect"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 adapter = pipe.train(run, pairs, run_dir)
+                trainable = adapter.num_trainable()
                 timing["train"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = pipe.evaluate(run, eval_task, adapter, checks)
@@ -426,6 +427,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         metrics["n_train"] = float(
             json.loads((run_dir / "train.json").read_text())["n_pairs"] if adapter else 0
         )
+        metrics["trainable_params"] = float(trainable)  # what each method really trained (Sec 4.3 counts)
         records.write_json(run_dir / "provenance.json", {**prov, "preflight": checks})
         records.write_jsonl(run_dir / "samples.jsonl", rows)
         records.write_json(run_dir / "metrics.json", metrics)

@@ -156,4 +156,7 @@ def test_lora_merge_is_applied_at_evaluation(compose, tmp_path, monkeypatch):
     )
     run_all(runs, cfg, progress=False)
     assert merged == [1]
+    metrics = json.loads((tmp_path / "runs" / runs[0].run_id / "metrics.json").read_text())
+    # r=24 on q (64->64), k and v (64->16), o (32->64) of the tiny model's 2 attention layers: r x (in + out)
+    assert metrics["trainable_params"] == 2 * 24 * ((64 + 64) + 2 * (64 + 16) + (32 + 64))
     assert (tmp_path / "runs" / runs[0].run_id / "done").exists()
