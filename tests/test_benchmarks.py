@@ -37,6 +37,7 @@ def _load(tmp_path, name: str) -> dict:
     return data
 
 
+@pytest.mark.slow  # the benchmark script end to end on tiny models: make test-slow
 def test_kernel_parity_tiny(tmp_path):
     from benchmarks import kernel_parity
 
@@ -60,6 +61,7 @@ def test_kernel_parity_tiny(tmp_path):
         assert res["s0_effect_rel"] > 0
 
 
+@pytest.mark.slow  # the benchmark script end to end on tiny models: make test-slow
 def test_train_cost_tiny(tmp_path):
     from benchmarks import train_cost
 
@@ -93,6 +95,7 @@ def test_train_cost_tiny(tmp_path):
         )  # the harness modes ran under layer checkpointing
 
 
+@pytest.mark.slow  # the benchmark script end to end on tiny models: make test-slow
 def test_eval_throughput_tiny(tmp_path):
     from benchmarks import eval_throughput
 

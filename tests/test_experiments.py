@@ -40,9 +40,10 @@ def store(tmp_path_factory) -> dict[str, Path]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-# main_qwen in the default suite; every other experiment under `-m slow` (make test-slow).
+# main_falcon (baseline, S0 on Mamba-2, LoRA; ~40 s) in the default suite; every other experiment, main_qwen's
+# six arms included (~90 s), under `-m slow` (make test-slow).
 @pytest.mark.parametrize(
-    "name", [n if n == "main_qwen" else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS]
+    "name", [n if n == "main_falcon" else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS]
 )
 def test_experiment_runs_end_to_end_in_smoke_mode(compose, store, name):
     overrides = [f"experiment={name}", "debug=smoke", f"paths.results={store['results']}",

@@ -3,6 +3,7 @@ written, in seconds; the Makefile's experiment order covers every experiment fil
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import resource
 import subprocess
@@ -14,6 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def load_plan_all():
+    spec = importlib.util.spec_from_file_location("plan_all", ROOT / "scripts" / "plan_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def makefile_order() -> list[str]:
@@ -70,16 +78,19 @@ def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
         (["no_such_experiment"], "unknown experiment no_such_experiment"),
         (["main_qwen", "sed=1"], "unknown config key 'sed'"),
         (["main_qwen", "experiment=scaling"], "give experiments by name"),
+        (["main_qwen", "seed=abc"], "error: "),
     ],
 )
-def test_plan_all_mistakes_get_one_line(tmp_path, args, message):
-    out = plan_all(tmp_path, *args)
-    assert out.returncode == 2 and message in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
+def test_plan_all_mistakes_get_one_line(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        load_plan_all().main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_plan_all_with_an_override_and_summary_only(tmp_path):
-    out = plan_all(tmp_path, "main_qwen", "passk", "debug=smoke", "--summary")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("SMOKE") == 2 and "run_id" not in out.stdout
+def test_plan_all_with_an_override_and_summary_only(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_plan_all().main(["main_qwen", "passk", "debug=smoke", "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("SMOKE") == 2 and "run_id" not in out and "2 plans" in out
     assert list(tmp_path.iterdir()) == []

@@ -103,6 +103,7 @@ def test_smoke_summary_says_what_runs_use(root):
     assert lines["results"] == "./results/smoke/runs"
 
 
+@pytest.mark.slow  # a launcher sweep end to end (~20 s): make test-slow
 def test_gpu_pool_launcher_gives_each_job_its_own_gpu(root, tmp_path):
     """hydra/launcher=gpu_pool: one process per job, CUDA_VISIBLE_DEVICES set to one GPU of the pool."""
     sweep = tmp_path / "sweep"
