@@ -17,6 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 PAPER_VALUES = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper_values.csv"
+# The authors' released per-seed result files (github.com/JackYoung27/s0-tuning, experiments/results/), one row
+# per file, numbers as released (fractions); results/reference/README.md describes the columns.
+AUTHORS_RELEASED = PAPER_VALUES.parent / "authors_released.csv"
 
 COLUMNS = (
     "source", "experiment", "model", "task", "method", "setting", "seed", "metric", "stat",
@@ -86,3 +89,35 @@ def rounding_halfwidth(printed: str) -> float:
     decimals = len(m["mant"].partition(".")[2])
     scale = 10.0 ** int(m["exp"]) if m["exp"] else 1.0
     return 0.5 * 10.0**-decimals * scale
+
+
+def load_authors_released(path: str | Path | None = None) -> pd.DataFrame:
+    """The authors' released per-seed MATH-500, GSM8K and Spider results; `delta_pp` = 100 x `delta`."""
+    df = pd.read_csv(
+        path or AUTHORS_RELEASED, dtype={"normalize_alpha": str, "note": str}, keep_default_na=False
+    )
+    df["delta_pp"] = 100.0 * df["delta"].astype(float)
+    return df
+
+
+def authors_summary(
+    task: str, df: pd.DataFrame | None = None, alpha: float | None = None
+) -> dict[str, float]:
+    """Mean and sample std of the released per-seed deltas (pp), their count, and the two-sided one-sample t-test
+    p of 'delta = 0' (NaN for a single run, whose seed is given), for one task (and one alpha, for Spider's
+    single-seed sweep)."""
+    from s0.stats import one_sample_ttest
+
+    df = load_authors_released() if df is None else df
+    rows = df[df["task"] == task]
+    if alpha is not None:
+        rows = rows[rows["alpha"].astype(str).map(lambda a: a != "" and float(a) == alpha)]
+    x = rows["delta_pp"].to_numpy(dtype=float)
+    if not len(x):
+        raise LookupError(
+            f"no released rows for task={task!r}" + (f", alpha={alpha}" if alpha is not None else "")
+        )
+    test = one_sample_ttest(x)
+    std = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+    seed = int(rows["seed"].iloc[0]) if len(x) == 1 else None
+    return {"n": len(x), "mean": float(x.mean()), "std": std, "p": float(test.pvalue), "seed": seed}

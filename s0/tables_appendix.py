@@ -10,8 +10,8 @@ import pandas as pd
 from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
-from s0.reference import load_paper_values, paper_rows, paper_value
-from s0.table_core import Cell, PaperRef, Table, paper_ref
+from s0.reference import authors_summary, load_authors_released, load_paper_values, paper_rows, paper_value
+from s0.table_core import Cell, PaperRef, Table, fmt_value, paper_ref
 from s0.table_data import deltas, mechanism_pairs, models_of, n_eval_of, run_ids_of, scope_label, select
 from s0.tables import _cell, _derived, experiment_arms, gap_se, p_cell
 
@@ -162,8 +162,34 @@ def table_transfer(res: Results, ref: pd.DataFrame | None = None) -> Table:
         cells.append(Cell(f"Spider α = {alpha:g}", "p (one-sample t)", "p"))
     caption = ("S0 on Qwen3.5-4B; Δ is execution/answer accuracy over the same seed's baseline. MATH-500 trains on "
                "its own 250 train problems (transfer_math500); HumanEval → rows train on HumanEval only "
-               "(transfer_code_to_math, no paper value). Spider is a single-seed alpha sweep.")  # fmt: skip
-    return Table("table_transfer", "Sec 5.6: Cross-domain transfer", caption, "Benchmark", cells)
+               "(transfer_code_to_math, no paper value). Spider is a single-seed alpha sweep. The authors' released "
+               "columns are their per-seed result files (results/reference/authors_released.csv).")  # fmt: skip
+    static, notes = _authors_released_columns()
+    return Table(
+        "table_transfer", "Sec 5.6: Cross-domain transfer", caption, "Benchmark", cells, static, notes
+    )
+
+
+def _authors_released_columns() -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Sec 5.6 as the authors' released per-seed files give it: mean ± std (n) of the deltas and the two-sided
+    one-sample t-test p, beside the paper's numbers and ours (issue 12)."""
+    df = load_authors_released()
+    d_col, p_col = "Authors' released: Δ (pp)", "Authors' released: p (one-sample t)"
+    static: dict[str, dict[str, str]] = {d_col: {}, p_col: {}}
+    for row, task, alpha in (("MATH-500", "math500", None), ("GSM8K", "gsm8k", None),
+                             *((f"Spider α = {a:g}", "spider", a) for a in _alpha_arms("spider_boundary").values())):  # fmt: skip
+        try:
+            s = authors_summary(task, df, alpha)
+        except LookupError:
+            continue
+        # a single run says which seed, so the text never reads like one of our cells ("+0.0 (n=1)")
+        spread = f" ± {s['std']:.1f} (n={s['n']})" if s["n"] > 1 else f" (seed {s['seed']})"
+        static[d_col][row] = f"{s['mean']:+.1f}{spread}"
+        static[p_col][row] = fmt_value(s["p"], "p") if s["n"] > 1 else "n/a (n=1)"
+    commit = df["commit"].iloc[0][:12] if len(df) else "?"
+    notes = [f"Authors' released runs: JackYoung27/s0-tuning@{commit}, experiments/results/"
+             "{math500,gsm8k}_seed_*.json and spider_alpha_*.json; Δ = 100 x greedy_delta per file."]  # fmt: skip
+    return static, notes
 
 
 # -------------------------------------------------------------------------------------------- Sec 5.8

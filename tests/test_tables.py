@@ -326,3 +326,17 @@ def test_equal_deltas_render_in_every_table_with_a_test(
     paired = tables["table3"].cell("State-offset − S0 (paired t)", "Mean Δ (pp)")
     assert paired.ours().startswith(f"+0.0 pp, p n/a ({reason})")  # the estimate stands, the p-value cannot
     assert tables["table1"].cell("S0 (ours)", "Qwen3.5-4B (GatedDeltaNet)").mean == 60.0
+
+
+def test_transfer_table_shows_the_authors_released_runs(per_seed: Results, ref: pd.DataFrame) -> None:
+    """Sec 5.6 beside the authors' released per-seed files (results/reference/authors_released.csv, issue 12):
+    MATH-500 +4.8 ± 1.4 (n=8), p ≈ 2.1e-5; GSM8K +2.8 ± 1.6 (n=10, mean 2.848), p ≈ 0.00026."""
+    from s0.tables_appendix import table_transfer
+
+    t = table_transfer(per_seed, ref)
+    d, p = t.static["Authors' released: Δ (pp)"], t.static["Authors' released: p (one-sample t)"]
+    assert d["MATH-500"] == "+4.8 ± 1.4 (n=8)" and p["MATH-500"].startswith("0.000021")
+    assert d["GSM8K"] == "+2.8 ± 1.6 (n=10)" and p["GSM8K"].startswith("0.00026")
+    assert d["Spider α = 0.07"] == "-2.3 (seed 42)" and p["Spider α = 0.07"] == "n/a (n=1)"
+    assert "HumanEval → GSM8K" not in d  # the authors released no HumanEval-trained transfer runs
+    assert "JackYoung27/s0-tuning@" in t.notes[-1] and "Authors' released" in t.to_markdown()
