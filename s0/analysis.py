@@ -177,7 +177,7 @@ def divergence_from_samples(samples: pd.DataFrame, pairs: list[tuple[str, str, i
                             window: float = EARLY_WINDOW) -> Divergence:  # fmt: skip
     """`pairs` = [(baseline run id, S0 run id, seed)]: greedy sample 0 of each, pooled over the pairs."""
     frames = {"b": [], "t": []}
-    for base, tuned, seed in pairs:
+    for base, tuned, seed in pairs if "run_id" in samples else []:  # records without samples have no columns
         for key, run in (("b", base), ("t", tuned)):
             s = samples[samples.run_id == run]
             if "sample" in s:

@@ -202,8 +202,9 @@ def test_probe_finds_the_informative_layer_with_pca_fit_inside_each_fold() -> No
 
 # ---------------------------------------------------------------------------------- the whole mechanism
 def test_mechanism_on_tiny_model_writes_records_the_sec6_table_reads(tmp_path) -> None:
-    from s0.records import Results
+    from s0.records import Results, load_results
     from s0.tables_appendix import table_sec6
+    from tests.test_tables import write_run
 
     model, tok = tiny("qwen3_5"), tiny_tokenizer()
     adapter = random_s0(model, seed=1)
@@ -228,6 +229,15 @@ def test_mechanism_on_tiny_model_writes_records_the_sec6_table_reads(tmp_path) -
     a = an.load_analyses(tmp_path)
     assert set(a.analysis) == {"persistence", "divergence", "probe"} and set(a.run_id) == {"run_s0"}
     assert len(an.load_detail(tmp_path, "probe")) == len(probe.per_layer) == 6 + 8
-    t = table_sec6(Results(pd.DataFrame(), pd.DataFrame()), analyses=a)
+    # the table reads analyses only of the mechanism S0 runs among the records (never another model's)
+    assert (
+        table_sec6(Results(pd.DataFrame(), pd.DataFrame()), analyses=a)
+        .cell("KL ratio at the last prompt token", "Value")
+        .n
+        == 0
+    )
+    write_run(tmp_path / "runs", "run_b", "mechanism", "baseline", "qwen3_5_4b", 50.0)
+    write_run(tmp_path / "runs", "run_s0", "mechanism", "s0", "qwen3_5_4b", 70.0)
+    t = table_sec6(load_results(tmp_path / "runs"), analyses=a)
     assert t.cell("KL ratio at the last prompt token", "Value").n == 1
     assert "layer" in t.cell("Probe AUC, recurrent state", "Value").ours()
