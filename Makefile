@@ -64,7 +64,7 @@ format: setup  ## apply ruff's formatting and safe fixes
 test: lint  ## lint, then the CPU test suite
 	$(PY) -m pytest
 
-test-slow: setup  ## longer end-to-end tests (smoke runs of every experiment)
+test-slow: setup  ## the longer end-to-end tests (pytest -m slow): every experiment in smoke mode, the killed sweep, the demo
 	$(PY) -m pytest -m slow
 
 test-gpu:  ## GPU tests, on a CUDA machine (after make install)
