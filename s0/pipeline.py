@@ -116,6 +116,11 @@ class _OncePerPackage(logging.Filter):
 def quiet_library_notices() -> None:
     """Each library notice once: kernel fallbacks once per missing package, and no FutureWarning about
     transformers' deprecated `is_gradient_checkpointing` alias, which peft reads on every LoRA run."""
+    from transformers.utils import logging as hf_logging
+
+    # transformers propagates its records to the root logger when CI is set, on top of its own stderr handler:
+    # under Hydra's root handler every notice would then print twice
+    hf_logging.disable_propagation()
     kernels = logging.getLogger("transformers.integrations.hub_kernels")
     if not any(isinstance(f, _OncePerPackage) for f in kernels.filters):
         kernels.addFilter(_OncePerPackage())
