@@ -7,6 +7,17 @@ Usage:
 Equivalence is math-verify's `verify(gold, pred)` (gold first: it is asymmetric). It runs with its own
 signal-based timeouts off, inside sandboxed worker processes with a wall-clock bound (PITFALLS): parsing
 untrusted text goes through sympy's parse_expr, which evaluates Python.
+
+Hedges get no credit (issue 14). The rule, applied before math-verify sees anything:
+- Every \\boxed{} (and \\fbox{}) in the reply counts, not only the last (text inside <think> is ignored).
+  When the reply boxes several different answers, each one must be equivalent to the gold answer:
+  "\\boxed{3} ... or \\boxed{4}" fails against 3; "\\boxed{0.5}" and later "\\boxed{\\frac12}" passes against 1/2.
+  More than 4 different boxes fail outright (verdict "hedged").
+- Inside a box, a relation is read only as "<name> = <value>" (x = 3, a_1 = 3, f(x) = 2x, \\theta = \\pi):
+  the name is dropped and the value graded. Any other relation (chains "x = 3 = 4", "4 = 3", inequalities
+  "x < 3", \\le, \\ne, \\approx) fails with verdict "hedged" unless the gold answer is itself a relation,
+  because math-verify would otherwise grade one side of it. Alternatives ("x = 3 or x = 4", "3, 4",
+  "3 \\lor 4") are graded whole, as a set, so they do not equal a single gold value.
 """
 
 from __future__ import annotations
@@ -20,12 +31,16 @@ from s0.tasks.base import Example, Task, check_lengths, parse_jsonl, read_data, 
 
 INSTRUCTION = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
+_MAX_BOXES = 4
+# "<name> =" at the start of an answer: a letter or Greek command, an optional subscript, optional "(args)"
+_LHS = re.compile(r"^\s*(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([^()=]*\))?\s*=(?![=<>])")
+_RELATION = re.compile(r"[=<>\u2264\u2265\u2260]|\\(?:leq?|geq?|neq?|lt|gt|approx|sim)(?![A-Za-z])")
 
 
 @dataclass
 class Math500Task(Task):
     name: ClassVar[str] = "math500"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: every box graded, relations read strictly (issue 14)
     # MATH-500 is a test-only set; the paper (Sec 4.2, 5.6) does not say how it was split.
     # assumption: rows [0, split_at) train and [split_at, 500) eval in file order. The file order is
     # already shuffled (subjects and levels are balanced across the two halves), so no reshuffle.
@@ -56,13 +71,18 @@ class Math500Task(Task):
               progress: bool = True) -> list[dict]:  # fmt: skip
         check_lengths(examples, completions)
         preds = [self.extract(c) for c in completions]
-        todo = [{"gold": ex.gold, "pred": p} for ex, p in zip(examples, preds) if p is not None]
+        checks = [graded_answers(strip_thinking(c), ex.gold) for ex, c in zip(examples, completions)]
+        todo = [{"gold": ex.gold, "preds": answers} for ex, p, (answers, _) in zip(examples, preds, checks)
+                if p is not None and answers]  # fmt: skip
         resps = iter(sandbox.map_worker("s0.tasks.math500:verify_request", todo, timeout=self.verify_timeout,
                                         workers=workers, progress=progress, desc="math-verify"))  # fmt: skip
         out = []
-        for ex, p in zip(examples, preds):
+        for ex, p, (answers, why) in zip(examples, preds, checks):
             if p is None:
                 out.append(self.record(ex, False, None, "no_answer", gold=ex.gold))
+                continue
+            if not answers:
+                out.append(self.record(ex, False, p, "hedged", gold=ex.gold, reason=why))
                 continue
             r = next(resps)
             verdict = "timeout" if r.get("timeout") else "error" if "error" in r else None
@@ -74,25 +94,66 @@ class Math500Task(Task):
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{...} (or \\fbox{...}) with nested braces; also `\\boxed 5`."""
     starts = [m.end() for m in _BOX.finditer(text)]
-    if not starts:
-        return None
-    i = starts[-1]
+    return _box_at(text, starts[-1])[0] if starts else None
+
+
+def _box_at(text: str, i: int) -> tuple[str | None, int]:
+    """(content of the box whose command ends at i, index past it); None when unbalanced (truncated)."""
     rest = text[i:].lstrip()
+    off = len(text) - len(rest)
     if not rest.startswith("{"):
         m = re.match(r"[^\s$]+", rest)  # "\boxed 5$": the token up to whitespace or the closing $
-        return m.group(0) if m else None
+        return (m.group(0), off + m.end()) if m else (None, off)
     depth = 0
     for j, ch in enumerate(rest):
         depth += (ch == "{") - (ch == "}")
         if depth == 0:
-            return rest[1:j].strip()
-    return None  # unbalanced: truncated generation
+            return rest[1:j].strip(), off + j + 1
+    return None, len(text)
+
+
+def all_boxed(text: str) -> list[str]:
+    """Contents of every complete outermost \\boxed{...} / \\fbox{...}, in order."""
+    out, past = [], 0
+    for m in _BOX.finditer(text):
+        if m.start() < past:
+            continue  # nested in the previous box
+        got, past = _box_at(text, m.end())
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def strict_answer(box: str, gold: str) -> str | None:
+    """The text to grade for one box, or None when it is a relation other than "<name> = <value>"."""
+    if _RELATION.search(gold):
+        return box
+    value = _LHS.sub("", box, count=1)
+    return None if _RELATION.search(value) else value
+
+
+def graded_answers(text: str, gold: str) -> tuple[list[str], str]:
+    """(the distinct answers that must each equal the gold, "") or ([], why the reply is a hedge)."""
+    boxes = list(dict.fromkeys(" ".join(b.split()) for b in all_boxed(text)))
+    if len(boxes) > _MAX_BOXES:
+        return [], f"{len(boxes)} different boxed answers"
+    answers = []
+    for b in boxes:
+        a = strict_answer(b, gold)
+        if a is None:
+            return [], f"a relation, not a value: {b!r}"
+        answers.append(a)
+    return list(dict.fromkeys(answers)), ""
 
 
 def verify_request(req: dict) -> dict:
-    """Worker side (inside the sandbox): {"gold", "pred"} -> {"correct"}."""
+    """Worker side (inside the sandbox): {"gold", "preds"} (or one "pred") -> {"correct"}: all must hold."""
     from math_verify import parse, verify
 
     gold = parse(f"${req['gold']}$", parsing_timeout=None)
-    pred = parse(f"${req['pred']}$", parsing_timeout=None)
-    return {"correct": bool(gold and pred and verify(gold, pred, timeout_seconds=None))}
+    preds = req.get("preds") or [req["pred"]]
+    for p in preds:
+        pred = parse(f"${p}$", parsing_timeout=None)
+        if not (gold and pred and verify(gold, pred, timeout_seconds=None)):
+            return {"correct": False}
+    return {"correct": True}
