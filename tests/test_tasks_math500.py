@@ -70,3 +70,39 @@ def test_gold_solutions_grade_correct():
     assert len(misses) <= 2, misses
     shifted = task.score(exs, [task.reference_completion(e) for e in exs[1:] + exs[:1]], progress=False)
     assert sum(r["correct"] for r in shifted) <= 10
+
+
+# Answer formats and hedges (issue 14): (reply, gold, verdict). A hedge between two values never passes.
+FORMATS = [
+    (r"\boxed{\frac{1}{2}}", "0.5", "pass"),  # fractions
+    (r"\boxed{2^{10}}", "1024", "pass"),  # exponents
+    (r"\boxed{1.5 \times 10^{3}}", "1500", "pass"),  # scientific notation
+    (r"\boxed{1,000}", "1000", "pass"),  # thousands separators
+    (r"\boxed{-5}", "-5", "pass"),  # signs
+    (r"\boxed{5}", "-5", "fail"),
+    (r"\boxed{x = 3}", "3", "pass"),  # "<name> = <value>"
+    (r"\boxed{30^\circ}", r"30^\circ", "pass"),  # units
+    (r"\boxed{3} or maybe \boxed{4}", "3", "fail"),  # hedges: two different boxes
+    (r"\boxed{4} or maybe \boxed{3}", "3", "fail"),
+    (r"\boxed{0.5}, that is \boxed{\frac12}", "\\frac12", "pass"),  # the same value twice
+    (r"\boxed{x = 3 \text{ or } x = 4}", "3", "hedged"),
+    (r"\boxed{3 \text{ or } 4}", "3", "fail"),
+    (r"\boxed{3, 4}", "3", "fail"),
+    (r"\boxed{4 = 3}", "3", "hedged"),  # one side of a relation
+    (r"\boxed{x = 3 = 4}", "3", "hedged"),
+    (r"\boxed{x < 3}", "3", "hedged"),
+    (r"\boxed{x \le 3}", "x \\le 3", "pass"),  # a relation is fine when the gold is one
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", "\\left( 3, \\frac{\\pi}{2} \\right)", "pass"),
+    (r"\boxed{1}\boxed{2}\boxed{3}\boxed{4}\boxed{5}", "1", "hedged"),
+]
+
+
+def test_answer_formats_and_hedges():
+    task = get_task("math500", data_root="unused")
+    exs = [sandbox_example(g) for _, g, _ in FORMATS]
+    for e, i in zip(exs, range(len(exs))):
+        e.id = f"t/{i}"
+    recs = task.score(exs, [c for c, _, _ in FORMATS], progress=False)
+    got = [(c, r["verdict"]) for (c, _, _), r in zip(FORMATS, recs)]
+    assert got == [(c, v) for c, _, v in FORMATS]
+    assert all(r["correct"] == (v == "pass") for r, (_, _, v) in zip(recs, FORMATS))
