@@ -82,9 +82,7 @@ def generate_ids(
     """`generate` before decoding: the new token ids of each (prompt, sample), EOS and padding included."""
     stats = stats if stats is not None else GenerationStats()
     device = _model_device(model)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    budget = spec.max_length - spec.max_new_tokens
-    encoded = [ids[-budget:] if budget > 0 else ids for ids in encoded]
+    encoded = encode_prompts(tokenizer, prompts, spec)
     # Each (prompt, sample) pair is one row; longest first so the first batch shows the memory peak.
     rows = sorted(
         ((i, s) for i in range(len(prompts)) for s in range(spec.samples)), key=lambda r: -len(encoded[r[0]])
@@ -114,6 +112,13 @@ def generate_ids(
     bar.close()
     stats.prompts += len(prompts)
     return out
+
+
+def encode_prompts(tokenizer, prompts: list[str], spec: GenerationSpec) -> list[list[int]]:
+    """Token ids of each prompt, cut from the left so prompt and completion fit `spec.max_length`."""
+    budget = spec.max_length - spec.max_new_tokens
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return [ids[-budget:] if budget > 0 else ids for ids in encoded]
 
 
 def _hf(

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from s0.generation import GenerationSpec, eos_ids, generate_ids
+from s0.generation import GenerationSpec, encode_prompts, eos_ids, generate_ids
 
 # The empty think block Qwen3-style templates write with enable_thinking=False (paper Sec 4.1: no_thinking).
 NO_THINKING_END = re.compile(r"<think>\s*</think>\s*$")
@@ -70,13 +70,6 @@ def _forward_logits(model: torch.nn.Module, ids: list[int], keep: int = 0) -> to
     return out.logits[0].float()
 
 
-def _probe_ids(tokenizer: Any, prompts: list[str], spec: GenerationSpec) -> list[list[int]]:
-    # the same encoding and left truncation as s0.generation, so the checks see what generation sees
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[:PROBES]]
-    budget = spec.max_length - spec.max_new_tokens
-    return [ids[-budget:] if budget > 0 else ids for ids in encoded]
-
-
 @torch.no_grad()
 def check_logit_change(
     adapter: Any, tokenizer: Any, prompts: list[str], spec: GenerationSpec
@@ -90,7 +83,7 @@ def check_logit_change(
         return {"logit_change": "skipped: no trainable tensors"}
     if all(int(torch.count_nonzero(p)) == 0 for p in adapter.parameters()):
         return {"logit_change": "skipped: every adapter tensor is exactly zero"}
-    probes = _probe_ids(tokenizer, prompts, spec)
+    probes = encode_prompts(tokenizer, prompts[:PROBES], spec)
     change = 0.0
     for ids in probes:  # one prompt at a time: full-vocabulary logits of a long prompt are large
         with adapter.inactive():
@@ -114,8 +107,10 @@ def check_generation(
 
     `spec` is the run's evaluation spec (engine, lengths); the check itself always decodes greedily.
     """
-    probes = _probe_ids(tokenizer, prompts, spec)
-    greedy = dataclasses.replace(spec, max_new_tokens=CHECKED_TOKENS, do_sample=False, samples=1)
+    probes = encode_prompts(tokenizer, prompts[:PROBES], spec)
+    # the run's prompt budget kept (max_length shrinks with max_new_tokens): long prompts are cut as in the run
+    greedy = dataclasses.replace(spec, max_new_tokens=CHECKED_TOKENS, do_sample=False, samples=1,
+                                 max_length=spec.max_length - spec.max_new_tokens + CHECKED_TOKENS)  # fmt: skip
     generated = [rows[0] for rows in generate_ids(model, tokenizer, prompts[:PROBES], greedy, progress=False)]
     eos = set(eos_ids(model, tokenizer))
     tol = tie_tolerance(next(model.parameters()).dtype)

@@ -158,3 +158,17 @@ def test_runs_record_their_checks_and_a_broken_adapter_stops_the_run(compose, tm
         run_all(runs, cfg, progress=False)
     assert not (tmp_path / "broken" / "runs" / runs[0].run_id / "done").exists()
     assert not no_run_dirs(tmp_path / "broken")  # the trained adapter is kept for a rerun
+
+
+def test_long_prompts_are_cut_as_the_run_cuts_them(tok):
+    """With prompts longer than max_length - max_new_tokens, the check must generate from the same left-cut
+    prompt the run generates from (its own two-token budget would otherwise keep more of the prompt)."""
+    model = strong_model("qwen3_5")
+    adapter = randomized(build_adapter("s0", model, alpha=1.0))
+    # every prompt is cut to its last 8 tokens (20 - 12)
+    spec = GenerationSpec(max_new_tokens=12, max_length=20, batch_size=4)
+    prompts = [f"def f{i}(x):\n    return x * {i} + {i * i} - x ** {i}" for i in range(4)]
+    assert min(len(tok(p)["input_ids"]) for p in prompts) > 20
+    with adapter.active():
+        report = check_generation(model, tok, prompts, spec)
+    assert report["tokens_agree"] >= 4 and report["near_ties"] == 0
