@@ -248,6 +248,8 @@ def validate_method(m: MethodConfig, key: str = "method") -> None:
             f"{key}.encoder_hidden_size: only the projection MLP reads it; set {key}.prefix_projection=true "
             "or leave encoder_hidden_size null"
         )
+    if m.merge and m.name != "lora":
+        raise ConfigError(f"{key}.merge: only LoRA folds into the weights; method '{m.name}' cannot merge")
     if not 0 <= m.lora_dropout < 1:
         raise ConfigError(f"{key}.lora_dropout: must be in [0, 1), got {m.lora_dropout}")
     if m.layers is not None:

@@ -125,6 +125,7 @@ def test_shared_runs_share_ids(compose):
         (["experiment=main_qwen", "method.name=lora"], "method.name: choose a method with method=<name>"),
         (["method=lora", "method.alpha=0.5"], "method.alpha: method 'lora' does not use alpha"),
         (["method=baseline", "method.steps=5"], "method.steps: method 'baseline' does not use steps"),
+        (["experiment=main_qwen", "+arms.s0.merge=true"], "arms.s0.merge: only LoRA folds into the weights"),
     ],
 )
 def test_bad_values_name_the_key(compose, overrides, message):
