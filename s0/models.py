@@ -304,9 +304,8 @@ def load_checkpoint(
         else:
             unexpected[key] = target
     head_key = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
-    missing = sorted(set(params) - set(mapped.values()) - ({head_key} if tied else set()))
     missing = sorted(
-        set(missing)
+        (set(params) - set(mapped.values()) - ({head_key} if tied else set()))
         | set(info["missing_keys"])
         | {m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]}
     )
