@@ -11,8 +11,10 @@ No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -181,11 +183,15 @@ def build_model(
             raise ModelError(f"weights={weights} needs model.arch (the architecture fields)")
         config = build_config(family, arch)
         ctx = torch.device("meta") if weights == "meta" else torch.device(device)
+        # Half precision is built directly in its dtype: a 7B model built in fp32 first needs 28 GiB before the
+        # cast (issue 13). fp32/fp64 are built in fp32 and cast, so tiny fp64 test models keep the exact seeded
+        # values of their fp32 build.
+        build_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
         # tiny models must be identical across processes and test orders, without touching the global RNG
-        with ctx, forked_rng(None if weights == "meta" else device, seed):
+        with ctx, forked_rng(None if weights == "meta" else device, seed), default_dtype(build_dtype):
             model = model_cls(config)
         if weights == "random":
-            model = model.to(dtype)
+            model = model.to(dtype)  # fp32 -> fp64; for half precision only stray fp32 buffers (RoPE) move
         report = {"weights": weights, "seed": seed, "dtype": _dtype_name(dtype)}
     else:
         raise ModelError(f"model.weights must be hub, random or meta, not '{weights}'")
@@ -193,6 +199,17 @@ def build_model(
     model.requires_grad_(False)
     model.s0_load_report = report  # a plain, JSON-ready dict for provenance.json
     return model
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default floating dtype inside the block (new parameters are created in it), restored after."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 HUB_TIMEOUT_S = 5.0

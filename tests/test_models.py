@@ -273,3 +273,21 @@ def test_checkpoint_with_an_unknown_weight_is_refused(tmp_path, extra):
 def test_random_weights_have_a_load_report():
     model = build_model("qwen2", TINY_ARCH["qwen2"], seed=5)
     assert model.s0_load_report == {"weights": "random", "seed": 5, "dtype": "float32"}
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "falcon_h1"])
+def test_random_half_precision_weights_are_created_in_that_dtype(family):
+    """A bf16 random-weight model never holds fp32 parameters, not even during construction (a 7B model built in
+    fp32 and then cast needs 28 GiB, issue 13): every parameter registered while building is already bf16."""
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    seen: list[torch.dtype] = []
+    handle = register_module_parameter_registration_hook(lambda module, name, p: seen.append(p.dtype))
+    try:
+        model = build_model(family, TINY_ARCH[family], dtype=torch.bfloat16)
+    finally:
+        handle.remove()
+    assert len(seen) >= len(list(model.parameters())) > 0
+    assert set(seen) == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
