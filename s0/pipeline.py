@@ -358,12 +358,35 @@ class Pipeline:
         return rows
 
 
+# Format failures (issue 12): completions whose code or answer could not be extracted, so a reader can see how
+# much of a gain is format repair. The verdicts that count, per task, as each task's `score` writes them:
+#   humaneval  "no_answer" (nothing left to run), and "error" when the program does not compile (SyntaxError,
+#              IndentationError: prose or markdown where the body should be); other load errors are code mistakes
+#   gsm8k      "no_answer" (no single clean number after `####` or in the last sentence)
+#   math500    "no_answer" (no \\boxed{}); "hedged" has a box and is a grading decision, not a format failure
+#   spider     "no_answer" (no SELECT/WITH statement); its "error" is SQL that was extracted and failed to run
+FORMAT_FAILURE_VERDICTS = {"no_answer"}
+UNCOMPILABLE = ("SyntaxError", "IndentationError", "TabError")
+
+
+def is_format_failure(row: dict) -> bool:
+    """True when the completion behind one per-sample record gave no extractable code or answer (rule above)."""
+    if row.get("verdict") in FORMAT_FAILURE_VERDICTS:
+        return True
+    if row.get("task") == "humaneval" and row.get("verdict") == "error":
+        last = (str(row.get("detail") or "").strip().splitlines() or [""])[-1]
+        return last.startswith(UNCOMPILABLE)
+    return False
+
+
 def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, float]:
-    """pass@k in percent: the unbiased estimator over samples; for greedy runs, the share correct."""
+    """pass@k in percent: the unbiased estimator over samples; for greedy runs, the share correct. Also
+    `format_failure`: the percent of evaluated completions (every sample) with no extractable code or answer."""
     from s0.passk import pass_at_k_from_records
 
     metrics = {m: 100.0 * v for m, v in pass_at_k_from_records(rows, ks if sampled else [1]).items()}
-    return {"n_eval": float(len({r["id"] for r in rows})), **metrics}
+    failures = 100.0 * sum(map(is_format_failure, rows)) / max(len(rows), 1)
+    return {"n_eval": float(len({r["id"] for r in rows})), **metrics, "format_failure": failures}
 
 
 def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
