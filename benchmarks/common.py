@@ -131,11 +131,21 @@ def write_results(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
+    payload = {**payload, "failures": list(FAILURES), "ok": not FAILURES}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+    if FAILURES:
+        markdown += "\n\n## Failures\n\n" + "\n".join(f"- {f['key']}: {f['error'][:300]}" for f in FAILURES)
     (out / f"{name}.md").write_text(markdown.rstrip() + "\n")
     if not quiet:
         log(f"wrote {path} and {name}.md")
     return path
+
+
+def exit_code() -> int:
+    """The script's exit status: 1 if any guarded measurement failed (its error is in the JSON), else 0."""
+    if FAILURES:
+        log(f"{len(FAILURES)} measurement(s) failed: {', '.join(f['key'] for f in FAILURES)}")
+    return 1 if FAILURES else 0
 
 
 def _json_default(o: Any) -> Any:
@@ -172,8 +182,15 @@ def record_error(err: BaseException) -> dict[str, Any]:
     }
 
 
+# Every failure `guarded` caught in this process, in order: `write_results` puts them into every JSON under
+# "failures" (a caller that writes `d[k] = guarded(d, k, fn)` replaces the error record under `k` with None, so
+# this list is where the error text is sure to land), and `exit_code()` makes the script exit non-zero.
+FAILURES: list[dict[str, Any]] = []
+
+
 def guarded(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> Any:
-    """Run one sub-measurement; on failure record the error under `results[key]` and carry on."""
+    """Run one sub-measurement; on failure record the error under `results[key]` and in `FAILURES`, return
+    None and carry on (the script's exit status says it failed: `exit_code()`)."""
     t0 = time.perf_counter()
     log(f"--- {key}")
     try:
@@ -182,6 +199,7 @@ def guarded(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> Any:
         return value
     except Exception as err:  # any failure (OOM, a refusing kernel) is a result, not the end of the run
         results[key] = record_error(err)
+        FAILURES.append({"key": key, **results[key]})
         log(f"FAILED {key}: {results[key]['error'][:300]}")
         return None
     finally:
@@ -250,15 +268,22 @@ def cap_memory(gib: float | None, device: torch.device) -> dict[str, Any]:
     context and fragmentation). Allocations beyond it raise OutOfMemoryError, which proves the fit."""
     if not gib or device.type != "cuda":
         return {"cap_gib": None}
-    total = torch.cuda.get_device_properties(device).total_memory / GiB
+    index = cuda_index(device)
+    total = torch.cuda.get_device_properties(index).total_memory / GiB
     fraction = min(1.0, gib / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return {"cap_gib": gib, "fraction": fraction, "total_gib": total}
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return {"cap_gib": gib, "fraction": fraction, "total_gib": total, "device_index": index}
 
 
 def uncap_memory(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(device))
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of a CUDA device; plain `cuda` means the current one (set_per_process_memory_fraction refuses
+    an unindexed device: every train_cost config failed on it, issue 13)."""
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def bandwidth_gbps(device: torch.device, nbytes: int = 2 * GiB, repeats: int = 10) -> float | None:

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
+    FAILURES,
     base_parser,
     build,
     cpu_threads,
     eval_prompt_lengths,
+    exit_code,
     fill_random,
     guarded,
     layer_checkpointing,
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args)
     from s0.backends import select_backends
 
+    FAILURES.clear()
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME}
     choice = select_backends(device=device)
     payload["backend_choice"] = {k: v for k, v in choice.items()}
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             guarded(payload, name, lambda name=name: parity_for(name, args, device, choice))
             write_results(args.out, NAME, payload, markdown(payload, args, choice), quiet=True)
     write_results(args.out, NAME, payload, markdown(payload, args, choice))
-    return 0
+    return exit_code()
 
 
 def markdown(payload: dict[str, Any], args, choice: dict[str, Any]) -> str:

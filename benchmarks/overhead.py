@@ -36,9 +36,11 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.common import (
+    FAILURES,
     base_parser,
     build,
     cpu_threads,
+    exit_code,
     fill_random,
     guarded,
     log,
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = min(args.repeats, 2)
         args.swap_repeats = min(args.swap_repeats, 3)
     device = resolve_device(args)
+    FAILURES.clear()
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
     payload["run"] = res = {}
 
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     with cpu_threads(1 if args.tiny else None):
         guarded(payload, "run", lambda: measure(args, device, res, save))
     save(quiet=False)
-    return 0
+    return exit_code()
 
 
 if __name__ == "__main__":

@@ -34,10 +34,12 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.common import (
+    FAILURES,
     base_parser,
     build,
     cap_memory,
     cpu_threads,
+    exit_code,
     free_memory,
     guarded,
     layer_checkpointing,
@@ -128,6 +130,8 @@ def config_run(key: str, args, device: torch.device, out: dict[str, Any], save) 
     """Fill `out` for one config (model + method), calling `save()` after each batching mode."""
     from s0.backends import select_backends
 
+    if key not in CONFIGS:
+        raise ValueError(f"unknown config '{key}'; known: {', '.join(CONFIGS)}")
     method, model_name, fields, lr, l2 = CONFIGS[key]
     out.update(method=method, model=model_name, lr=lr, l2=l2, adapter_fields=fields)
     out["backends"] = {k: v for k, v in select_backends(device=device).items() if k != "reasons"}
@@ -144,6 +148,8 @@ def _measure(key: str, args, device: torch.device, out: dict[str, Any], save) ->
     from s0.adapters import build_adapter
     from s0.train import TrainExample
 
+    if key not in CONFIGS:
+        raise ValueError(f"unknown config '{key}'; known: {', '.join(CONFIGS)}")
     method, model_name, fields, lr, l2 = CONFIGS[key]
     model = build(model_name, args.tiny, device, seed=args.seed)
     out["weights_gib"] = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
@@ -244,7 +250,8 @@ def compare(runs: dict[str, Any], args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = base_parser(__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    # no argparse `choices`: an unknown config is a failed config, recorded in the JSON with a non-zero exit
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), help=f"of: {' '.join(CONFIGS)}")
     ap.add_argument("--modes", nargs="+", default=["per_example", *HARNESS_MODES],
                     choices=["per_example", *HARNESS_MODES])  # fmt: skip
     ap.add_argument("--n", type=int, default=48, help="training sequences")
@@ -264,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         args.micro_batch = min(args.micro_batch, 4)
         args.max_tokens = min(args.max_tokens, 128)
     device = resolve_device(args)
+    FAILURES.clear()
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
 
     def save(quiet: bool = True) -> None:
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             guarded(payload, key, lambda key=key: config_run(key, args, device, payload[key], save))
             save()
     save(quiet=False)
-    return 0
+    return exit_code()
 
 
 def markdown(payload: dict[str, Any], args) -> str:

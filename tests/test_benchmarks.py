@@ -20,6 +20,7 @@ def one_thread_and_routes():
     from s0.adapters import injection as inj
 
     before, n = inj.get_routes(), torch.get_num_threads()
+    common.FAILURES.clear()  # process-wide record of guarded failures: each test starts clean
     torch.set_num_threads(1)  # tiny depthwise convs are ~30x slower with 2 threads on a shared 2-core machine
     yield
     torch.set_num_threads(n)
@@ -259,3 +260,46 @@ def test_length_table_matches_human_eval(tmp_path):
     train = common.train_lengths(48, seed=0)
     assert len(train) == 48 and all(50 <= c <= 300 and 100 <= p <= 450 for p, c in train)
     assert len(common.eval_prompt_lengths()) == 84
+
+
+def test_train_cost_with_a_bad_config_exits_non_zero_with_the_error_in_its_json(tmp_path):
+    """`python -m benchmarks.train_cost --configs <bad>`: a failed config is no success (issue 13: every config
+    failed and the script exited 0)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_cost", "--tiny", "--configs", "no_such_config", "--out", str(tmp_path)],
+        cwd=common.ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    data = _load(tmp_path, "train_cost")
+    assert "unknown config 'no_such_config'" in data["no_such_config"]["error"]
+    assert data["ok"] is False and [f["key"] for f in data["failures"]] == ["no_such_config"]
+    assert "no_such_config" in (tmp_path / "train_cost.md").read_text()
+
+
+def test_a_guarded_error_overwritten_by_its_caller_still_lands_in_the_json(tmp_path):
+    """`d[k] = guarded(d, k, fn)` replaces the error record with None; the JSON's `failures` keeps the text."""
+    res: dict = {}
+    res["x"] = common.guarded(res, "x", lambda: 1 / 0)
+    assert res["x"] is None and common.exit_code() == 1
+    common.write_results(tmp_path, "t", {"res": res}, "# t", quiet=True)
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["ok"] is False and "ZeroDivisionError" in data["failures"][0]["error"]
+    common.FAILURES.clear()
+    assert common.guarded(res, "y", lambda: 2) == 2 and common.exit_code() == 0
+
+
+def test_cap_memory_accepts_cuda_without_an_index(monkeypatch):
+    """set_per_process_memory_fraction refuses torch.device('cuda'); cap_memory passes the current index."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 80 * common.GiB})
+    )
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i)))
+    cap = common.cap_memory(20, torch.device("cuda"))
+    common.uncap_memory(torch.device("cuda"))
+    common.cap_memory(20, torch.device("cuda:1"))
+    assert cap["fraction"] == 0.25 and calls == [(0.25, 3), (1.0, 3), (0.25, 1)]
