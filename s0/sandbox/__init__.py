@@ -29,22 +29,33 @@ layer, not a boundary). Without namespaces and root only the last three remain a
 
 from __future__ import annotations
 
-from .isolation import SandboxError, isolation
+from .isolation import (
+    ISOLATION_MODES,
+    SandboxError,
+    checked_isolation,
+    isolation,
+    sandbox_state,
+    set_isolation,
+)
 from .python import SandboxResult, Worker, WorkerTimeout, map_worker, run_many, run_python
 from .sql import SqlResult, results_match, run_sql, sql_match, sql_match_many
 
 __all__ = [
+    "ISOLATION_MODES",
     "SandboxError",
     "SandboxResult",
     "SqlResult",
     "Worker",
     "WorkerTimeout",
+    "checked_isolation",
     "isolation",
     "map_worker",
     "results_match",
     "run_many",
     "run_python",
     "run_sql",
+    "sandbox_state",
+    "set_isolation",
     "sql_match",
     "sql_match_many",
 ]

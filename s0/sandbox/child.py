@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -26,25 +27,53 @@ _LINE_LIMIT = 64 << 20  # largest single protocol message
 
 # ----------------------------------------------------------------------------- plain-data codec
 _TAGS = {"tuple": tuple, "set": set, "frozenset": frozenset}
-
-
 _PLAIN = (bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict)
+_BIG = 10**4000  # ints past this cross as hex: json's int <-> str is capped at 4,300 digits (CVE-2020-10735)
+_ITER_MAX = 1_000_000  # items taken from a returned iterator (an endless one is an error, not a hang)
+_NP_DTYPE = re.compile(
+    r"bool|object|u?int(8|16|32|64)|float(16|32|64|128)|complex(64|128|256)|[<>|=]?[USbiufc]\d{1,6}"
+)
+_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 
 
 def _enc(x, depth: int = 0):
-    """Python value -> JSON-able, keeping tuple/set/dict/bytes apart. Only plain builtin values cross: a
-    subclass (Counter, namedtuple, IntEnum, np.float64) crosses as its base-type value, so whatever
-    `__eq__` it had stays behind."""
+    """Python value -> JSON-able, keeping the types that a test can tell apart: builtins, numpy scalars and
+    arrays, Fraction, Decimal, generators and other iterators (as the list of their items), ranges and dict
+    views. Runs in the candidate (program code may run here, e.g. a generator's body); the result is plain
+    JSON. A subclass of a builtin (Counter, namedtuple, IntEnum) crosses as its base-type value, so whatever
+    `__eq__` it had stays behind; any other object raises TypeError."""
     if depth > 100:
         raise ValueError("value nested too deeply")
     t = type(x)
+    mod = t.__module__ if isinstance(t.__module__, str) else ""
+    if t not in _PLAIN and x is not None and mod.split(".")[0] == "numpy":
+        if t.__name__ == "ndarray":
+            return {"ndarray": [str(x.dtype), [int(n) for n in x.shape], _enc(x.ravel().tolist(), depth + 1)]}
+        return {"npscalar": [str(x.dtype), _enc(x.item(), depth + 1)]}
+    if mod == "fractions" and t.__name__ == "Fraction":
+        return {"fraction": [_enc(int(x.numerator)), _enc(int(x.denominator))]}
+    if mod == "decimal" and t.__name__ == "Decimal":
+        return {"decimal": str(x)}
+    if t is range:
+        return {"range": [_enc(x.start), _enc(x.stop), _enc(x.step)]}
+    if t in _VIEWS:
+        return {t.__name__: [_enc(v, depth + 1) for v in x]}
     if x is not None and t not in _PLAIN:
         base = next((b for b in _PLAIN if isinstance(x, b)), None)
+        if base is None and hasattr(t, "__next__") and hasattr(t, "__iter__"):  # generator, map, zip, ...
+            items = []
+            for v in x:
+                if len(items) >= _ITER_MAX:
+                    raise ValueError(f"the returned iterator has more than {_ITER_MAX} items")
+                items.append(_enc(v, depth + 1))
+            return {"iter": items}
         if base is None:
             raise TypeError(f"a {t.__name__} cannot cross the sandbox boundary (plain builtin data only)")
         x, t = base(x), base
-    if x is None or t in (bool, int, float, str):
+    if x is None or t in (bool, float, str):
         return x
+    if t is int:
+        return x if -_BIG < x < _BIG else {"int": hex(x)}
     if t is list:
         return [_enc(v, depth + 1) for v in x]
     if t in (tuple, set, frozenset):
@@ -56,7 +85,24 @@ def _enc(x, depth: int = 0):
     return {"complex": [x.real, x.imag]}
 
 
+def _np_dtype(s):
+    import numpy
+
+    if type(s) is not str or not _NP_DTYPE.fullmatch(s):
+        raise ValueError("malformed message from the sandbox")
+    return numpy.dtype(s)
+
+
+def _dec_int(v) -> int:
+    if type(v) is int:
+        return v
+    if type(v) is dict and list(v) == ["int"] and type(v["int"]) is str:
+        return int(v["int"], 16)
+    raise ValueError("malformed message from the sandbox")
+
+
 def _dec(o):
+    """JSON -> value, built from data only (the judge never runs program code: no pickle, no eval)."""
     if o is None or type(o) in (bool, int, float, str):
         return o
     if type(o) is list:
@@ -71,6 +117,41 @@ def _dec(o):
             return bytes.fromhex(v)
         if tag == "complex" and type(v) is list and len(v) == 2:
             return complex(float(v[0]), float(v[1]))
+        if tag == "int" and type(v) is str:
+            return int(v, 16)
+        if tag == "fraction" and type(v) is list and len(v) == 2:
+            from fractions import Fraction
+
+            return Fraction(_dec_int(v[0]), _dec_int(v[1]))
+        if tag == "decimal" and type(v) is str:
+            from decimal import Decimal
+
+            return Decimal(v)
+        if tag == "range" and type(v) is list and len(v) == 3:
+            return range(*map(_dec_int, v))
+        if tag == "iter" and type(v) is list:
+            return (e for e in [_dec(e) for e in v])  # a real generator, as the program returned one
+        if tag in ("dict_keys", "dict_values", "dict_items") and type(v) is list:
+            items = [_dec(e) for e in v]
+            if tag == "dict_keys":
+                return dict.fromkeys(items).keys()
+            return dict(items).items() if tag == "dict_items" else dict(enumerate(items)).values()
+        if tag == "npscalar" and type(v) is list and len(v) == 2:
+            return _np_dtype(v[0]).type(_dec(v[1]))
+        if tag == "ndarray" and type(v) is list and len(v) == 3 and type(v[1]) is list and type(v[2]) is list:
+            import math
+
+            import numpy
+
+            dt, shape, flat = _np_dtype(v[0]), v[1], [_dec(e) for e in v[2]]
+            if not all(type(n) is int and n >= 0 for n in shape) or math.prod(shape) != len(flat):
+                raise ValueError("malformed message from the sandbox")
+            if dt.kind == "O":  # element by element: numpy must not re-interpret nested lists
+                arr = numpy.empty(len(flat), dtype=object)
+                for i, e in enumerate(flat):
+                    arr[i] = e
+                return arr.reshape(shape)
+            return numpy.array(flat, dtype=dt).reshape(shape)
     raise ValueError("malformed message from the sandbox")
 
 
@@ -147,13 +228,54 @@ def _boot_mounts(cfg: dict, report: dict) -> None:
     os.chdir("/tmp")
 
 
+def _boot_jail(libc, cfg: dict, report: dict) -> None:
+    """Whitelist root for untrusted code: a tmpfs root holding only cfg["jail"]["binds"] (system dirs, the
+    interpreter, site-packages) bound read-only, benchmark data inside them (cfg["jail"]["masks"]) covered
+    by empty tmpfs, a fresh /tmp and /dev/shm; then pivot_root into it. The repo, data roots, homes and
+    caches are simply not there."""
+    new = "/tmp"
+    _mount(libc, "tmpfs", new, "tmpfs", 2 | 4, "size=1m,mode=755")  # nosuid, nodev
+    for p in [*cfg["jail"]["binds"], "/proc", "/dev"]:
+        dst = new + p
+        if os.path.islink(p):  # merged-usr /bin -> usr/bin: the same link inside
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.symlink(os.readlink(p), dst)
+        elif os.path.isdir(p):
+            os.makedirs(dst, exist_ok=True)
+            _mount(libc, p, dst, None, 4096 | 16384)  # MS_BIND | MS_REC
+    for m in cfg["jail"]["masks"]:
+        if os.path.isdir(new + m):
+            _mount(libc, "tmpfs", new + m, "tmpfs", 1 | 2 | 4 | 8, "size=4k,mode=000")  # ro, empty
+    os.makedirs(new + "/tmp", exist_ok=True)
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64), ("prop", ctypes.c_uint64),
+                    ("userns", ctypes.c_uint64)]  # fmt: skip
+
+    attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY on the whole new tree (AT_RECURSIVE)
+    report["ro_root"] = (
+        libc.syscall(442, -100, new.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0
+    )
+    _mount(libc, "tmpfs", new + "/tmp", "tmpfs", 2 | 4, "size=128m,mode=1777")
+    if os.path.isdir(new + "/dev/shm"):
+        _mount(libc, "tmpfs", new + "/dev/shm", "tmpfs", 2 | 4 | 8, "size=64m,mode=1777")
+    os.chdir(new)
+    if libc.syscall(155, b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # pivot_root(".", "."), detach old
+        raise OSError(ctypes.get_errno(), "pivot_root failed")
+    os.chdir("/tmp")
+    report["hidden"].append("/tmp")
+    report["jail"] = True
+
+
 def _boot_setup(cfg: dict) -> dict:
     """Everything that happens before untrusted input is touched; returns what was achieved."""
     import resource
 
-    report = {"pidns": os.getpid() == 1, "hidden": [], "ro_root": False, "uid": os.getuid()}
+    report = {"pidns": os.getpid() == 1, "hidden": [], "ro_root": False, "uid": os.getuid(), "jail": False}
     report["netns"] = os.readlink("/proc/self/ns/net") != cfg["parent_netns"]
-    if cfg["mount"]:
+    if cfg["mount"] and cfg.get("jail"):
+        _boot_jail(_libc(), cfg, report)
+    elif cfg["mount"]:
         _boot_mounts(cfg, report)
     lim = cfg["limits"]
     for res, val in ((resource.RLIMIT_AS, lim["memory_mb"] << 20), (resource.RLIMIT_CPU, lim["cpu_s"]),
@@ -239,47 +361,67 @@ class _Gone(BaseException):
     """The candidate process is gone or broke protocol; BaseException so tests cannot swallow it."""
 
 
+class _TooLarge(_Gone):
+    """The candidate's return value is over the message limit."""
+
+
 def _boot_judge(cfg: dict) -> None:
-    """Trusted: run the prompt and tests, call check() on a proxy of the candidate, report on our own fd."""
+    """Trusted: run the prompt and tests, call check() on a proxy of the candidate, report on our own fd.
+
+    Every report carries the parent's nonce (read from our stdin, never shown to the program): a line that
+    some other process managed to write on the verdict pipe does not count."""
     import builtins
 
-    req, resp, result = cfg["req_fd"], _Lines(cfg["resp_fd"]), cfg["result_fd"]
+    req, resp, result, nonce = cfg["req_fd"], _Lines(cfg["resp_fd"]), cfg["result_fd"], cfg["nonce"]
+    report = lambda verdict, detail="": _send(result, {"verdict": verdict, "detail": detail, "nonce": nonce})  # noqa: E731
 
     def recv():
-        line = resp.get()
+        try:
+            line = resp.get()
+        except ValueError:
+            raise _TooLarge(f"the program's reply is over {_LINE_LIMIT >> 20} MiB") from None
         if line is None:
             raise _Gone("the program exited before the tests finished")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise _Gone("malformed message from the program") from None
 
     def candidate(*args, **kwargs):
         _send(req, {"args": _enc(list(args)), "kwargs": _enc(kwargs)})
         msg = recv()
-        if "ok" in msg:
-            return _dec(msg["ok"])
-        if "exc" not in msg:
+        if type(msg) is dict and "ok" in msg:
+            try:
+                return _dec(msg["ok"])
+            except Exception:  # a malformed value must not reach a test that expects an exception
+                raise _Gone("malformed value from the program") from None
+        if type(msg) is not dict or "exc" not in msg:
             raise _Gone("protocol violation")
         exc = getattr(builtins, str(msg["exc"]), None)
         ok = isinstance(exc, type) and issubclass(exc, Exception)
-        raise (exc if ok else RuntimeError)(f"{msg['exc']}: {msg.get('msg', '')}")
+        raise (exc if ok else RuntimeError)(f"{msg['exc']}: {str(msg.get('msg', ''))[:2000]}")
 
     ns = {"__name__": "__judge__"}
     try:
         exec(compile(cfg["setup"] + "\n" + cfg["test"], "<tests>", "exec"), ns)
         check = ns["check"]
     except BaseException as e:  # our bug or a broken dataset, never the program's: the parent raises
-        return _send(result, {"verdict": "harness_error", "detail": _tail(e)})
+        return report("harness_error", _tail(e))
     try:
         first = recv()
     except BaseException as e:
-        return _send(result, {"verdict": "error", "detail": str(e)})
-    if "ready" not in first:
-        return _send(result, {"verdict": "error", "detail": str(first.get("init_error", first))[-2000:]})
+        return report("error", str(e))
+    if type(first) is not dict or "ready" not in first:
+        detail = first.get("init_error", first) if type(first) is dict else first
+        return report("error", str(detail)[-2000:])
     ns[cfg["entry_point"]] = candidate  # tests that name the function directly get the candidate too
     try:
         check(candidate)
+    except _TooLarge as e:
+        return report("output_too_large", str(e))
     except BaseException as e:
-        return _send(result, {"verdict": "fail", "detail": _tail(e)})
-    _send(result, {"verdict": "pass"})
+        return report("fail", _tail(e))
+    report("pass")
 
 
 def _boot_server(cfg: dict) -> None:

