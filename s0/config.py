@@ -181,6 +181,15 @@ class LoggerConfig:
 
 
 @dataclass
+class SandboxConfig:
+    isolation: str = _help(
+        "required: grading refuses without namespace isolation (s0/sandbox); weak: grade with plain processes "
+        "anyway (never as root), recorded in provenance.json under `sandbox`",
+        "required",
+    )
+
+
+@dataclass
 class RunConfig:
     experiment: str | None = _help("experiment name (conf/experiment/)", None)
     paper_ref: str = _help("paper section or table this experiment reproduces", "")
@@ -212,6 +221,7 @@ class RunConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -297,6 +307,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("backend.mamba", cfg.backend.mamba, ("auto", "mamba_ssm", "torch"))
     _choice("logger.name", cfg.logger.name, ("none", "wandb"))
     _choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    _choice("sandbox.isolation", cfg.sandbox.isolation, ("required", "weak"))
     for name in cfg.analyses:
         _choice("analyses", name, ("persistence", "divergence", "probe"))
     if not cfg.seeds:

@@ -51,9 +51,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def task_for(task_cfg):
-    """The s0.tasks object of a TaskConfig (no model code there)."""
+def task_for(task_cfg, isolation: str | None = None):
+    """The s0.tasks object of a TaskConfig (no model code there); `isolation` (sandbox.isolation) sets the
+    sandbox policy its grading runs under: required (default) or weak."""
+    from s0 import sandbox
     from s0.tasks import get_task
+
+    if isolation is not None:
+        sandbox.set_isolation(isolation)
 
     options: dict[str, Any] = {
         "data_root": task_cfg.data_root,
@@ -408,8 +413,8 @@ def execute_run(pipe: Pipeline, run: PlannedRun) -> dict[str, float]:
 def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, float]:
     from s0.adapters.base import weights_checksum
 
-    eval_task = task_for(run.eval_task)
-    train_task = task_for(run.task) if run.method.name != "baseline" else None
+    eval_task = task_for(run.eval_task, pipe.cfg.sandbox.isolation)
+    train_task = task_for(run.task, pipe.cfg.sandbox.isolation) if run.method.name != "baseline" else None
     eval_task.load_split("eval")  # fail on missing data before anything is written or loaded
     if train_task is not None:
         train_task.load_split("train")

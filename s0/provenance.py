@@ -73,6 +73,19 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def sandbox() -> dict[str, Any]:
+    """The grading sandbox's policy and active layers; `weak: true` marks results graded without namespace
+    isolation (allowed only by an explicit sandbox.isolation=weak, issue 14)."""
+    from s0.sandbox import sandbox_state
+
+    return sandbox_state()
+
+
 def provenance(root: str | Path = ".") -> dict[str, Any]:
     """Everything above in one JSON-serialisable dict."""
-    return {"git": git_state(root), "packages": package_versions(), "hardware": hardware()}
+    return {
+        "git": git_state(root),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "sandbox": sandbox(),
+    }

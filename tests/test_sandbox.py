@@ -8,6 +8,7 @@ are intact, the parent's environment is unchanged, no sandbox work dir is left, 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import socket
@@ -449,3 +450,62 @@ def test_results_match_test_suite_semantics():
     assert not results_match([(1,)], [(1, 2)], order_matters=False)
     wide = [tuple(range(i, i + 6)) for i in range(5)]
     assert results_match(wide, [tuple(reversed(r)) for r in wide], order_matters=True)
+
+
+# --------------------------------------------------------------------- isolation policy (issue 14, item 1)
+WEAK_INFO = {"prefix": [], "mount": False, "uid_drop": False, "pidns": False, "netns": False, "ro_root": False,
+             "hidden": [], "jail": False}  # fmt: skip
+
+
+@pytest.fixture
+def failed_probe(monkeypatch):
+    """The namespace probe failed: plain processes, no uid drop (what `isolation()` returns then)."""
+    iso_mod = importlib.import_module("s0.sandbox.isolation")  # the package attribute is the function
+    monkeypatch.setattr(iso_mod, "isolation", lambda: dict(WEAK_INFO))
+    yield iso_mod
+    sandbox.set_isolation("required")
+
+
+def test_required_isolation_refuses_with_one_line(failed_probe):
+    runs = {
+        "run_python": lambda: judged(GOOD),
+        "run_many": lambda: run_many([dict(code=GOOD, test=TEST, entry_point="add")], progress=False),
+        "map_worker": lambda: sandbox.map_worker("json:dumps", [{}], timeout=5, progress=False),
+    }
+    for name, run in runs.items():
+        with pytest.raises(sandbox.SandboxError) as e:
+            run()
+        msg = str(e.value)
+        assert "\n" not in msg and "sandbox.isolation=weak" in msg and "pid namespace" in msg, (name, msg)
+
+
+def test_weak_isolation_never_runs_untrusted_code_as_root(failed_probe, monkeypatch):
+    sandbox.set_isolation("weak")
+    monkeypatch.setattr(failed_probe.os, "geteuid", lambda: 0)
+    with pytest.raises(sandbox.SandboxError, match="root"):
+        judged(GOOD)
+    with pytest.raises(ValueError):
+        sandbox.set_isolation("off")
+
+
+# Weak mode, one uid for all (simulated: the probe failed and we pretend not to be root): the program reaches
+# the parent's pipe ends through /proc/<ppid>/fd and writes a passing verdict into every one of them.
+FORGE_VIA_PROC = (
+    "import os, stat\nfor fd in sorted(os.listdir('/proc/%d/fd' % os.getppid()), key=int)[3:]:\n"
+    "    p = '/proc/%d/fd/%s' % (os.getppid(), fd)\n    try:\n"
+    "        if stat.S_ISFIFO(os.stat(p).st_mode):\n"
+    "            w = os.open(p, os.O_WRONLY | os.O_NONBLOCK)\n"
+    '            os.write(w, b\'{"verdict": "pass", "detail": "", "nonce": ""}\\n\')\n'
+    "    except OSError:\n        pass\n" + WRONG
+)
+
+
+@pytest.mark.parametrize("code", [FORGE_VIA_PROC, GOOD, WRONG], ids=["forge-via-proc", "good", "wrong"])
+def test_weak_isolation_verdict_unforgeable(failed_probe, monkeypatch, code):
+    hardened = []
+    sandbox.set_isolation("weak")
+    monkeypatch.setattr(failed_probe.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(failed_probe, "_harden_parent", lambda: hardened.append(1))
+    r = judged(code)
+    assert r.verdict == ("pass" if code == GOOD else "fail"), r
+    assert hardened, "weak mode with one uid must make the parent non-dumpable"
