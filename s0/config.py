@@ -78,7 +78,11 @@ class MethodConfig:
         "padded",
     )
     micro_batch_size: int = _help("sequences per forward pass for padded batching", 8)
-    max_tokens: int = _help("token budget per forward pass for packed batching", 4096)
+    max_tokens: int | None = _help(
+        "padded tokens per forward pass (padded and packed batching); null: auto, measured from the free device "
+        "memory on CUDA (s0/train.py resolve_max_tokens), 4096 on the CPU",
+        None,
+    )
     max_train_examples: int | None = _help("cap on verified solutions used (App D data efficiency)", None)
     # S0 and state-offset (Sec 3, 5.5).
     alpha: float = _help("state scale alpha (0.07 GDN, 0.65 Mamba-2; Sec 3.1, App E)", 1.0)

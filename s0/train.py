@@ -19,6 +19,8 @@ Batching (how the N examples are grouped; never what is computed):
                  without relying on masking (left padding is also supported and exact through the S0 pad fix)
     packed       length-sorted micro-batches filled up to `max_tokens` tokens (padded rows, one sequence per row;
                  true varlen packing through cu_seqlens needs fla + flash-attention and is not used)
+Both batched modes keep every micro-batch within `max_tokens` padded tokens, so memory is bounded by tokens;
+`max_tokens=None` ("auto") measures the memory per token on CUDA and fills the free memory (resolve_max_tokens).
 
 The model stays in eval mode (no dropout, and FalconH1 never takes its fused training path that ignores S0);
 only the adapter's tensors receive gradients.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +39,7 @@ import torch
 
 from s0.adapters.base import Adapter
 from s0.seeding import forked_rng
+from s0.tasks.base import strip_thinking
 
 
 @dataclasses.dataclass
@@ -55,9 +59,23 @@ class TrainResult:
     steps: int
     n_examples: int
     n_completion_tokens: int
+    # tokens per micro-batch and where the bound came from (configured, or measured from the device's memory)
+    token_budget: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_OPEN_FENCE = re.compile(r"^```python[ \t]*\n?")
+_CLOSE_FENCE = re.compile(r"\n?```\s*$")
+
+
+def clean_target(completion: str) -> str:
+    """protocol.train_target=clean: the verified completion with thinking removed, a leading ```python and a
+    trailing ``` fence removed, and outer whitespace stripped (the authors' targets: experiments/state_tuning.py
+    with experiments/state_peft/common.py strip_generation_artifacts(remove_code_fences=True))."""
+    text = strip_thinking(completion).strip()
+    return _CLOSE_FENCE.sub("", _OPEN_FENCE.sub("", text)).strip()
 
 
 def encode_pair(
@@ -66,9 +84,14 @@ def encode_pair(
     completion_text: str,
     max_length: int | None = None,
     add_eos: bool = False,
+    clean: bool = False,
 ) -> TrainExample:
-    """Tokenise prompt and completion separately (the loss boundary stays exact). Over `max_length`, the
-    completion is cut at the end; if the prompt leaves no room, it is cut at the start to keep one token."""
+    """Tokenise prompt and completion separately (the loss boundary stays exact). `clean` trains on
+    clean_target(completion) instead of the raw text; `add_eos` appends EOS (the protocol says which). Over
+    `max_length`, the completion is cut at the end; if the prompt leaves no room, it is cut at the start to keep
+    one token."""
+    if clean:
+        completion_text = clean_target(completion_text)
     p = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
     c = list(tokenizer(completion_text, add_special_tokens=False)["input_ids"])
     if add_eos and tokenizer.eos_token_id is not None:
@@ -83,23 +106,90 @@ def encode_pair(
 def make_batches(
     examples: list[TrainExample], batching: str, micro_batch_size: int = 8, max_tokens: int = 4096
 ) -> list[list[int]]:
-    """Indices of the examples in each forward pass."""
+    """Indices of the examples in each forward pass.
+
+    Both batched modes sort by length and bound every micro-batch by `max_tokens` padded tokens (rows x longest
+    row), because activation memory grows with tokens, not with the count of sequences (issue 13: 8 x 1,541 tokens
+    may not fit a 24 GiB card); padded also caps the count at `micro_batch_size`. A sequence longer than the
+    budget gets a micro-batch of its own."""
     if batching == "per_example":
         return [[i] for i in range(len(examples))]
-    order = sorted(
-        range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].completion_ids)
-    )
-    if batching == "padded":
-        return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
-    if batching == "packed":
-        batches: list[list[int]] = [[]]
-        for i in order:  # sorted ascending, so the row length of a bin is its last example's length
-            n = len(examples[i].prompt_ids) + len(examples[i].completion_ids)
-            if batches[-1] and n * (len(batches[-1]) + 1) > max_tokens:
-                batches.append([])
-            batches[-1].append(i)
-        return batches
-    raise ValueError(f"batching must be per_example, padded or packed, not '{batching}'")
+    if batching not in ("padded", "packed"):
+        raise ValueError(f"batching must be per_example, padded or packed, not '{batching}'")
+    order = sorted(range(len(examples)), key=lambda i: _length(examples[i]))
+    rows = micro_batch_size if batching == "padded" else len(examples)
+    batches: list[list[int]] = [[]]
+    for i in order:  # sorted ascending, so the row length of a bin is its last example's length
+        b = batches[-1]
+        if b and (len(b) >= rows or _length(examples[i]) * (len(b) + 1) > max_tokens):
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
+def _length(e: TrainExample) -> int:
+    return len(e.prompt_ids) + len(e.completion_ids)
+
+
+# max_tokens=None ("auto") on the CPU: memory is not what limits a CPU run, so the former fixed default.
+CPU_MAX_TOKENS = 4096
+# Share of the free device memory the micro-batches may fill; the rest absorbs what one probe does not show
+# (allocator fragmentation, optimizer state, a longer row's attention workspace).
+MEMORY_SAFETY = 0.8
+
+
+def available_bytes(device: torch.device) -> int:
+    """Bytes this process can still allocate on `device`: the free device memory plus what torch's allocator holds
+    unused, within a per-process cap (torch.cuda.set_per_process_memory_fraction)."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    avail = free + torch.cuda.memory_reserved(device) - allocated
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(device)
+    return int(min(avail, fraction * total - allocated))
+
+
+def probe_bytes_per_token(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+) -> float:
+    """Peak memory of one forward + backward of `batch` above what was allocated before, per padded token."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    completion_ce_sum(model, batch).backward()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / batch["input_ids"].numel()
+
+
+def resolve_max_tokens(
+    max_tokens: int | str | None,
+    model: torch.nn.Module,
+    examples: list[TrainExample],
+    device: torch.device,
+    collate_fn: Callable[[list[TrainExample]], dict[str, torch.Tensor]],
+) -> dict[str, Any]:
+    """The token budget per micro-batch and where it came from.
+
+    An int is a configured cap, used as given. None or "auto": on CUDA, one forward + backward of the longest
+    example (which has to fit anyway) measures the memory per token, and the budget fills `MEMORY_SAFETY` of the
+    memory still available; on the CPU, `CPU_MAX_TOKENS`. The caller has the adapter active, in train mode."""
+    if max_tokens not in (None, "auto"):
+        return {"max_tokens": int(max_tokens), "source": "configured"}
+    if device.type != "cuda":
+        return {"max_tokens": CPU_MAX_TOKENS, "source": "auto: cpu default"}
+    longest = max(examples, key=_length)
+    per_token = probe_bytes_per_token(model, collate_fn([longest]), device)
+    for p in model.parameters():
+        p.grad = None  # the probe's gradient is not part of any step
+    avail = available_bytes(device)
+    budget = max(_length(longest), int(MEMORY_SAFETY * avail / max(per_token, 1.0)))
+    return {
+        "max_tokens": budget,
+        "source": "auto: measured",
+        "bytes_per_token": per_token,
+        "available_gib": avail / 2**30,
+        "safety": MEMORY_SAFETY,
+        "probe_tokens": _length(longest),
+    }
 
 
 def collate(
@@ -157,11 +247,14 @@ def train(
     progress: bool = True,
     log_fn: Callable[[dict[str, Any]], None] | None = None,
     micro_batch_size: int = 8,
-    max_tokens: int = 4096,
+    max_tokens: int | str | None = 4096,
     padding_side: str = "right",
     pad_token_id: int = 0,
 ) -> TrainResult:
-    """Train `adapter.parameters()` in place for `steps` full passes over `examples`; returns the log."""
+    """Train `adapter.parameters()` in place for `steps` full passes over `examples`; returns the log.
+
+    `max_tokens` bounds each micro-batch's padded tokens; None or "auto" derives it from the device's free memory
+    (`resolve_max_tokens`); the budget used is in `result.token_budget`."""
     if not examples:
         raise ValueError("no training examples")
     if any(not e.completion_ids or not e.prompt_ids for e in examples):
@@ -173,14 +266,22 @@ def train(
     named = adapter.named_parameters()
     device = next(model.parameters()).device
     n = len(examples)
-    batches = [
-        collate([examples[i] for i in b], pad_token_id, padding_side, device)
-        for b in make_batches(examples, batching, micro_batch_size, max_tokens)
-    ]
-    result = TrainResult([], [], [], [], [], 0.0, steps, n, sum(len(e.completion_ids) for e in examples))
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    with forked_rng(device, seed), adapter.active(), adapter.train_mode():
+        budget = resolve_max_tokens(
+            max_tokens, model, examples, device, lambda b: collate(b, pad_token_id, padding_side, device)
+        )
+    batches = [
+        collate([examples[i] for i in b], pad_token_id, padding_side, device)
+        for b in make_batches(examples, batching, micro_batch_size, budget["max_tokens"])
+    ]
+    budget["micro_batches"] = len(batches)
+    budget["largest_micro_batch_tokens"] = max(b["input_ids"].numel() for b in batches)
+    result = TrainResult(
+        [], [], [], [], [], 0.0, steps, n, sum(len(e.completion_ids) for e in examples), budget
+    )
     with forked_rng(device, seed), adapter.active(), adapter.train_mode():
         opt = torch.optim.Adam(params, lr=lr)
         bar = tqdm(range(steps), disable=not progress, desc=f"train {adapter.method}", leave=False)

@@ -42,10 +42,11 @@ def filled(adapter, seed: int = 1):
     return adapter
 
 
-def one_step(make_adapter, batching: str, padding_side: str = "right", **kw):
+def one_step(make_adapter, batching: str, padding_side: str = "right", max_tokens_override=None, **kw):
     adapter = make_adapter()
+    max_tokens = max_tokens_override or 40
     res = train(adapter, examples(), steps=1, lr=1e-2, l2=1e-3, grad_clip=0.5, batching=batching,
-                padding_side=padding_side, progress=False, micro_batch_size=4, max_tokens=40, **kw)  # fmt: skip
+                padding_side=padding_side, progress=False, micro_batch_size=4, max_tokens=max_tokens, **kw)  # fmt: skip
     grads = torch.cat([p.grad.flatten() for p in adapter.parameters()])
     params = torch.cat([p.detach().flatten() for p in adapter.parameters()])
     return res, grads, params
@@ -73,6 +74,8 @@ CASES = [
     ("offset-qwen3_5", "packed", "right"),
     ("lora-falcon_h1", "packed", "right"),
     ("prefix-qwen2", "padded", "right"),
+    ("s0-qwen3_5", "padded-tokens", "right"),  # padded micro-batches cut by the token budget, not the count
+    ("lora-falcon_h1", "padded-tokens", "right"),
 ]
 
 
@@ -87,7 +90,11 @@ def test_batched_step_equals_per_example_accumulated_step(name, batching, side):
     up to 4) equals the reference's one-example-at-a-time accumulation in loss, gradient and updated tensors,
     to 1e-6 relative (float64 models)."""
     ref, ref_g, ref_p = reference_step(name)
-    res, g, p = one_step(MAKERS[name], batching, side)
+    if batching == "padded-tokens":  # 20 tokens: micro-batches of 1-2 rows although 4 are allowed
+        res, g, p = one_step(MAKERS[name], "padded", side, max_tokens_override=20)
+        assert res.token_budget["micro_batches"] > 2 and res.token_budget["largest_micro_batch_tokens"] <= 20
+    else:
+        res, g, p = one_step(MAKERS[name], batching, side)
     assert abs(res.losses[0] - ref.losses[0]) < 1e-6 * abs(ref.losses[0])
     assert abs(res.grad_norms[0] - ref.grad_norms[0]) < 1e-6 * ref.grad_norms[0]
     assert rel(g, ref_g) < 1e-6 and rel(p, ref_p) < 1e-6
@@ -171,9 +178,38 @@ def test_encode_pair_and_batches():
     for mode in ("per_example", "padded", "packed"):
         batches = make_batches(exs, mode, micro_batch_size=3, max_tokens=40)
         assert sorted(i for b in batches for i in b) == list(range(10))
-    for b in make_batches(exs, "packed", max_tokens=40):
-        assert (
-            len(b) == 1 or len(b) * max(len(exs[i].prompt_ids) + len(exs[i].completion_ids) for i in b) <= 40
-        )
+    for mode in ("packed", "padded"):
+        for b in make_batches(exs, mode, micro_batch_size=3, max_tokens=40):
+            assert (
+                len(b) == 1
+                or len(b) * max(len(exs[i].prompt_ids) + len(exs[i].completion_ids) for i in b) <= 40
+            )
+            assert mode == "packed" or len(b) <= 3
+    # padded: the count alone when the budget is large, as before
+    assert [len(b) for b in make_batches(exs, "padded", micro_batch_size=3, max_tokens=10**6)] == [3, 3, 3, 1]
     with pytest.raises(ValueError, match="batching"):
         make_batches(exs, "bucketed")
+
+
+def test_auto_token_budget_fills_the_measured_free_memory(monkeypatch):
+    """max_tokens=None on CUDA: the memory per token measured on the longest example and the memory still
+    available give the budget (here faked: 8,000 bytes free, 100 bytes/token -> 0.8 * 80 = 64 tokens); the
+    micro-batches keep to it and the budget is in the result. On the CPU, auto is the fixed CPU default."""
+    import s0.train as train_mod
+
+    adapter = filled(S0Adapter(tiny("qwen3_5", dtype=torch.float32), alpha=0.07))
+    res = train(adapter, examples(), steps=1, lr=1e-3, max_tokens=None, progress=False)
+    assert res.token_budget == {"max_tokens": train_mod.CPU_MAX_TOKENS, "source": "auto: cpu default",
+                                "micro_batches": 1, "largest_micro_batch_tokens": res.token_budget["largest_micro_batch_tokens"]}  # fmt: skip
+
+    probed = []
+    monkeypatch.setattr(
+        train_mod, "probe_bytes_per_token", lambda m, b, d: probed.append(b["input_ids"].shape) or 100.0
+    )
+    monkeypatch.setattr(train_mod, "available_bytes", lambda d: 8000)
+    budget = train_mod.resolve_max_tokens("auto", adapter.model, examples(), torch.device("cuda"),
+                                          lambda b: collate(b, 0))  # fmt: skip
+    longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples())
+    assert probed == [(1, longest)] and budget["max_tokens"] == 64 and budget["source"] == "auto: measured"
+    monkeypatch.setattr(train_mod, "available_bytes", lambda d: 10)  # never below the longest example
+    assert train_mod.resolve_max_tokens(None, adapter.model, examples(), torch.device("cuda"), lambda b: collate(b, 0))["max_tokens"] == longest  # fmt: skip
