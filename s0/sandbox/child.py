@@ -36,14 +36,19 @@ _NP_DTYPE = re.compile(
 _VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 
 
+class _Unsendable(BaseException):
+    """A value the codec refuses. Not an exception the program raised: a test expecting TypeError or
+    ValueError must not catch it (BaseException), and the candidate reports it as its own message."""
+
+
 def _enc(x, depth: int = 0):
     """Python value -> JSON-able, keeping the types that a test can tell apart: builtins, numpy scalars and
     arrays, Fraction, Decimal, generators and other iterators (as the list of their items), ranges and dict
     views. Runs in the candidate (program code may run here, e.g. a generator's body); the result is plain
     JSON. A subclass of a builtin (Counter, namedtuple, IntEnum) crosses as its base-type value, so whatever
-    `__eq__` it had stays behind; any other object raises TypeError."""
+    `__eq__` it had stays behind; any other object raises _Unsendable."""
     if depth > 100:
-        raise ValueError("value nested too deeply")
+        raise _Unsendable("value nested too deeply")
     t = type(x)
     mod = t.__module__ if isinstance(t.__module__, str) else ""
     if t not in _PLAIN and x is not None and mod.split(".")[0] == "numpy":
@@ -64,11 +69,11 @@ def _enc(x, depth: int = 0):
             items = []
             for v in x:
                 if len(items) >= _ITER_MAX:
-                    raise ValueError(f"the returned iterator has more than {_ITER_MAX} items")
+                    raise _Unsendable(f"the returned iterator has more than {_ITER_MAX} items")
                 items.append(_enc(v, depth + 1))
             return {"iter": items}
         if base is None:
-            raise TypeError(f"a {t.__name__} cannot cross the sandbox boundary (plain builtin data only)")
+            raise _Unsendable(f"a {t.__name__} cannot cross the sandbox boundary (plain builtin data only)")
         x, t = base(x), base
     if x is None or t in (bool, float, str):
         return x
@@ -352,6 +357,8 @@ def _boot_candidate(cfg: dict) -> None:
         try:
             call = json.loads(line)
             out = {"ok": _enc(fn(*_dec(call["args"]), **_dec(call["kwargs"])))}
+        except _Unsendable as e:
+            out = {"unsendable": str(e)[:2000]}
         except BaseException as e:
             out = {"exc": type(e).__name__, "msg": str(e)[:2000]}
         write(resp, out)
@@ -395,6 +402,10 @@ def _boot_judge(cfg: dict) -> None:
                 return _dec(msg["ok"])
             except Exception:  # a malformed value must not reach a test that expects an exception
                 raise _Gone("malformed value from the program") from None
+        if type(msg) is dict and "unsendable" in msg:
+            raise _Gone(
+                f"the return value cannot cross the sandbox boundary: {str(msg['unsendable'])[:2000]}"
+            )
         if type(msg) is not dict or "exc" not in msg:
             raise _Gone("protocol violation")
         exc = getattr(builtins, str(msg["exc"]), None)
