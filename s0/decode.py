@@ -1,18 +1,299 @@
-"""A greedy decode loop for Qwen3.5 without per-step host syncs: static cache, device-side buffers, and one decode
-step captured in a CUDA graph and replayed.
+"""The harness's decode engine: static cache, device-side buffers, no per-step host sync, and on CUDA one decode
+step captured in a CUDA graph and replayed. Greedy and sampled (temperature, top-p) decoding, per-row EOS with an
+early exit, prefill in chunks, always under `torch.no_grad()`, with whatever adapter is active.
+
+    tokens = decode(model, input_ids, attention_mask, max_new_tokens=512, eos_ids=[eos], pad_id=pad)
+    tokens = decode(..., temperature=0.7, top_p=0.95, row_seeds=torch.tensor([...]))   # sampled
 
 Why: transformers' `generate` reads the all-finished flag on the host after every step and rebuilds masks, position
-ids and a growing cache, so on an H100 a 4B decode step took 141 ms at batch 1 and 212 ms at batch 84
-(benchmarks/results/eval_throughput.md); this loop measured 17 ms/step at batch 84 with a CUDA graph.
-Selected with `GenerationSpec(engine="static")` (config: `eval.engine=static`); greedy only, Qwen3.5 only
-(FalconH1's Mamba cache has another interface). Its tokens equal HF greedy `generate`'s on the same left-padded
-batch, EOS handling included (tests/test_generation.py).
+ids and a growing cache: 110.6 ms/step at batch 84 on an H200 with the Qwen3.5-4B architecture, against 14.6 ms for
+this loop with a CUDA graph (issue 13). Selected by `GenerationSpec(engine="static")`, or `"auto"` on CUDA.
+
+What it equals (tests/test_decode.py, fp32 on CPU):
+  * greedy: the tokens of HF greedy `generate` on the same left-padded batch, EOS and padding included (finished
+    rows emit `pad_id`; the output stops at the step where every row has finished, as `generate`'s does);
+  * sampled: the processed distribution of each step (logits in fp32, divided by the temperature, then HF's top-p
+    rule, the order of `TemperatureLogitsWarper` then `TopPLogitsWarper`) equals `generate`'s scores for the same
+    prefix. The draw itself is NOT `generate`'s (that one is torch.multinomial on the global RNG, so a row's tokens
+    depend on every other row of its batch). Here each row carries its own seed, and step t of a row draws one
+    uniform u = hash(row seed, t) and takes the inverse CDF of its distribution: a row's samples depend only on its
+    seed, its prompt and the model, not on the batch it shares (up to the float noise of batched vs single
+    forwards), and replaying a CUDA graph needs no RNG state.
+
+Adapters: S0 and state-offset act through the kernel dispatchers of s0/adapters/injection.py (the forward hooks on
+the mixers fire inside this loop as inside `generate`: S0 enters once, in the first prefill chunk; chunk 2+ and the
+decode steps read the cache). LoRA (merged or not) lives inside the base model's modules. Prefix tuning (peft)
+writes its virtual keys and values into the cache before the prefill, shifts positions by their number and unmasks
+them, as `PrefixAdapter`'s generation inputs do for `generate`.
+
+Supported: models whose layer types are full attention, linear attention (Qwen3.5 GatedDeltaNet) or hybrid
+(FalconH1 Mamba-2 + attention), and whose forward takes a dict of masks (transformers >= 5.24: Qwen3.5, FalconH1,
+Qwen2). `unsupported_reason(model)` says why another model is not.
+
+Where the time goes (knobs for the GPU run, `benchmarks/eval_throughput.py --engine-knobs`): the decode step calls
+the model's own modules, so each layer is a few dozen small launches (graph replay removes their host cost, not
+their count); the GatedDeltaNet / Mamba-2 states are fp32 (B, H, K, V) tensors that transformers' cache copies into
+its static buffer after every step (`update_recurrent_state` copy_: one extra read+write of the whole state per
+layer per step); without causal-conv1d the conv update is a PyTorch roll + sum. `prefill_chunk` bounds prefill
+memory (fp32 chunk intermediates scale with chunk x batch); `stop_check_every` trades host syncs for wasted steps.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+DEFAULT_PREFILL_CHUNK = (
+    1024  # prompt tokens per prefill forward; chunking a recurrent prefill is exact (tests)
+)
+SUPPORTED_LAYER_TYPES = {"full_attention", "linear_attention", "hybrid"}
+_M32 = 0xFFFFFFFF
+
+
+@dataclass
+class Decoded:
+    tokens: torch.Tensor  # (B, L <= max_new_tokens) int64
+    scores: torch.Tensor | None = None  # (B, L, V) fp32 processed scores per step (keep_scores=True only)
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """None when `decode` can run `model`; else one line saying why (callers fall back to `generate`)."""
+    base, prefix = _unwrap(model)
+    cfg = getattr(base, "config", None)
+    types = set(getattr(cfg, "layer_types", None) or [])
+    if not types:
+        return f"{type(base).__name__} declares no layer_types"
+    if types - SUPPORTED_LAYER_TYPES:
+        return f"{type(base).__name__} has layer types {sorted(types - SUPPORTED_LAYER_TYPES)} (static engine: {sorted(SUPPORTED_LAYER_TYPES)})"
+    if "cache" not in inspect.signature(base.forward).parameters:
+        return "this transformers version's forward takes no `cache` argument (static engine needs transformers >= 5.24)"
+    if prefix is not None and prefix[1] is None:
+        return "an active peft prompt-learning method other than prefix tuning"
+    return None
+
+
+def _unwrap(model: nn.Module) -> tuple[nn.Module, tuple[int, object] | None]:
+    """(the transformers model to call, (virtual tokens, get_prompt) when a peft prefix is active, else None).
+
+    LoRA layers sit inside the base model's modules, so calling the base model runs them (merged or not, and
+    peft's disable_adapter switches them off there too). Prefix tuning leaves the base model untouched; peft's
+    disable_adapter turns it off by rebinding the PeftModel's `forward` to the base model's, which is how an
+    inactive prefix is recognised here."""
+    get_base = getattr(model, "get_base_model", None)
+    if get_base is None:
+        return model, None
+    base = get_base()
+    cfg = model.active_peft_config
+    if not getattr(cfg, "is_prompt_learning", False) or getattr(model.forward, "__self__", None) is not model:
+        return base, None
+    if str(getattr(cfg.peft_type, "value", cfg.peft_type)) != "PREFIX_TUNING":
+        return base, (0, None)
+    return base, (int(cfg.num_virtual_tokens), model.get_prompt)
+
+
+def row_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed for one row from the call's seed and the row's identity (prompt index, sample index)."""
+    h = _mix32_int(seed & _M32)
+    for k in keys:
+        h = _mix32_int(h ^ _mix32_int((k + 0x9E3779B9) & _M32))
+    return h
+
+
+def _mix32_int(x: int) -> int:  # murmur3's fmix32 on a Python int
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & _M32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """fmix32 on int64 lanes holding 32-bit values (products wrap in int64; the low 32 bits stay exact)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """One float32 in (0, 1) per row for decode step `step` (a 1-element tensor), from the row's seed alone."""
+    h = _mix32(seeds ^ _mix32((step * 0x9E3779B9 + 0x7F4A7C15) & _M32))
+    return ((h >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def process_logits(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """fp32 scores as `generate` samples from them: logits / temperature, then top-p (HF's TopPLogitsWarper rule:
+    drop the tokens whose ascending cumulative probability is <= 1 - top_p, always keep the most likely)."""
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+def sample_from(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw per row: the first token whose cumulative probability reaches u (zero-mass tokens never)."""
+    cdf = scores.softmax(dim=-1).cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp_max(scores.shape[-1] - 1)
+
+
+def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
+    chunk = max(2, chunk)
+    bounds = [(s, min(p, s + chunk)) for s in range(0, p, chunk)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        # A 1-token chunk after the first would take the mixers' one-token decode path (no pad masking there);
+        # fold it into the previous chunk.
+        bounds[-2:] = [(bounds[-2][0], p)]
+    return bounds
+
+
+@torch.no_grad()
+def decode(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    temperature: float | None = None,
+    top_p: float = 1.0,
+    row_seeds: torch.Tensor | list[int] | None = None,
+    cuda_graph: bool = True,
+    stop_check_every: int = 16,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    forced: torch.Tensor | None = None,
+    keep_scores: bool = False,
+) -> Decoded:
+    """New tokens (B, <= max_new_tokens) of one left-padded batch; `temperature=None` decodes greedily.
+
+    `row_seeds` (B,) give each sampled row its random stream (default: the row index). `forced` (B, n) feeds
+    those tokens instead of the chosen ones (teacher forcing, for the tests that compare distributions with
+    `generate`'s); `keep_scores` returns each step's processed fp32 scores (eager, no graph). The host reads the
+    all-finished flag once every `stop_check_every` steps; on CUDA one step is captured per call (a changed
+    adapter can never replay a stale graph)."""
+    from transformers import StaticCache
+
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"engine='static' cannot run this model: {reason}; use engine='hf'")
+    base, prefix = _unwrap(model)
+    dev = input_ids.device
+    b, p = input_ids.shape
+    n = max_new_tokens
+    nv = prefix[0] if prefix else 0
+    max_len = nv + p + n
+    sampled = temperature is not None
+    seeds = torch.as_tensor(
+        row_seeds if row_seeds is not None else list(range(b)), dtype=torch.long, device=dev
+    )
+    seeds = seeds & _M32
+    eos = torch.tensor(eos_ids or [-1], device=dev)
+    counter = torch.zeros(1, dtype=torch.long, device=dev)  # the step being chosen (0 = from the prefill)
+    if forced is not None:
+        forced = forced.to(dev)
+
+    def choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not sampled:
+            return logits.float().argmax(-1), (logits.float() if keep_scores else None)
+        scores = process_logits(logits, temperature, top_p)
+        return sample_from(scores, uniforms(seeds, counter)), scores
+
+    def pick(nxt: torch.Tensor) -> torch.Tensor:
+        if forced is None:
+            return nxt
+        return forced.index_select(1, counter.clamp_max(forced.shape[1] - 1)).squeeze(1)
+
+    # ---- prefill, in chunks: the recurrent states and conv windows carry across chunks inside the cache
+    cache = StaticCache(config=base.config, max_cache_len=max_len)
+    valid_prompt = attention_mask.bool()
+    valid = torch.cat([torch.ones(b, nv, dtype=torch.bool, device=dev), valid_prompt], dim=1)
+    if prefix:
+        for layer_idx, (keys, values, *_) in enumerate(prefix[1](b)):
+            cache.update(keys, values, layer_idx)
+    pos = (valid_prompt.long().cumsum(-1) - 1).masked_fill(
+        ~valid_prompt, 1
+    ) + nv  # from each row's first token
+    cols = torch.arange(max_len, device=dev)
+    valid_cols = torch.nn.functional.pad(valid, (0, max_len - valid.shape[1]))  # (B, max_len)
+    logits = None
+    for s, e in _chunk_bounds(p, prefill_chunk):
+        q = torch.arange(nv + s, nv + e, device=dev)
+        allowed = (cols[None, None, :] <= q[None, :, None]) & valid_cols[:, None, :]
+        allowed |= (
+            cols[None, None, :] == q[None, :, None]
+        )  # a pad query sees itself rather than nothing (no NaN)
+        lin = valid_prompt[:, s:e]
+        masks = {"full_attention": allowed[:, None], "linear_attention": None if bool(lin.all()) else lin}
+        logits = base(input_ids=input_ids[:, s:e], attention_mask=masks, position_ids=pos[:, s:e], cache=cache,
+                      use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
+        del allowed, masks
+    first, first_scores = choose(logits)
+    tok = pick(first)[:, None]  # (B, 1): the next input token, a static buffer
+    done = torch.isin(tok[:, 0], eos)
+    out = torch.full((b, n), pad_id, dtype=torch.long, device=dev)
+    out[:, :1] = tok
+    scores_out = [first_scores] if keep_scores else None
+    last_scores = first_scores
+    step_pos = pos[:, -1:] + 1
+    dmask = torch.zeros(b, 1, 1, max_len, dtype=torch.bool, device=dev)
+    dmask[:, 0, 0, : nv + p] = valid
+    slot = torch.full((1,), nv + p, dtype=torch.long, device=dev)
+    del logits
+
+    def step() -> None:  # device buffers only, no host sync: capturable
+        nonlocal last_scores
+        dmask.index_fill_(3, slot, True)
+        step_logits = base(input_ids=tok, attention_mask={"full_attention": dmask, "linear_attention": None},
+                           position_ids=step_pos, cache=cache, use_cache=True).logits[:, -1]  # fmt: skip
+        counter.add_(1)
+        chosen, last_scores = choose(step_logits)
+        nxt = pick(chosen)
+        tok.copy_(torch.where(done, pad_id, nxt)[:, None])  # HF: finished rows emit pad and feed pad
+        done.logical_or_(torch.isin(nxt, eos))
+        out.index_copy_(1, counter, tok)
+        step_pos.add_(1)
+        slot.add_(1)
+
+    graph = None
+    steps = 1
+    if cuda_graph and not keep_scores and dev.type == "cuda" and n > 4:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up (Triton compile, cuBLAS handles) outside the capture
+            for _ in range(2):
+                step()
+                steps += 1
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    while steps < n:
+        if steps % max(1, stop_check_every) == 0 and bool(done.all()):
+            break  # every row has emitted EOS (one host sync per `stop_check_every` steps)
+        if graph is not None:
+            graph.replay()
+        else:
+            step()
+            if keep_scores:
+                scores_out.append(last_scores.clone())
+        steps += 1
+    tokens = out[:, :steps]
+    # `generate` stops at the step where the last row finished: cut the pad columns the periodic check left.
+    hit = torch.isin(tokens, eos)
+    if bool(hit.any(-1).all()):
+        steps = int(hit.float().argmax(-1).max()) + 1
+        tokens = tokens[:, :steps]
+    scores = torch.stack(scores_out[:steps], dim=1) if keep_scores else None
+    return Decoded(tokens, scores)
 
 
 def static_greedy(
@@ -25,64 +306,8 @@ def static_greedy(
     cuda_graph: bool = True,
     stop_check_every: int = 16,
 ) -> torch.Tensor:
-    """Greedy tokens (B, <= max_new_tokens) of one left-padded batch, as HF greedy `generate` returns them after the
-    prompt: a row's EOS is kept, later positions hold `pad_id`. The host reads the all-finished flag once every
-    `stop_check_every` steps; on CUDA one step is captured and replayed (capture per call, so a changed adapter
-    configuration can never replay a stale graph)."""
-    from transformers import StaticCache
-
-    dev = input_ids.device
-    b, p = input_ids.shape
-    n = max_new_tokens
-    max_len = p + n
-    cache = StaticCache(config=model.config, max_cache_len=max_len)
-    valid = attention_mask.bool()
-    pos = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)  # counted from each row's first real token
-    allowed = torch.ones(p, p, dtype=torch.bool, device=dev).tril()[None] & valid[:, None, :]
-    allowed |= ~allowed.any(-1, keepdim=True)  # a pad query sees everything rather than nothing (no NaN)
-    full = torch.zeros(b, 1, p, max_len, dtype=torch.bool, device=dev)
-    full[:, 0, :, :p] = allowed
-    masks = {"full_attention": full, "linear_attention": None if bool(valid.all()) else valid}
-    out = model(input_ids=input_ids, attention_mask=masks, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)  # fmt: skip
-    eos = torch.tensor(eos_ids or [-1], device=dev)
-    tok = out.logits[:, -1].argmax(-1)[:, None]  # (B, 1): the next input token, a static buffer
-    done = torch.isin(tok[:, 0], eos)
-    step_pos = pos[:, -1:] + 1
-    slot = torch.full((1,), p, dtype=torch.long, device=dev)
-    dmask = torch.zeros(b, 1, 1, max_len, dtype=torch.bool, device=dev)
-    dmask[:, 0, 0, :p] = valid
-    del out, full, allowed
-
-    def step() -> None:  # device buffers only, no host sync: capturable
-        dmask.index_fill_(3, slot, True)
-        logits = model(input_ids=tok, attention_mask={"full_attention": dmask, "linear_attention": None},
-                       position_ids=step_pos, past_key_values=cache, use_cache=True).logits  # fmt: skip
-        nxt = logits[:, -1].argmax(-1)
-        tok.copy_(torch.where(done, pad_id, nxt)[:, None])  # HF: finished rows emit pad and feed pad
-        done.logical_or_(torch.isin(nxt, eos))
-        step_pos.add_(1)
-        slot.add_(1)
-
-    outs = [tok.clone()]
-    graph = None
-    if cuda_graph and dev.type == "cuda" and n > 4:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up (Triton compile, cuBLAS handles) outside the capture
-            for _ in range(2):
-                step()
-                outs.append(tok.clone())
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-    while len(outs) < n:
-        if len(outs) % max(1, stop_check_every) == 0 and bool(done.all()):
-            break  # every row has emitted EOS (one host sync per `stop_check_every` steps)
-        if graph is not None:
-            graph.replay()
-        else:
-            step()
-        outs.append(tok.clone())
-    return torch.cat(outs, dim=1)
+    """Greedy `decode`, tokens only (the name benchmarks and older tests call)."""
+    return decode(
+        model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id,
+        cuda_graph=cuda_graph, stop_check_every=stop_check_every,
+    ).tokens  # fmt: skip

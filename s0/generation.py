@@ -10,6 +10,7 @@ counted from each row's first real token.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from s0.seeding import forked_rng
+
+log = logging.getLogger(__name__)
+ENGINES = ("auto", "hf", "static")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class GenerationSpec:
     batch_size: int = 16
     max_length: int = 2048  # prompt + completion; longer prompts are cut from the left
     seed: int = 0
-    engine: str = "hf"  # "hf": transformers' generate; "static": s0.decode (greedy Qwen3.5, CUDA graph)
+    # "auto": s0.decode on CUDA, transformers' generate on CPU; "static": s0.decode anywhere; "hf": generate
+    engine: str = "auto"
+    prefill_chunk: int = 1024  # static engine: prompt tokens per prefill forward (bounds prefill memory)
 
 
 @dataclass
@@ -59,8 +65,10 @@ def generate(
 ) -> list[list[str]]:
     """`spec.samples` completions for each prompt, as `out[prompt_index][sample_index]`.
 
-    Sampling is seeded once per call (`spec.seed`) on a forked RNG, so a rerun with the same batches reproduces
-    it and the caller's random state is left as it was.
+    Sampling is seeded by `spec.seed` and the caller's random state is left as it was. With `generate` (engine
+    "hf") the seed starts one forked RNG per call, so a rerun with the same batches reproduces it; with the static
+    engine each (prompt, sample) row has its own stream (s0.decode.row_seed), so its samples also do not depend
+    on the batch size or the other prompts.
     """
     ids = generate_ids(model, tokenizer, prompts, spec, progress, stats, desc)
     eos = eos_ids(model, tokenizer)
@@ -90,6 +98,7 @@ def generate_ids(
     out: list[list[list[int]]] = [[[] for _ in range(spec.samples)] for _ in prompts]
     pad_id = tokenizer.pad_token_id
     eos = eos_ids(model, tokenizer)
+    engine = resolve_engine(model, spec.engine, device)
     bar = tqdm(total=len(rows), desc=desc, unit="seq", disable=not progress, leave=False)
     start = time.perf_counter()
     with forked_rng(device, seed=spec.seed if spec.do_sample else None):
@@ -99,8 +108,8 @@ def generate_ids(
             width = max(map(len, ids))
             input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
             attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-            if spec.engine == "static":
-                new = _static(model, input_ids, attention_mask, spec, eos, pad_id)
+            if engine == "static":
+                new = _static(model, input_ids, attention_mask, spec, eos, pad_id, batch)
             else:
                 new = _hf(model, input_ids, attention_mask, spec, eos, pad_id)
             for (i, s), row in zip(batch, new.tolist()):
@@ -139,16 +148,36 @@ def _hf(
 
 
 def _static(
-    model, input_ids, attention_mask, spec: GenerationSpec, eos_ids: list[int], pad_id: int
+    model, input_ids, attention_mask, spec: GenerationSpec, eos_ids: list[int], pad_id: int, rows
 ) -> torch.Tensor:
-    from s0.decode import static_greedy
+    from s0.decode import decode, row_seed
 
-    if spec.do_sample:
-        raise ValueError("engine='static' decodes greedily; use engine='hf' for sampling")
-    layer_types = getattr(getattr(model, "config", None), "layer_types", None) or []
-    if "linear_attention" not in layer_types:
-        raise ValueError("engine='static' supports Qwen3.5 (GatedDeltaNet) models only; use engine='hf'")
-    return static_greedy(model, input_ids, attention_mask, spec.max_new_tokens, eos_ids, pad_id)
+    # Each (prompt, sample) row draws from its own stream, so its samples do not depend on the batch it shares.
+    seeds = [row_seed(spec.seed, i, s) for i, s in rows] if spec.do_sample else None
+    return decode(model, input_ids, attention_mask, spec.max_new_tokens, eos_ids, pad_id,
+                  temperature=spec.temperature if spec.do_sample else None, top_p=spec.top_p, row_seeds=seeds,
+                  prefill_chunk=spec.prefill_chunk).tokens  # fmt: skip
+
+
+def resolve_engine(model: torch.nn.Module, engine: str, device: torch.device | None = None) -> str:
+    """The engine a call runs: "static" or "hf". `auto` takes the static engine on CUDA when it supports the
+    model (else logs why not) and `generate`, the reference, on CPU; `static` raises when unsupported."""
+    from s0.decode import unsupported_reason
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine '{engine}' is not one of {', '.join(ENGINES)}")
+    device = device if device is not None else _model_device(model)
+    if engine == "hf" or (engine == "auto" and device.type != "cuda"):
+        return "hf"
+    reason = unsupported_reason(model)
+    if reason is None:
+        return "static"
+    if engine == "static":
+        raise ValueError(f"engine='static' cannot run this model: {reason}; use engine='hf'")
+    log.warning(
+        "generation: the static engine cannot run this model (%s); using transformers' generate", reason
+    )
+    return "hf"
 
 
 def eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

@@ -38,20 +38,24 @@ def test_static_engine_equals_transformers_generate(method):
     assert len({row[0] for row in hf}) > 1, "all prompts gave the same text: the check would be vacuous"
 
 
-def test_static_engine_refuses_what_it_cannot_do():
-    tok = tiny_tokenizer()
-    with pytest.raises(ValueError, match=r"Qwen3\.5"):
-        generate(
-            tiny("falcon_h1"), tok, ["a"], GenerationSpec(max_new_tokens=2, engine="static"), progress=False
-        )
-    with pytest.raises(ValueError, match="greedily"):
-        spec = GenerationSpec(max_new_tokens=2, engine="static", do_sample=True)
-        generate(tiny("qwen3_5"), tok, ["a"], spec, progress=False)
+@pytest.mark.parametrize("family", ["falcon_h1", "qwen2"])
+def test_static_engine_runs_every_family_greedy_and_sampled(family):
+    """Once greedy-only and Qwen3.5-only; now FalconH1 and Qwen2 too, and sampling (tests/test_decode.py compares
+    the distributions with generate's)."""
+    tok, model = tiny_tokenizer(), tiny(family)
+    spec = GenerationSpec(max_new_tokens=6, batch_size=3, engine="static")
+    assert generate(model, tok, PROMPTS, spec, progress=False) == generate(
+        model, tok, PROMPTS, GenerationSpec(**{**spec.__dict__, "engine": "hf"}), progress=False
+    )
+    sampled = GenerationSpec(**{**spec.__dict__, "do_sample": True, "temperature": 1.0, "top_p": 0.9})
+    assert generate(model, tok, PROMPTS, sampled, progress=False) == generate(model, tok, PROMPTS, sampled,
+                                                                              progress=False)  # fmt: skip
 
 
 def test_sampling_is_seeded_on_a_forked_rng_and_leaves_the_callers_untouched():
     tok, model = tiny_tokenizer(), tiny("qwen3_5")
-    spec = GenerationSpec(max_new_tokens=6, batch_size=3, do_sample=True, temperature=1.0, top_p=1.0, seed=5)
+    spec = GenerationSpec(max_new_tokens=6, batch_size=3, do_sample=True, temperature=1.0, top_p=1.0, seed=5,
+                          engine="hf")  # fmt: skip
     torch.manual_seed(123)
     before = torch.get_rng_state()
     first = generate(model, tok, PROMPTS, spec, progress=False)
