@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from s0.generation import GenerationSpec, encode_prompts, eos_ids, generate_ids
+from s0.generation import GenerationSpec, encode_prompts, eos_ids, generate_ids, resolve_engine
 
 # The empty think block Qwen3-style templates write with enable_thinking=False (paper Sec 4.1: no_thinking).
 NO_THINKING_END = re.compile(r"<think>\s*</think>\s*$")
@@ -128,7 +128,8 @@ def check_generation(
             else:
                 raise PreflightError(
                     f"generation disagrees with a plain forward: prompt {i}, token {step}: generated {token}, "
-                    f"argmax {expected} (logit gap {gap:.3g} > {tol:g}); the generation path ({spec.engine} engine, "
+                    f"argmax {expected} (logit gap {gap:.3g} > {tol:g}); the generation path "
+                    f"({resolve_engine(model, spec.engine)} engine, "
                     f"left-padded batch of {len(probes)}) does not see what training saw"
                 )
             if token in eos:
@@ -139,5 +140,5 @@ def check_generation(
         "tokens_agree": agree,
         "near_ties": ties,
         "tie_tolerance": tol,
-        "engine": spec.engine,
+        "engine": resolve_engine(model, spec.engine),  # the one that ran ("auto" resolves per device)
     }

@@ -187,3 +187,18 @@ def test_engine_selection():
     assert unsupported_reason(tiny("falcon_h1")) is None and unsupported_reason(tiny("qwen2")) is None
     with pytest.raises(ValueError, match="engine"):
         resolve_engine(model, "fast")
+
+
+@pytest.mark.parametrize(
+    "family,method", [("qwen3_5", "state_offset"), ("falcon_h1", "s0"), ("qwen2", "prefix")]
+)
+def test_preflight_checks_the_static_engine(family, method):
+    from s0.preflight import check_generation
+
+    tok = tiny_tokenizer()
+    adapter = with_adapter(family, method)
+    with adapter.active():
+        report = check_generation(
+            adapter.model, tok, PROMPTS, GenerationSpec(max_new_tokens=8, engine="static")
+        )
+    assert report["engine"] == "static" and report["tokens_agree"] + report["near_ties"] > 4
