@@ -28,7 +28,7 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_data import deltas, mechanism_pairs, scope_label, select
-from s0.tables import best_lora, experiment_arms, welch_test
+from s0.tables import best_lora, best_state_offset, experiment_arms, welch_test
 from s0.tables_appendix import SCALING, scaling_frames
 
 TEAL = "#178f8f"  # S0, as in the paper
@@ -66,10 +66,11 @@ def panel_cross_architecture(ax: Axes, res: Results, ref: pd.DataFrame | None = 
     width, seen, brackets = 0.2, set(), []
     for g, (_, exp) in enumerate(groups):
         lora = best_lora(m, exp)
+        so_arm = best_state_offset(m) or "__none__"  # state_offset's selected alpha, as in Tables 1 and 3
         frames = {
             "Baseline": select(m, exp, "baseline"),
             "LoRA": select(m, exp, lora) if lora else select(m, exp, "__none__"),
-            "State-offset": select(m, "state_offset", "state_offset") if exp == "main_qwen" else None,
+            "State-offset": select(m, "state_offset", so_arm) if exp == "main_qwen" else None,
             "S0": select(m, exp, "s0"),
         }
         paper = {

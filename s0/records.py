@@ -108,6 +108,15 @@ def is_smoke(run: dict) -> bool:
     return name == model.get("tiny") or name.startswith("tiny_")
 
 
+def run_protocol(run: dict) -> str | None:
+    """The protocol a run was made under ("reference" or "harness", issue 12), None in records from before runs
+    recorded it. run.json holds the name, or the protocol group with its `name`."""
+    value = run.get("protocol")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return str(value) if value else None
+
+
 def _flat_run(run: dict) -> dict:
     """The columns a table filters on, from run.json: the model a run really used, not the one asked for."""
     method, model = run["method"], run["model"]
@@ -129,6 +138,7 @@ def _flat_run(run: dict) -> dict:
         "eval_task": run["eval_task"]["name"],
         "decoding": run["eval"]["mode"],
         "seed": run["seed"],
+        "protocol": run_protocol(run),
     }
 
 

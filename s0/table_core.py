@@ -24,7 +24,9 @@ tolerance. p-values agree when both sides fall on the same side of 0.05.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import pandas as pd
 
 from s0.reference import paper_rows, rounding_halfwidth
 from s0.stats import format_pvalue, stars
-from s0.table_data import DEFAULT_N_EVAL
+from s0.table_data import DEFAULT_N_EVAL, MixedProtocolsError, protocol_by_run
 
 MARK = {"agree": "✓", "disagree": "✗"}
 DASH = "—"
@@ -145,6 +147,7 @@ class Cell:
     undefined: str = ""  # why a statistic cannot be computed from these runs ("zero variance", "n=1")
     status: str = field(init=False, default="")
     tolerance: float = field(init=False, default=math.nan)
+    protocol: str = field(init=False, default="")  # of the runs behind the cell (stamp_protocol), "" if none
 
     def __post_init__(self) -> None:
         self.values = [float(v) for v in self.values if v is not None and not math.isnan(float(v))]
@@ -233,7 +236,7 @@ class Cell:
             "paper": p.value, "paper_std": p.std, "paper_n": p.n, "paper_text": self.paper_text(),
             "ours": self.mean if self.values else math.nan, "ours_std": self.std, "n": self.n,
             "ours_text": self.ours(with_n=False), "status": self.status, "tolerance": self.tolerance,
-            "run_ids": ";".join(self.run_ids), "models": ";".join(self.models),
+            "run_ids": ";".join(self.run_ids), "models": ";".join(self.models), "protocol": self.protocol,
         }  # fmt: skip
 
 
@@ -252,6 +255,8 @@ class Table:
     # a column shown under another model's name (runs of a tiny smoke model) -> that name, so a look-up by
     # the paper's column name (the report's claims) still finds it
     aliases: dict[str, str] = field(default_factory=dict)
+    # the protocols of the runs behind its cells (stamp_protocol); None: not stamped, the caption says nothing
+    protocols: list[str] | None = None
 
     @property
     def rows(self) -> list[str]:
@@ -279,10 +284,11 @@ class Table:
 
     @property
     def full_caption(self) -> str:
+        caption = f"{self.caption} {protocol_sentence(self.protocols)}".rstrip()
         if not self.models:
-            return self.caption
+            return caption
         return (f"Runs of {', '.join(self.models)}, not the paper's model: their cells are shown beside the "
-                f"paper's numbers, not judged. {self.caption}")  # fmt: skip
+                f"paper's numbers, not judged. {caption}")  # fmt: skip
 
     def frame(self) -> pd.DataFrame:
         """The tidy form (one row per compared cell), written as CSV."""
@@ -365,6 +371,57 @@ class Table:
 
     def to_csv(self) -> str:
         return self.frame().to_csv(index=False, float_format="%.6g")
+
+
+# ------------------------------------------------------------------------------------------- protocol
+PROTOCOL_GLOSS = {
+    "reference": "the authors' released practice where the paper is silent",
+    "harness": "this harness's own choices where the paper is silent",
+    "unrecorded": "records made before runs recorded their protocol",
+}
+
+
+def protocol_sentence(protocols: list[str] | None) -> str:
+    """The caption's last sentence: which protocol (issue 12) the runs behind the table were made under."""
+    if protocols is None:
+        return ""
+    if not protocols:
+        return "Run protocol: — (no runs)."
+    if len(protocols) == 1:
+        gloss = PROTOCOL_GLOSS.get(protocols[0])
+        return f"Run protocol: {protocols[0]}" + (f" ({gloss})." if gloss else ".")
+    return (f"Run protocols: {', '.join(protocols)}; each cell reads runs of one (the CSV's protocol column "
+            "says which).")  # fmt: skip
+
+
+def stamp_protocol(table: Table, metrics: pd.DataFrame) -> Table:
+    """Record each cell's protocol and the table's; a cell whose runs were made under two protocols stops the
+    build with MixedProtocolsError (one line, naming the cell and a run of each)."""
+    by_run = protocol_by_run(metrics)
+    for c in table.cells:
+        found: dict[str, str] = {}
+        for r in c.run_ids:
+            if r in by_run:
+                found.setdefault(by_run[r], r)
+        if len(found) > 1:
+            runs = ", ".join(f"{p} (run {r})" for p, r in sorted(found.items()))
+            raise MixedProtocolsError(
+                f"cell {c.row!r} / {c.column!r}: runs of protocols {runs} would pool into one cell; "
+                "read one protocol's results at a time"
+            )
+        c.protocol = next(iter(found), "")
+    table.protocols = sorted({c.protocol for c in table.cells if c.protocol})
+    return table
+
+
+def with_protocol(fn: Callable[..., Table]) -> Callable[..., Table]:
+    """A table function (records first) whose table says, in its caption, the protocol of its runs."""
+
+    @functools.wraps(fn)
+    def wrapper(res, *args, **kwargs) -> Table:
+        return stamp_protocol(fn(res, *args, **kwargs), res.metrics)
+
+    return wrapper
 
 
 def esc(s: str) -> str:

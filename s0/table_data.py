@@ -29,6 +29,22 @@ class MixedRunsError(ValueError):
     """Runs of different models, weights or smoke status would pool into one table cell."""
 
 
+class MixedProtocolsError(MixedRunsError):
+    """Runs made under different protocols (reference, harness: issue 12) would pool into one table cell."""
+
+
+UNRECORDED = "unrecorded"  # the protocol of records written before runs recorded theirs
+
+
+def protocol_by_run(metrics: pd.DataFrame) -> dict[str, str]:
+    """run id -> the protocol it was made under ("unrecorded" where its records do not say)."""
+    if metrics.empty or "run_id" not in metrics:
+        return {}
+    col = metrics["protocol"] if "protocol" in metrics else pd.Series(None, index=metrics.index, dtype=object)
+    known = col.where(col.notna() & (col.astype(str) != ""), UNRECORDED).astype(str)
+    return dict(zip(metrics["run_id"].astype(str), known))
+
+
 @dataclass(frozen=True)
 class Scope:
     """Which runs of an experiment a table reads: one model, one kind of weights, smoke or not."""

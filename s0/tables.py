@@ -16,6 +16,10 @@ Semantics shared by all tables:
   mean pass@1 over seeds among the listed arms that have runs), selected on the evaluation split as the paper
   does; its notes say how many LoRA arms had runs and which was selected. Tables 2, 3 and 6 use the best
   rank-24 arm, the paper's "main rank-24 LoRA baseline".
+- State-offset (Tables 1 and 3) is the state_offset experiment's `selection`: the swept alpha with the highest
+  mean pass@1 over seeds on the evaluation problems, the footing S0's alpha was chosen on (App E, issue 12).
+- Every caption ends with the protocol of the runs behind it (table_core.stamp_protocol); Table 1's caption
+  gives each arm's format failures (metric format_failure), "n/a (not recorded)" for records without it.
 - Tests: Welch two-sided for S0 vs LoRA, paired t for S0 vs state-offset (Table 3), one-sample t on
   per-seed deltas for scaling and transfer (see s0.stats and tests/test_stats.py).
 
@@ -35,7 +39,7 @@ import yaml
 from s0 import stats
 from s0.records import Results, load_results
 from s0.reference import load_paper_values, paper_value
-from s0.table_core import Cell, PaperRef, Table, paper_ref
+from s0.table_core import Cell, PaperRef, Table, paper_ref, with_protocol
 from s0.table_data import (
     MixedRunsError,
     degraded,
@@ -88,11 +92,17 @@ def best_lora(metrics: pd.DataFrame, experiment: str, rank: int | None = None) -
     return select_best(metrics, experiment, arms)
 
 
-def lora_selection_note(metrics: pd.DataFrame, experiment: str, metric: str = "pass@1") -> str:
-    """Which LoRA arms of the experiment have runs and which one the selection rule picked, in words.
+def best_state_offset(metrics: pd.DataFrame) -> str | None:
+    """The state-offset arm (alpha) the state_offset experiment's `selection` picks, as for S0's alpha."""
+    return select_best(metrics, "state_offset", selection_arms("state_offset"))
+
+
+def selection_note(metrics: pd.DataFrame, experiment: str, what: str = "LoRA", best: str = "LoRA (best config)",
+                   metric: str = "pass@1") -> str:  # fmt: skip
+    """Which arms of the experiment's selection grid have runs and which one the rule picked, in words.
 
     Says "the only one of the 4 LoRA arms with runs" when a single grid point ran (nothing was compared), and
-    lists each arm's mean and seed count when several did."""
+    lists each arm's mean and seed count when several did. `what` names the arms, `best` the chosen one."""
     grid = selection_arms(experiment)
     ran = {a: select(metrics, experiment, a, metric) for a in grid}
     ran = {a: f for a, f in ran.items() if len(f)}
@@ -100,17 +110,45 @@ def lora_selection_note(metrics: pd.DataFrame, experiment: str, metric: str = "p
     chosen = select_best(metrics, experiment, grid, metric)
     seeds = lambda a: f"{len(ran[a])} seed{'s' if len(ran[a]) != 1 else ''}"  # noqa: E731
     if chosen is None:
-        return (f"no LoRA runs: none of the {len(grid)} LoRA arm{'s' if len(grid) != 1 else ''} "
+        return (f"no {what} runs: none of the {len(grid)} {what} arm{'s' if len(grid) != 1 else ''} "
                 f"({', '.join(grid)}) has finished runs.")  # fmt: skip
     if len(grid) == 1:
-        return f"LoRA is {chosen} ({seeds(chosen)}), the experiment's only LoRA arm; nothing to select."
+        return f"{what} is {chosen} ({seeds(chosen)}), the experiment's only {what} arm; nothing to select."
     missing = f"; no runs of {', '.join(absent)}" if absent else ""
     if len(ran) == 1:
-        return (f"LoRA (best config) is {chosen} ({seeds(chosen)}), the only one of the {len(grid)} LoRA arms "
+        return (f"{best} is {chosen} ({seeds(chosen)}), the only one of the {len(grid)} {what} arms "
                 f"with runs, so nothing was selected{missing}.")  # fmt: skip
     means = ", ".join(f"{a} {ran[a].value.mean():.1f} ({seeds(a)})" for a in ran)
-    return (f"LoRA (best config) is {chosen}, the highest mean {metric} of the {len(ran)} of {len(grid)} LoRA "
+    return (f"{best} is {chosen}, the highest mean {metric} of the {len(ran)} of {len(grid)} {what} "
             f"arms with runs ({means}){missing}.")  # fmt: skip
+
+
+def lora_selection_note(metrics: pd.DataFrame, experiment: str, metric: str = "pass@1") -> str:
+    """Which LoRA arms of the experiment have runs and which one the selection rule picked (selection_note)."""
+    return selection_note(metrics, experiment, metric=metric)
+
+
+def format_failure_text(metrics: pd.DataFrame, experiment: str, arms: dict[str, str | None]) -> str:
+    """'baseline 12.0% (n=10), LoRA 3.1% (n=10), S0 0.4% (n=10)': the mean over seeds of each arm's share of
+    completions with no extractable code or answer (metric format_failure, issue 12). An arm with runs but no
+    such record (records from before the metric) says "n/a (not recorded)", never 0; one without runs "—"."""
+    texts = {}
+    for label, arm in arms.items():
+        ran = select(metrics, experiment, arm or "__none__")
+        ff = select(metrics, experiment, arm or "__none__", "format_failure")
+        ff = ff[ff.seed.isin(ran.seed)]
+        if ran.empty:
+            texts[label] = "—"
+        elif ff.empty:
+            texts[label] = "n/a (not recorded)"
+        else:
+            part = f"{ff.value.mean():.1f}% (n={len(ff)}"
+            texts[label] = part + (
+                f" of {len(ran)} seeds; the others not recorded)" if len(ff) < len(ran) else ")"
+            )
+    if len(set(texts.values())) == 1 and "%" not in next(iter(texts.values())):
+        return next(iter(texts.values()))  # no runs, or none recorded: said once for the column
+    return ", ".join(f"{label} {text}" for label, text in texts.items())
 
 
 def _cell(metrics: pd.DataFrame, frame: pd.DataFrame, row: str, column: str, kind: str,
@@ -177,11 +215,12 @@ def _negatives(frame: pd.DataFrame, collapse: bool = False) -> tuple[list[float]
 
 
 # ---------------------------------------------------------------------------------------------- Table 1
+@with_protocol
 def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """HumanEval main results (Table 1): pass@1 mean ± std per method, Qwen3.5-4B and FalconH1-7B."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
-    cells, notes, aliases = [], [], {}
+    cells, notes, aliases, failures = [], [], {}, []
     cols = {"Qwen3.5-4B (GatedDeltaNet)": ("main_qwen", 10), "FalconH1-7B (Mamba-2)": ("main_falcon", 3)}
     for paper_col, (exp, n) in cols.items():
         # runs of another model are labelled with it, never with the paper's
@@ -199,7 +238,7 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         )
         cells.append(_cell(m, lo, "LoRA (best config)", col, "pct", paper_ref(ref, n=n, method="lora", metric="pass@1", **p)))  # fmt: skip
         if exp == "main_qwen":
-            so = select(m, "state_offset", "state_offset")
+            so = select(m, "state_offset", best_state_offset(m) or "__none__")
             pr = paper_ref(ref, n=10, source="Table 1", experiment="state_offset", method="state_offset",
                            setting="", metric="pass@1")  # fmt: skip
             cells.append(_cell(m, so, "State-offset", col, "pct", pr))
@@ -218,6 +257,9 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         pp = (paper_ref(ref, "p", source="Sec 5.1", metric="p_value") if exp == "main_qwen"
               else PaperRef(0.05, printed="n.s.", relation=">"))  # fmt: skip
         cells.append(p_cell("Welch p, S0 vs LoRA", col, pp, welch_test(d_s0, d_lo), [d_s0, d_lo]))
+        failures.append(
+            f"{col}: " + format_failure_text(m, exp, {"baseline": "baseline", "LoRA": lora, "S0": "s0"})
+        )
     static = {
         "Params": {
             "LoRA (best config)": f"{_params(ref, source='Table 1', experiment='main_qwen', method='lora')} / "
@@ -231,13 +273,16 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     if any(c.models for c in cells):  # tiny smoke runs: the counts are the paper's models', not theirs
         static = {"Params (paper's models)" if k == "Params" else k: v for k, v in static.items()}
     caption = ("HumanEval greedy pass@1 (%) on held-out problems 80–163, mean ± std over seeds (Qwen 10 seeds, "
-               "Falcon 3). " + SELECTION_NOTE + ".")  # fmt: skip
+               "Falcon 3). " + SELECTION_NOTE + ". State-offset is the state_offset experiment's selected alpha "
+               "(Table 3). Format failures, the share of evaluated completions with no extractable code (mean over "
+               "seeds; a gain that is only format repair shows here): " + "; ".join(failures) + ".")  # fmt: skip
     return Table(
         "table1", "Table 1: HumanEval main results", caption, "Method", cells, static, notes, aliases
     )
 
 
 # ---------------------------------------------------------------------------------------------- Table 2
+@with_protocol
 def table2(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Parameter-matched LoRA (Table 2): Δ mean ± std and seeds negative for r24, r48, r64 and S0."""
     ref = load_paper_values() if ref is None else ref
@@ -267,13 +312,15 @@ def table2(res: Results, ref: pd.DataFrame | None = None) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------- Table 3
+@with_protocol
 def table3(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """State-based comparison (Table 3): S0 and state-offset in a paired rerun, main LoRA r24 as reference."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
     lora = best_lora(m, "main_qwen", rank=24) or "__none__"
     d_lo, d_s0 = deltas(m, "main_qwen", lora), deltas(m, "state_offset", "s0")
-    d_so = deltas(m, "state_offset", "state_offset")
+    so_arm = best_state_offset(m)
+    d_so = deltas(m, "state_offset", so_arm or "__none__")
     p = dict(source="Table 3", metric="delta")
     cells = [
         _cell(m, d_lo, "LoRA (best)", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="lora", **p)),
@@ -300,10 +347,21 @@ def table3(res: Results, ref: pd.DataFrame | None = None) -> Table:
     else:
         cells.append(Cell("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp"))
     static = {"Overhead": {"LoRA (best)": "Merge", "S0": "None", "State-offset": "Per-step"}}
-    caption = ("Qwen3.5-4B HumanEval. S0 and state-offset come from the dedicated paired rerun (experiment "
-               "state_offset, compared with a paired t-test); LoRA is main_qwen's best rank-24 arm "
-               f"({lora if lora != '__none__' else 'none ran'}).")  # fmt: skip
-    return Table("table3", "Table 3: State-based comparison", caption, "Method", cells, static)
+    if so_arm:
+        alpha = experiment_arms("state_offset")[so_arm]["alpha"]
+        chosen = f"α = {alpha:g} ({so_arm})"
+    else:
+        chosen = "none ran"
+    swept = ", ".join(
+        f"{experiment_arms('state_offset')[a]['alpha']:g}" for a in selection_arms("state_offset")
+    )
+    caption = ("Qwen3.5-4B HumanEval. S0 (α = 0.07) and state-offset come from the dedicated paired rerun "
+               "(experiment state_offset, compared with a paired t-test); LoRA is main_qwen's best rank-24 arm "
+               f"({lora if lora != '__none__' else 'none ran'}). State-offset is {chosen}: the paper gives no "
+               f"state-offset α, so it is swept (α = {swept}) and the one with the highest mean pass@1 over seeds "
+               "on the evaluated problems is shown, the footing on which S0's α was chosen (App E).")  # fmt: skip
+    notes = [selection_note(m, "state_offset", "state-offset", "State-offset (selected α)")]
+    return Table("table3", "Table 3: State-based comparison", caption, "Method", cells, static, notes)
 
 
 # ---------------------------------------------------------------------------------------------- Table 5
@@ -324,6 +382,7 @@ def _degraded_frame(res: Results, exp: str, arm: str, baseline_arm: str = "basel
     return pd.DataFrame(rows, columns=["seed", "value", "run_id", "model"])
 
 
+@with_protocol
 def table5(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Layer sensitivity (Table 5): S0 on early, middle, late or all GDN layers, single seed."""
     ref = load_paper_values() if ref is None else ref
@@ -378,7 +437,8 @@ def build_tables(
 ) -> list[Table]:
     """Every table (or those named in `only`), in paper order.
 
-    Raises MixedRunsError, naming the table and cell, where runs of different models would pool."""
+    Raises MixedRunsError, naming the table and cell, where runs of different models would pool, and its
+    subclass MixedProtocolsError where runs of different protocols would (issue 12)."""
     ref = load_paper_values()
     out = []
     for key, fn in all_tables().items():
@@ -387,5 +447,5 @@ def build_tables(
         try:
             out.append(fn(res, ref, analyses) if key == "table_sec6" else fn(res, ref))
         except MixedRunsError as err:
-            raise MixedRunsError(f"{key}, {err}") from None
+            raise type(err)(f"{key}, {err}") from None
     return out

@@ -11,7 +11,7 @@ from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import authors_summary, load_authors_released, load_paper_values, paper_rows, paper_value
-from s0.table_core import Cell, PaperRef, Table, fmt_value, paper_ref
+from s0.table_core import Cell, PaperRef, Table, fmt_value, paper_ref, with_protocol
 from s0.table_data import deltas, mechanism_pairs, models_of, n_eval_of, run_ids_of, scope_label, select
 from s0.tables import _cell, _derived, experiment_arms, gap_se, p_cell
 
@@ -31,6 +31,7 @@ def _one_sample(d: pd.DataFrame) -> stats.TestResult | None:
 
 
 # ------------------------------------------------------------------------------------------------ App D
+@with_protocol
 def table_app_d(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Training-data efficiency (App D): S0 Δ with 10, 25 and 50 verified solutions, 3 seeds each."""
     ref = load_paper_values() if ref is None else ref
@@ -44,6 +45,7 @@ def table_app_d(res: Results, ref: pd.DataFrame | None = None) -> Table:
 
 
 # ------------------------------------------------------------------------------------------------ App E
+@with_protocol
 def table_app_e_qwen(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Qwen3.5-4B alpha sweep (App E): sampled Δ at T=0.7, single seed; the paper gives a +30..+34 range."""
     ref = load_paper_values() if ref is None else ref
@@ -66,6 +68,7 @@ def table_app_e_qwen(res: Results, ref: pd.DataFrame | None = None) -> Table:
     return Table("table_app_e_qwen", "App E: Alpha sweep, Qwen3.5-4B", caption, "Alpha", cells)
 
 
+@with_protocol
 def table_app_e_falcon(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """FalconH1-7B alpha sweep (App E, Fig 3b, Sec 5.7): pass@1 and Δ per alpha, single seed."""
     ref = load_paper_values() if ref is None else ref
@@ -114,6 +117,7 @@ def scaling_frames(m: pd.DataFrame) -> dict[str, tuple[str, pd.DataFrame, pd.Dat
     return out
 
 
+@with_protocol
 def table_app_h(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Scaling across Qwen3.5 sizes (App H table, Fig 3a): base, tuned, Δ and one-sample t p per model."""
     ref = load_paper_values() if ref is None else ref
@@ -142,6 +146,7 @@ def table_app_h(res: Results, ref: pd.DataFrame | None = None) -> Table:
 
 
 # -------------------------------------------------------------------------------------------- Sec 5.6
+@with_protocol
 def table_transfer(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Cross-domain transfer (Sec 5.6): MATH-500, GSM8K, Spider, plus the HumanEval-trained reading."""
     ref = load_paper_values() if ref is None else ref
@@ -193,6 +198,7 @@ def _authors_released_columns() -> tuple[dict[str, dict[str, str]], list[str]]:
 
 
 # -------------------------------------------------------------------------------------------- Sec 5.8
+@with_protocol
 def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Transformer negative control (Sec 5.8): prefix tuning on Qwen2.5-3B-Instruct, 3 lr x 3 seeds."""
     ref = load_paper_values() if ref is None else ref
@@ -227,6 +233,7 @@ def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
 
 
 # ---------------------------------------------------------------------------------------------- Sec 6
+@with_protocol
 def table_sec6(res: Results, ref: pd.DataFrame | None = None, analyses: pd.DataFrame | None = None) -> Table:
     """Mechanism numbers (Sec 6.2-6.4, Fig 4, App H): KL ratio, divergence of flips, probe AUCs."""
     ref = load_paper_values() if ref is None else ref

@@ -10,7 +10,7 @@ import pandas as pd
 
 from s0.records import Results
 from s0.reference import load_paper_values
-from s0.table_core import Table, paper_ref
+from s0.table_core import Table, paper_ref, with_protocol
 from s0.table_data import deltas, select
 from s0.tables import MAIN_SEEDS, _cell, _degraded_frame, _negatives, best_lora
 
@@ -24,6 +24,7 @@ def _one_seed(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return frame[frame.seed == seed] if len(frame) else frame
 
 
+@with_protocol
 def table6(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Per-seed LoRA results (Table 6): Δ and degraded problems for the best rank-24 arm, 10 seeds."""
     ref = load_paper_values() if ref is None else ref
@@ -44,6 +45,7 @@ def table6(res: Results, ref: pd.DataFrame | None = None) -> Table:
     return Table("table6", "Table 6: Per-seed LoRA results", caption, "Seed", cells, notes=notes)
 
 
+@with_protocol
 def table7(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """FalconH1-7B per-seed results at alpha 0.65 (Table 7): baseline, tuned, Δ, degraded."""
     ref = load_paper_values() if ref is None else ref
@@ -70,6 +72,7 @@ def table7(res: Results, ref: pd.DataFrame | None = None) -> Table:
     return Table("table7", "Table 7: FalconH1-7B per-seed results", caption, "Seed", cells)
 
 
+@with_protocol
 def table8(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Per-seed higher-rank LoRA (Table 8): Δ at rank 48 and 64, with collapsed seeds noted."""
     ref = load_paper_values() if ref is None else ref
@@ -103,6 +106,7 @@ PASSK_ROWS = {"Baseline": ("baseline", dict(method="baseline")),
 KS = ("pass@1", "pass@5", "pass@10")
 
 
+@with_protocol
 def table9(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Sampled pass@k (Table 9): means over 3 seeds for baseline, LoRA r24 and S0."""
     ref = load_paper_values() if ref is None else ref
@@ -115,6 +119,7 @@ def table9(res: Results, ref: pd.DataFrame | None = None) -> Table:
     return Table("table9", "Table 9: HumanEval pass@k", caption, "Method", cells)
 
 
+@with_protocol
 def table10(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Per-seed pass@k (Table 10)."""
     ref = load_paper_values() if ref is None else ref

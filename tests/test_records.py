@@ -115,3 +115,20 @@ def test_results_files_get_the_mode_of_any_new_file(tmp_path, umask, mode):
         os.umask(old)
     files = list((tmp_path / "eee").iterdir())  # run.json, metrics.json, samples.jsonl, member-*.json, done
     assert len(files) == 5 and {p.stat().st_mode & 0o777 for p in files} == {mode}
+
+
+def test_the_protocol_a_run_was_made_under_is_a_column(tmp_path):
+    """run.json's protocol (issue 12: "reference" or "harness", or its config group with a name) reaches every
+    metrics row; records from before runs recorded it read None, which the tables call "unrecorded"."""
+    for run_id, protocol in (
+        ("ref", "reference"),
+        ("har", {"name": "harness", "prompt": "..."}),
+        ("old", None),
+    ):
+        make_run(tmp_path, run_id)
+        if protocol is not None:
+            run = json.loads((tmp_path / run_id / "run.json").read_text())
+            records.write_json(tmp_path / run_id / "run.json", {**run, "protocol": protocol})
+    m = records.load_results(tmp_path).metrics
+    by_run = m.groupby("run_id").protocol.agg(lambda s: set(s.fillna("None")))
+    assert by_run.to_dict() == {"ref": {"reference"}, "har": {"harness"}, "old": {"None"}}

@@ -211,8 +211,9 @@ def test_golden(key: str, fixtures: Results, ref: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------------ runs of different models (issue 10)
 def write_run(root: Path, run_id: str, experiment: str, arm: str, model: str, value: float, seed: int = 42,
-              weights: str = "hub") -> None:  # fmt: skip
-    """A finished run in the layout s0.pipeline writes; tiny models are what `debug=smoke` runs."""
+              weights: str = "hub", metrics: dict | None = None, protocol: str | None = None) -> None:  # fmt: skip
+    """A finished run in the layout s0.pipeline writes; tiny models are what `debug=smoke` runs. `metrics`
+    replaces metrics.json (pass@1 = value otherwise); `protocol` goes into run.json as the pipeline writes it."""
     from s0 import records
 
     d = root / run_id
@@ -220,8 +221,9 @@ def write_run(root: Path, run_id: str, experiment: str, arm: str, model: str, va
         "experiment": experiment, "arm": arm, "seed": seed,
         "model": {"name": model, "family": "qwen3_5", "weights": weights, "hub_id": None, "tiny": "tiny_qwen3_5"},
         "method": {"name": "baseline" if arm == "baseline" else "s0", "alpha": 0.07, "lr": 1e-3, "steps": 2},
-        "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"}})  # fmt: skip
-    records.write_json(d / "metrics.json", {"pass@1": value, "n_eval": 84.0})
+        "task": {"name": "humaneval"}, "eval_task": {"name": "humaneval"}, "eval": {"mode": "greedy"},
+        **({"protocol": protocol} if protocol else {})})  # fmt: skip
+    records.write_json(d / "metrics.json", metrics or {"pass@1": value, "n_eval": 84.0})
     records.write_jsonl(d / "samples.jsonl", [])
     records.add_membership(d, experiment, arm)
     records.mark_done(d, {})
@@ -275,7 +277,7 @@ def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
 EQUAL_DELTAS = {  # experiment -> (model, arms): every non-baseline arm gains exactly +10 pp on every seed
     "main_qwen": ("qwen3_5_4b", ["s0", "lora_r24_lr5e-4"]),
     "main_falcon": ("falcon_h1_7b", ["s0", "lora_r24_lr1e-4"]),
-    "state_offset": ("qwen3_5_4b", ["s0", "state_offset"]),
+    "state_offset": ("qwen3_5_4b", ["s0", "state_offset_a0.07"]),
     "transfer_math500": ("qwen3_5_4b", ["s0"]),
     "transfer_gsm8k": ("qwen3_5_4b", ["s0"]),
     "scaling": ("qwen3_5_2b", ["s0"]),
@@ -340,3 +342,131 @@ def test_transfer_table_shows_the_authors_released_runs(per_seed: Results, ref: 
     assert d["Spider α = 0.07"] == "-2.3 (seed 42)" and p["Spider α = 0.07"] == "n/a (n=1)"
     assert "HumanEval → GSM8K" not in d  # the authors released no HumanEval-trained transfer runs
     assert "JackYoung27/s0-tuning@" in t.notes[-1] and "Authors' released" in t.to_markdown()
+
+
+# ------------------------------------------------------------------------------- protocol fidelity (issue 12)
+QWEN = "Qwen3.5-4B (GatedDeltaNet)"
+
+
+def test_format_failures_from_completions_to_table1(tmp_path: Path) -> None:
+    """Completions without the fence (prose where the body should be) or the box are format failures: the
+    run's metrics record a nonzero format_failure and Table 1's caption shows it per arm."""
+    from s0.pipeline import metrics_from
+    from s0.tasks import get_task
+
+    he = get_task("humaneval")
+    ex = he.load_split("eval")[:2]
+    prose = ["This function checks every element of the list and returns the answer.", ""]
+    fenced = [f"```python\n{e.meta['canonical_solution']}```" for e in ex]
+    base = metrics_from(he.score(ex, prose, workers=1, progress=False), [1], False)
+    tuned = metrics_from(he.score(ex, fenced, workers=1, progress=False), [1], False)
+    assert (base["format_failure"], base["pass@1"]) == (100.0, 0.0)  # a SyntaxError and an empty reply
+    assert (tuned["format_failure"], tuned["pass@1"]) == (0.0, 100.0)
+    math = get_task("math500")
+    mx = math.load_split("eval")[:2]
+    rows = math.score(mx, ["The answer is 5.", f"\\boxed{{{mx[1].gold}}}"], workers=1, progress=False)
+    assert metrics_from(rows, [1], False)["format_failure"] == 50.0  # no box: no answer to grade
+
+    for seed in (42, 7):
+        write_run(tmp_path, f"b{seed}", "main_qwen", "baseline", "qwen3_5_4b", 0, seed, metrics=base)
+        write_run(tmp_path, f"s{seed}", "main_qwen", "s0", "qwen3_5_4b", 0, seed, metrics=tuned)
+        write_run(
+            tmp_path, f"l{seed}", "main_qwen", "lora_r24_lr5e-4", "qwen3_5_4b", 40.0, seed
+        )  # old record
+    t1 = build_tables(load_records(tmp_path), only=["table1"])[0]
+    assert (
+        f"{QWEN}: baseline 100.0% (n=2), LoRA n/a (not recorded), S0 0.0% (n=2); FalconH1-7B (Mamba-2): —."
+        in t1.full_caption
+    )
+    assert "Format failures" in t1.to_markdown() and "Format failures" in t1.to_latex()
+
+
+def test_old_records_say_format_failures_were_not_recorded(fixtures: Results, ref: pd.DataFrame) -> None:
+    caption = _tables(fixtures, ref)["table1"].full_caption
+    assert f"{QWEN}: n/a (not recorded); FalconH1-7B (Mamba-2): n/a (not recorded)." in caption
+    assert "0.0%" not in caption
+
+
+def test_every_caption_names_the_protocol_of_its_runs(
+    tmp_path: Path, fixtures: Results, ref: pd.DataFrame
+) -> None:
+    """Records without the field: "protocol: unrecorded"; recorded runs: their protocol; a table with cells of
+    two protocols says both; the CSV has each cell's."""
+    for key, table in _tables(fixtures, ref).items():
+        assert "Run protocol: unrecorded" in table.full_caption, key
+    for seed in (42, 7):
+        write_run(
+            tmp_path, f"qb{seed}", "main_qwen", "baseline", "qwen3_5_4b", 50.0, seed, protocol="reference"
+        )
+        write_run(
+            tmp_path,
+            f"qs{seed}",
+            "main_qwen",
+            "s0",
+            "qwen3_5_4b",
+            70.0 + seed % 2,
+            seed,
+            protocol="reference",
+        )
+    t1, t7 = build_tables(load_records(tmp_path), only=["table1", "table7"])
+    assert "Run protocol: reference (the authors' released practice" in t1.to_markdown()
+    assert "Run protocol: — (no runs)." in t7.full_caption
+    for seed in (42, 7):
+        write_run(
+            tmp_path, f"fb{seed}", "main_falcon", "baseline", "falcon_h1_7b", 40.0, seed, protocol="harness"
+        )
+    t1 = build_tables(load_records(tmp_path), only=["table1"])[0]
+    assert "Run protocols: harness, reference; each cell reads runs of one" in t1.full_caption
+    frame = t1.frame().set_index(["row", "column"])
+    assert frame.loc[("Baseline", QWEN), "protocol"] == "reference"
+    assert frame.loc[("Baseline", "FalconH1-7B (Mamba-2)"), "protocol"] == "harness"
+
+
+def test_a_cell_that_would_mix_protocols_stops_the_build(tmp_path: Path) -> None:
+    from s0.table_data import MixedProtocolsError
+
+    write_run(tmp_path, "ref", "main_qwen", "baseline", "qwen3_5_4b", 50.0, protocol="reference")
+    write_run(tmp_path, "har", "main_qwen", "baseline", "qwen3_5_4b", 40.0, protocol="harness")
+    with pytest.raises(MixedProtocolsError) as err:
+        build_tables(load_records(tmp_path), only=["table1"])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"table1, cell 'Baseline' / '{QWEN}': runs of protocols ")
+    assert "harness (run har), reference (run ref)" in msg
+    write_run(
+        tmp_path, "old", "main_qwen", "s0", "qwen3_5_4b", 60.0
+    )  # unrecorded beside recorded: refused too
+    write_run(tmp_path, "har", "main_qwen", "baseline", "qwen3_5_4b", 40.0, protocol="reference")
+    with pytest.raises(MixedProtocolsError, match=r"reference .*unrecorded"):
+        build_tables(load_records(tmp_path), only=["table1"])
+
+
+def test_state_offset_alpha_is_selected_like_s0s(tmp_path: Path) -> None:
+    """conf/experiment/state_offset.yaml sweeps alpha 0.07, 0.3, 1.0; Tables 1 and 3 use the arm with the highest
+    mean pass@1 over seeds and Table 3's caption says which alpha and why."""
+    from s0.tables import experiment_arms
+
+    assert selection_arms("state_offset") == ["state_offset_a0.07", "state_offset_a0.3", "state_offset_a1.0"]
+    assert {a: experiment_arms("state_offset")[a]["alpha"] for a in selection_arms("state_offset")} == {
+        "state_offset_a0.07": 0.07, "state_offset_a0.3": 0.3, "state_offset_a1.0": 1.0,
+    }  # fmt: skip
+    for seed in (42, 7, 123):
+        write_run(tmp_path, f"b{seed}", "state_offset", "baseline", "qwen3_5_4b", 50.0, seed)
+        write_run(tmp_path, f"s{seed}", "state_offset", "s0", "qwen3_5_4b", 70.0 + seed % 3, seed)
+        for arm, gain in (
+            ("state_offset_a0.07", 5.0),
+            ("state_offset_a0.3", 25.0),
+            ("state_offset_a1.0", 15.0),
+        ):
+            write_run(
+                tmp_path, f"{arm}-{seed}", "state_offset", arm, "qwen3_5_4b", 50.0 + gain + seed % 2, seed
+            )
+    t1, t3 = build_tables(load_records(tmp_path), only=["table1", "table3"])
+    assert t3.cell("State-offset", "Mean Δ (pp)").mean == pytest.approx(25.0 + 2 / 3)
+    assert t3.cell("State-offset", "Mean Δ (pp)").run_ids == sorted(
+        [f"state_offset_a0.3-{s}" for s in (42, 7, 123)] + [f"b{s}" for s in (42, 7, 123)]
+    )
+    assert t1.cell("State-offset", QWEN).mean == pytest.approx(75.0 + 2 / 3)
+    assert "State-offset is α = 0.3 (state_offset_a0.3)" in t3.full_caption
+    assert "the highest mean pass@1 over seeds on the evaluated problems" in t3.full_caption
+    assert t3.notes[-1].startswith("State-offset (selected α) is state_offset_a0.3, the highest mean pass@1 of the "
+                                   "3 of 3 state-offset arms with runs (state_offset_a0.07 55.7 (3 seeds)")  # fmt: skip
