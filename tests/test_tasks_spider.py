@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -95,3 +96,39 @@ def test_scoring_verdicts(concert):
     recs = task.score([ex] * 4, comps, progress=False)
     assert [r["verdict"] for r in recs] == ["pass", "error", "no_answer", "no_answer"]
     assert "no such column" in recs[1]["detail"]
+
+
+def crash_on_marker(req: dict) -> dict:
+    """SQL worker target for the crash test: dies on a marked query, else the real worker. (It is pid 1 of
+    its pid namespace, where its own SIGKILL is ignored, so it exits as a killed process would.)"""
+    from s0.sandbox.sql import _sql_request
+
+    if any("CRASH_WORKER" in q for q in req["queries"]):
+        os._exit(137)
+    return _sql_request(req)
+
+
+def test_one_bad_item_never_loses_the_batch(concert, monkeypatch):
+    """Issue 14, item 4: oversized result, crashed worker, a function that never yields: per-item verdicts."""
+    import time
+
+    from s0.sandbox import sql
+
+    monkeypatch.setattr(sql, "_SQL_TARGET", "tests.test_tasks_spider:crash_on_marker")
+    task, exs = concert
+    task = dataclasses.replace(task, timeout=2.0)
+    ex = exs[0]  # SELECT count(*) FROM singer
+    comps = {
+        "pass": "SELECT count(*) FROM singer",
+        "output_too_large": "SELECT hex(randomblob(1000000)) FROM singer a, singer b",  # 72 MB of JSON
+        "worker_crashed": "SELECT count(*) FROM singer -- CRASH_WORKER",
+        # One instr() call, quadratic in C: the progress handler never runs; the worker is killed instead.
+        "timeout": "SELECT instr(printf('%.*c', 10000000, 'a'), printf('%.*c', 100000, 'a') || 'b')",
+        "error": "SELECT length(hex(randomblob(200000000)))",  # over SQLITE_LIMIT_LENGTH: refused at once
+        "fail": "SELECT count(*) + 1 FROM singer",
+    }
+    order = ["pass", "output_too_large", "pass", "worker_crashed", "pass", "timeout", "error", "fail", "pass"]
+    t = time.monotonic()
+    recs = task.score([ex] * len(order), [comps[v] for v in order], workers=2, progress=False)
+    assert [r["verdict"] for r in recs] == order, [(r["verdict"], r.get("detail")) for r in recs]
+    assert time.monotonic() - t < 30  # the overrun was stopped near its 2 s deadline (+2 s slack)

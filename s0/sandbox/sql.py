@@ -4,6 +4,7 @@ test-suite-sql-eval's `results_match`) and the worker-side `_sql_request`."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -12,8 +13,13 @@ from .child import _dec, _enc
 from .python import Worker, WorkerTimeout, map_worker
 
 
-class SqlResult(collections.namedtuple("SqlResult", "rows error timed_out", defaults=(None, None, False))):
-    """rows: list of tuples, or None when the query failed; error: message; timed_out: hit the deadline."""
+class SqlResult(
+    collections.namedtuple(
+        "SqlResult", "rows error timed_out too_large crashed", defaults=(None, None, False, False, False)
+    )
+):
+    """rows: list of tuples, or None when the query failed; error: message; timed_out: hit the deadline;
+    too_large: the result serialises past _SQL_RESULT_LIMIT; crashed: the worker died while answering."""
 
     __slots__ = ()
 
@@ -26,6 +32,11 @@ _SQL_DENY_FUNCS = {"load_extension", "readfile", "writefile", "edit", "fts3_toke
 # SQL workers keep (namespace) root instead of a dropped uid: database dirs are user data, often 0700, and
 # SQL cannot run code here (no extensions, reads-only authorizer), so the uid drop would add little.
 _SQL_TARGET = "s0.sandbox.sql:_sql_request"
+_SQL_RESULT_LIMIT = 16 << 20  # JSON characters per query result; more is verdict output_too_large
+# Longest string or blob a query may build: bounds a single heavy function call (hex(randomblob(2e8)) takes
+# seconds inside one VM step, where the progress handler cannot interrupt it). Spider values are short.
+_SQL_LENGTH_LIMIT = 16 << 20
+_SQL_SLACK = 2.0  # seconds past a query's deadline before its worker is killed (a function that never yields)
 
 
 def _sql_authorizer(action: int, arg1, arg2, db, source) -> int:
@@ -57,6 +68,7 @@ def _sql_request(req: dict) -> dict:
     conn.text_factory = lambda b: b.decode(errors="ignore")
     if hasattr(conn, "setlimit"):
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _SQL_LENGTH_LIMIT)
     conn.set_authorizer(_sql_authorizer)
     out = []
     for q in req["queries"]:
@@ -68,7 +80,11 @@ def _sql_request(req: dict) -> dict:
             rows = conn.execute(q).fetchmany(req["max_rows"] + 1)
             if len(rows) > req["max_rows"]:
                 raise sqlite3.DatabaseError(f"result larger than {req['max_rows']} rows")
-            out.append({"rows": _enc([tuple(r) for r in rows])})
+            enc = _enc([tuple(r) for r in rows])
+            if len(json.dumps(enc)) > _SQL_RESULT_LIMIT:
+                out.append({"error": f"result over {_SQL_RESULT_LIMIT >> 20} MiB", "too_large": True})
+                continue
+            out.append({"rows": enc})
         except Exception as e:
             out.append({"error": f"{type(e).__name__}: {e}", "timed_out": "interrupted" in str(e)})
     conn.close()
@@ -76,10 +92,13 @@ def _sql_request(req: dict) -> dict:
 
 
 def _sql_results(resp: dict, n: int) -> list[SqlResult]:
-    if "results" not in resp:
-        return [SqlResult(error=resp.get("error", "unknown"), timed_out=bool(resp.get("timeout")))] * n
+    if "results" not in resp:  # the whole request failed: timed out, too large or crashed worker
+        flags = {"timed_out": bool(resp.get("timeout")), "too_large": bool(resp.get("too_large")),
+                 "crashed": bool(resp.get("crashed"))}  # fmt: skip
+        return [SqlResult(error=resp.get("error", "unknown"), **flags)] * n
     return [SqlResult(rows=[tuple(r) for r in _dec(x["rows"])]) if "rows" in x
-            else SqlResult(error=x["error"], timed_out=x.get("timed_out", False)) for x in resp["results"]]  # fmt: skip
+            else SqlResult(error=x["error"], timed_out=x.get("timed_out", False),
+                           too_large=x.get("too_large", False)) for x in resp["results"]]  # fmt: skip
 
 
 def _sql_req(db: str, queries: list[str], timeout: float, max_rows: int) -> dict:
@@ -92,7 +111,7 @@ def run_sql(db_path: str, query: str, timeout: float = 30.0, max_rows: int = 100
         _SQL_TARGET, memory_mb=2048, expose=[os.path.dirname(os.path.realpath(db_path))], drop_uid=False
     )
     try:
-        return _sql_results(w.call(_sql_req(db_path, [query], timeout, max_rows), timeout + 30), 1)[0]
+        return _sql_results(w.call(_sql_req(db_path, [query], timeout, max_rows), timeout + _SQL_SLACK), 1)[0]
     except WorkerTimeout:
         return SqlResult(error="timeout", timed_out=True)
     finally:
@@ -139,12 +158,18 @@ def results_match(gold: list[tuple], pred: list[tuple], order_matters: bool) -> 
 
 
 def _match(gold_q: str, g: SqlResult, p: SqlResult) -> dict:
-    if not g.ok:
-        verdict, correct = "gold_error", False
+    """One item's verdict: pass | fail | error | timeout | output_too_large | worker_crashed | gold_error."""
+    correct = False
+    if g.crashed or p.crashed:
+        verdict = "worker_crashed"
+    elif not g.ok:
+        verdict = "gold_error"
     elif p.timed_out:
-        verdict, correct = "timeout", False
+        verdict = "timeout"
+    elif p.too_large:
+        verdict = "output_too_large"
     elif not p.ok:
-        verdict, correct = "error", False
+        verdict = "error"
     else:
         correct = results_match(g.rows, p.rows, order_matters="order by" in gold_q.lower())
         verdict = "pass" if correct else "fail"
@@ -158,9 +183,12 @@ def sql_match(db_path: str, gold: str, pred: str, timeout: float = 30.0) -> dict
 
 def sql_match_many(items: Sequence[tuple[str, str, str]], *, workers: int = 2, timeout: float = 30.0,
                    progress: bool = True, max_rows: int = 100_000) -> list[dict]:  # fmt: skip
-    """`sql_match` over (db_path, gold, pred) triples with persistent sandboxed SQL workers."""
+    """`sql_match` over (db_path, gold, pred) triples with persistent sandboxed SQL workers. Each query is
+    its own request, so a worker killed for overrunning (or crashing, or answering too much) costs only
+    that item its verdict."""
     dirs = sorted({os.path.dirname(os.path.dirname(os.path.realpath(db))) for db, _, _ in items})
-    reqs = [_sql_req(db, [g, p], timeout, max_rows) for db, g, p in items]
-    resps = map_worker(_SQL_TARGET, reqs, timeout=2 * timeout + 30, workers=workers, progress=progress,
+    reqs = [_sql_req(db, [q], timeout, max_rows) for db, g, p in items for q in (g, p)]
+    resps = map_worker(_SQL_TARGET, reqs, timeout=timeout + _SQL_SLACK, workers=workers, progress=progress,
                        desc="sql", expose=dirs, memory_mb=2048, drop_uid=False)  # fmt: skip
-    return [_match(g, *_sql_results(r, 2)) for (_, g, _), r in zip(items, resps)]
+    res = [_sql_results(r, 1)[0] for r in resps]
+    return [_match(g, res[2 * i], res[2 * i + 1]) for i, (_, g, _) in enumerate(items)]
