@@ -146,6 +146,43 @@ def sample_from(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(scores.shape[-1] - 1)
 
 
+def gdn_decode_inplace(query, key, value, g, beta, initial_state=None, output_final_state=False,
+                       use_qk_l2norm_in_kernel=False, **kwargs):  # fmt: skip
+    """transformers' `torch_recurrent_gated_delta_rule` for one cached decode token, updating the fp32 state in place.
+
+    The reference materialises four state-sized temporaries per step (decayed state, k*S, k outer delta, S*q) and
+    the cache then copies the new state into its buffer; here the state is decayed in place, the rank-1 update is
+    one in-place batched matmul (baddbmm_) and the readouts are batched matmuls, so a step moves the state about
+    4 times (read+write twice) plus two reads, and the cache's copy is of a tensor onto itself (a no-op). Anything
+    else (a prefill, no state yet, a non-fp32 or non-contiguous state) goes to the reference."""
+    state = initial_state
+    if state is None or query.shape[1] != 1 or state.dtype != torch.float32 or not state.is_contiguous():
+        from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
+
+        from s0.adapters.injection import pytorch_kernel
+
+        ref = pytorch_kernel(qm, "torch_recurrent_gated_delta_rule")
+        return ref(query, key, value, g=g, beta=beta, initial_state=initial_state,
+                   output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                   **kwargs)  # fmt: skip
+    b, _, n_k, k_dim = key.shape
+    n_v, v_dim = value.shape[-2:]
+    q, k = query[:, 0].float(), key[:, 0].float()  # (B, Hk, K)
+    if n_k != n_v:  # grouped value attention, as the reference: each q/k head serves n_v // n_k value heads
+        q, k = q.repeat_interleave(n_v // n_k, dim=1), k.repeat_interleave(n_v // n_k, dim=1)
+    if use_qk_l2norm_in_kernel:
+        q = q * torch.rsqrt((q * q).sum(dim=-1, keepdim=True) + 1e-6)
+        k = k * torch.rsqrt((k * k).sum(dim=-1, keepdim=True) + 1e-6)
+    q = q / (k_dim**0.5)
+    flat = state.view(b * n_v, k_dim, v_dim)
+    state.mul_(g[:, 0].float().exp()[..., None, None])
+    kv_mem = torch.bmm(k.reshape(-1, 1, k_dim), flat).view(b, n_v, v_dim)
+    delta = (value[:, 0].float() - kv_mem) * beta[:, 0].float()[..., None]
+    flat.baddbmm_(k.reshape(-1, k_dim, 1), delta.reshape(-1, 1, v_dim))
+    out = torch.bmm(q.reshape(-1, 1, k_dim), flat).view(b, 1, n_v, v_dim)
+    return out.to(query.dtype), (state if output_final_state else None)
+
+
 def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
     chunk = max(2, chunk)
     bounds = [(s, min(p, s + chunk)) for s in range(0, p, chunk)]
@@ -154,6 +191,26 @@ def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
         # fold it into the previous chunk.
         bounds[-2:] = [(bounds[-2][0], p)]
     return bounds
+
+
+class _Clock:
+    """Phase times for benchmarks: a device sync at each lap, and nothing at all when no dict is given."""
+
+    def __init__(self, device: torch.device, out: dict | None):
+        self.device, self.out = device, out
+        self.t = self._now() if out is not None else 0.0
+
+    def _now(self) -> float:
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.out is not None:
+            now = self._now()
+            self.out[name], self.t = now - self.t, now
 
 
 @torch.no_grad()
@@ -172,6 +229,8 @@ def decode(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     forced: torch.Tensor | None = None,
     keep_scores: bool = False,
+    gdn_decode: str = "native",
+    timings: dict | None = None,
 ) -> Decoded:
     """New tokens (B, <= max_new_tokens) of one left-padded batch; `temperature=None` decodes greedily.
 
@@ -179,7 +238,24 @@ def decode(
     those tokens instead of the chosen ones (teacher forcing, for the tests that compare distributions with
     `generate`'s); `keep_scores` returns each step's processed fp32 scores (eager, no graph). The host reads the
     all-finished flag once every `stop_check_every` steps; on CUDA one step is captured per call (a changed
-    adapter can never replay a stale graph)."""
+    adapter can never replay a stale graph). `gdn_decode="inplace"` routes GatedDeltaNet decode steps to
+    `gdn_decode_inplace` ("native": whatever transformers resolved, fla or PyTorch). A `timings` dict receives
+    prefill_s, capture_s, decode_s, steps and step_s (three device syncs in all, for benchmarks)."""
+    if gdn_decode not in ("native", "inplace"):
+        raise ValueError(f"gdn_decode '{gdn_decode}' is not native or inplace")
+    if gdn_decode == "native":
+        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
+                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings)  # fmt: skip
+    from s0.adapters.injection import install_known, override_kernel
+
+    install_known()  # the kernel names go through s0's dispatchers, which honour the override
+    with override_kernel("torch_recurrent_gated_delta_rule", gdn_decode_inplace):
+        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
+                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings)  # fmt: skip
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p, row_seeds,
+            cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings) -> Decoded:  # fmt: skip
     from transformers import StaticCache
 
     reason = unsupported_reason(model)
@@ -212,6 +288,7 @@ def decode(
             return nxt
         return forced.index_select(1, counter.clamp_max(forced.shape[1] - 1)).squeeze(1)
 
+    clock = _Clock(dev, timings)
     # ---- prefill, in chunks: the recurrent states and conv windows carry across chunks inside the cache
     cache = StaticCache(config=base.config, max_cache_len=max_len)
     valid_prompt = attention_mask.bool()
@@ -263,6 +340,7 @@ def decode(
         step_pos.add_(1)
         slot.add_(1)
 
+    clock.lap("prefill_s")
     graph = None
     steps = 1
     if cuda_graph and not keep_scores and dev.type == "cuda" and n > 4:
@@ -276,6 +354,8 @@ def decode(
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             step()
+    clock.lap("capture_s")  # with the two warm-up steps, which are counted in `steps`
+    first_timed = steps
     while steps < n:
         if steps % max(1, stop_check_every) == 0 and bool(done.all()):
             break  # every row has emitted EOS (one host sync per `stop_check_every` steps)
@@ -286,6 +366,9 @@ def decode(
             if keep_scores:
                 scores_out.append(last_scores.clone())
         steps += 1
+    clock.lap("decode_s")
+    if timings is not None:
+        timings.update(steps=steps, step_s=timings["decode_s"] / max(1, steps - first_timed))
     tokens = out[:, :steps]
     # `generate` stops at the step where the last row finished: cut the pad columns the periodic check left.
     hit = torch.isin(tokens, eos)

@@ -202,3 +202,46 @@ def test_preflight_checks_the_static_engine(family, method):
             adapter.model, tok, PROMPTS, GenerationSpec(max_new_tokens=8, engine="static")
         )
     assert report["engine"] == "static" and report["tokens_agree"] + report["near_ties"] > 4
+
+
+def test_inplace_gdn_decode_step_equals_transformers_kernel():
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
+
+    from s0.adapters.injection import pytorch_kernel
+    from s0.decode import gdn_decode_inplace
+
+    gen = torch.Generator().manual_seed(0)
+    b, n_k, n_v, k_dim, v_dim = 3, 2, 4, 16, 8
+    q, k = torch.randn(b, 1, n_k, k_dim, generator=gen), torch.randn(b, 1, n_k, k_dim, generator=gen)
+    v = torch.randn(b, 1, n_v, v_dim, generator=gen)
+    g, beta = -torch.rand(b, 1, n_v, generator=gen), torch.rand(b, 1, n_v, generator=gen)
+    state = torch.randn(b, n_v, k_dim, v_dim, generator=gen)
+    kw = dict(g=g, beta=beta, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    ref_out, ref_state = pytorch_kernel(qm, "torch_recurrent_gated_delta_rule")(
+        q, k, v, initial_state=state.clone(), **kw
+    )
+    buf = state.clone()
+    out, new_state = gdn_decode_inplace(q, k, v, initial_state=buf, **kw)
+    assert new_state.data_ptr() == buf.data_ptr(), "not in place"
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_state, ref_state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["s0", "state_offset"])
+def test_inplace_gdn_decode_in_the_engine_equals_native(method, monkeypatch):
+    import s0.decode
+
+    calls = []
+    kernel = s0.decode.gdn_decode_inplace
+    monkeypatch.setattr(s0.decode, "gdn_decode_inplace", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    tok = tiny_tokenizer()
+    adapter = with_adapter("qwen3_5", method)
+    ids, mask = batch(tok)
+    with adapter.active():
+        native = decode(adapter.model, ids, mask, 8, [], tok.pad_token_id, keep_scores=True)
+        inplace = decode(
+            adapter.model, ids, mask, 8, [], tok.pad_token_id, keep_scores=True, gdn_decode="inplace"
+        )
+    assert len(calls) == 7 * 6, "not every decode step of the 6 GDN layers went through the in-place kernel"
+    assert torch.equal(native.tokens, inplace.tokens)
+    torch.testing.assert_close(inplace.scores, native.scores, atol=2e-4, rtol=1e-4)
