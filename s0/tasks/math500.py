@@ -85,7 +85,8 @@ class Math500Task(Task):
                 out.append(self.record(ex, False, p, "hedged", gold=ex.gold, reason=why))
                 continue
             r = next(resps)
-            verdict = "timeout" if r.get("timeout") else "error" if "error" in r else None
+            verdict = ("timeout" if r.get("timeout") else "worker_crashed" if r.get("crashed")
+                       else "error" if "error" in r else None)  # fmt: skip
             ok = bool(r.get("correct")) and verdict is None
             out.append(self.record(ex, ok, p, verdict or ("pass" if ok else "fail"), gold=ex.gold))
         return out

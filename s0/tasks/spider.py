@@ -5,6 +5,9 @@ Usage:
     task.load_split("eval")    # the 1034 dev questions, bundled (Sec 5.6: no transfer expected)
 
 Comparison semantics are test-suite-sql-eval's (see `s0.sandbox.results_match`), fixed for all runs.
+Verdicts per item (`s0.sandbox.sql_match_many`): pass, fail, error (the prediction failed), timeout,
+output_too_large (a result over 16 MiB of JSON), worker_crashed (the sandboxed worker died while answering),
+gold_error (the gold query failed), no_answer (no SQL in the reply).
 The databases (`<db_dir>/<db_id>/<db_id>.sqlite`) ship only in the Spider release, not with s0; nor does the
 train split (`make data` fetches it).
 """
