@@ -17,9 +17,10 @@ rebuilds masks, position ids and a growing `DynamicCache` (torch.cat per attenti
     a CUDA graph and replayed (one launch per step instead of ~1.5k).
 
 Greedy tokens equal HF `generate`'s on the same left-padded batch (tests/test_benchmarks.py checks this on the
-tiny model). The class ignores EOS (the fixed-length setting of the benchmarks); `s0.decode.static_greedy` is the same
-loop with EOS handling and a per-call CUDA graph, the harness's engine (`eval.engine=static`).
-Qwen3.5 only (FalconH1's Mamba cache has a different interface).
+tiny model). The class ignores EOS (the fixed-length setting of the benchmarks) and is kept as the measured baseline
+of the bare loop; the harness's engine is `s0.decode.decode` (the same loop plus EOS, sampling, chunked prefill,
+adapters, FalconH1 and Qwen2; `eval.engine=auto` on CUDA), which benchmarks time through `decode(..., timings={})`.
+This prototype is Qwen3.5 only.
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ Engines (random weights, so EOS is made unreachable and every row decodes the fu
     hf_batched    s0.generation.generate, batch_size=`--batch-size` (84: all prompts in one left-padded batch)
     static_eager  benchmarks.decode_loop.StaticGreedyDecoder: StaticCache, ready-made masks, no per-step host sync
     static_graph  the same with one decode step captured in a CUDA graph and replayed
-    static_greedy s0.decode.static_greedy: the EOS-aware candidate engine for s0.generation (graph
-                  captured per call; its step time is (T(N) - T(N/2)) / (N/2), the capture counts as prefill)
-
+    engine        s0.decode.decode, the harness's engine (eval.engine=auto on CUDA), greedy at batch B, timed by
+                  its own phase timings (prefill, graph capture, per step)
+    engine_sweep  s0.decode at each `--engine-batches` size (default 1, 16, 84; larger sizes probe the largest batch
+                  that fits), greedy and sampled (T=0.7, top-p 0.95), per `--gdn-decode` kernel (native: what
+                  transformers resolved, fla or PyTorch; inplace: s0.decode.gdn_decode_inplace), with the fraction of
+                  the bandwidth bound at that batch
 Each engine is timed twice, with 1 and with N new tokens, so prefill and per-step cost separate:
 step = (T(N) - T(1)) / (N - 1). Totals for the full task (84 prompts x 512 tokens) are EXTRAPOLATED from these
 (`est_full_s` = batches x (T(1) + 511 x step)); one-at-a-time is measured on a subset only, because at HF's per-step
@@ -44,6 +47,7 @@ from benchmarks.common import (
     build,
     cpu_threads,
     eval_prompt_lengths,
+    exit_code,
     fill_random,
     free_memory,
     guarded,
@@ -57,7 +61,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.decode_loop import IdTokenizer, StaticGreedyDecoder, left_pad
-from s0.decode import static_greedy
+from s0.decode import decode
 
 NAME = "eval_throughput"
 FULL_PROMPTS, FULL_TOKENS = 84, 512
@@ -152,6 +156,68 @@ def engine_result(
         "est_full_s": est_full,
         "est_full_note": f"{full_batches} batch(es) x (T(1) + {FULL_TOKENS - 1} x step): extrapolated",
     }
+
+
+def time_engine(model, ids, mask, n: int, vocab: int, temperature: float | None, gdn_decode: str, device,
+                top_p: float = 0.95) -> dict[str, Any]:  # fmt: skip
+    """One warm-up call, then one timed call of s0.decode with its phase timings (EOS out of vocab: full length)."""
+    run = dict(temperature=temperature, top_p=top_p, gdn_decode=gdn_decode, cuda_graph=device.type == "cuda")
+    decode(model, ids, mask, min(n, 8), [vocab], 0, **run)  # warm-up: kernels compiled, allocator primed
+    free_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t: dict[str, Any] = {}
+    out = decode(model, ids, mask, n, [vocab], 0, timings=t, **run)
+    rows = ids.shape[0]
+    return {
+        "rows": rows,
+        "new_tokens": n,
+        "t_1_token_s": t["prefill_s"],
+        "capture_s": t["capture_s"],
+        "step_s": t["step_s"],
+        "decode_tokens_per_s": rows / t["step_s"] if t["step_s"] > 0 else None,
+        "measured_tokens_per_s": rows * n / (t["prefill_s"] + t["capture_s"] + t["decode_s"]),
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "tokens": out.tokens,
+    }
+
+
+def engine_sweep(model, seqs, vocab: int, args, device, bw, mean_len: float, save) -> dict[str, Any]:
+    """s0.decode per-step time and fraction of the bandwidth bound at each `--engine-batches` size, greedy and
+    sampled (temperature 0.7, top-p 0.95), for each `--gdn-decode` kernel. Rows beyond the prompts reuse them.
+    Batches above `--batch-size` probe the largest that fits: out of memory there is a finding, not a failure."""
+    out: dict[str, Any] = {}
+    for b in _ints(args.engine_batches):
+        sub = [seqs[i % len(seqs)] for i in range(b)]
+        ids, mask = left_pad(sub, 0, device)
+        context = statistics.mean(map(len, sub)) + args.new_tokens / 2
+        bnd = bound(model, b, context, bw)
+        for mode, temp in (("greedy", None), ("sampled", 0.7)):
+            for kernel in args.gdn_decode.split(","):
+                key = f"{mode}_{kernel}_b{b}"
+
+                def one(temp=temp, kernel=kernel, ids=ids, mask=mask, bnd=bnd, b=b) -> dict[str, Any]:
+                    try:
+                        r = time_engine(model, ids, mask, args.new_tokens, vocab, temp, kernel, device)
+                    except torch.OutOfMemoryError as err:
+                        if b <= args.batch_size:
+                            raise
+                        return {"rows": b, "out_of_memory": str(err)[:200]}
+                    finally:
+                        free_memory()
+                    r.pop("tokens")
+                    if bnd.get("step_s"):
+                        r["bound_step_s"] = bnd["step_s"]
+                        r["bound_fraction"] = bnd["step_s"] / r["step_s"]
+                    return r
+
+                out[key] = guarded(out, key, one)
+                save()
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).split(",") if x.strip()]
 
 
 def bare_dynamic_step(model, seqs: list[list[int]], steps: int, device) -> dict[str, Any]:
@@ -371,33 +437,21 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
         r["rows_identical_to_hf"] = sum(a == b for a, b in zip(mine, ref)) / len(ref)
         return r
 
-    def greedy_engine() -> dict[str, Any]:
-        # The candidate engine for s0.generation (EOS-aware, graph captured per call). It captures inside every
-        # call of > 4 tokens, so the per-step time comes from T(N) - T(N/2) and the capture lands in "prefill".
+    def engine() -> dict[str, Any]:
+        # s0.decode, the harness's engine (eval.engine=auto on CUDA), greedy at batch B: its own phase timings
         ids, mask = left_pad(batch_seqs, 0, device)
-
-        def run(n: int) -> tuple[float, torch.Tensor]:
-            sync(device)
-            t0 = time.perf_counter()
-            out = static_greedy(model, ids, mask, n, [vocab], 0, cuda_graph=device.type == "cuda")
-            sync(device)
-            return time.perf_counter() - t0, out
-
-        run(8)  # warmup
-        n, half = args.new_tokens, max(2, args.new_tokens // 2)
-        t_half, _ = run(half)
-        tn, out = run(n)
-        step = (tn - t_half) / (n - half)
-        r = engine_result(tn - (n - 1) * step, tn, n, len(batch_seqs), 1, FULL_PROMPTS, len(batch_seqs))
-        r["step_s"] = step
-        r["decode_tokens_per_s"] = len(batch_seqs) / step
-        r["est_full_s"] = -(-FULL_PROMPTS // len(batch_seqs)) * (r["t_1_token_s"] + (FULL_TOKENS - 1) * step)
-        k = min(args.agree_tokens, n)
+        r = time_engine(model, ids, mask, args.new_tokens, vocab, None, "native", device)
+        k = min(args.agree_tokens, args.new_tokens)
         if "hf_ref" not in dec_holder:
             dec_holder["hf_ref"] = hf_tokens(model, tok, list(range(len(batch_seqs))), args.batch_size, k)
         ref = dec_holder["hf_ref"]
         r["agree_first_k_tokens"] = k
-        r["rows_identical_to_hf"] = sum(a == b for a, b in zip(out[:, :k].tolist(), ref)) / len(ref)
+        r["rows_identical_to_hf"] = sum(a == b for a, b in zip(r.pop("tokens")[:, :k].tolist(), ref)) / len(
+            ref
+        )
+        r["est_full_s"] = -(-FULL_PROMPTS // len(batch_seqs)) * (
+            r["t_1_token_s"] + (FULL_TOKENS - 1) * r["step_s"]
+        )
         return r
 
     engines["static_eager"] = guarded(engines, "static_eager", lambda: static(False))
@@ -405,9 +459,13 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
     if device.type == "cuda":
         engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
         save()
-    engines["static_greedy"] = guarded(engines, "static_greedy", greedy_engine)
+    engines["engine"] = guarded(engines, "engine", engine)
     dec_holder.clear()  # release the batch-84 static cache and graph pool before the next stage
     free_memory()
+    save()
+    res["engine_sweep"] = engine_sweep(
+        model, seqs, vocab, args, device, res["bandwidth_gbps"], mean_len, save
+    )
     save()
 
     # Bare decode steps at batch 1 and B: where does HF generate's per-step time go?
@@ -492,6 +550,13 @@ def markdown(payload: dict[str, Any], args) -> str:
                                "rows_identical_to_hf", "error"])]  # fmt: skip
     md += ["", "Summary: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in (payload.get("summary") or {}).items())]  # fmt: skip
+    sweep = [{"config": k, **{c: v.get(c) for c in ("rows", "step_s", "bound_fraction", "capture_s", "peak_gib")},
+              "note": v.get("out_of_memory") or v.get("error", "")[:120]}
+             for k, v in (res.get("engine_sweep") or {}).items() if v]  # fmt: skip
+    for row in sweep:
+        row["step_ms"] = row.pop("step_s") * 1e3 if row.get("step_s") else None
+    md += ["", "s0.decode sweep (per-step time from the engine's own timings; bound_fraction = bound / step):", "",
+           md_table(sweep, ["config", "rows", "step_ms", "bound_fraction", "capture_s", "peak_gib", "note"])]  # fmt: skip
     bare_rows = [{"variant": k, "median_ms": v["median"] * 1e3, "spread": v["spread"]}
                  for k, v in (res.get("bare_step") or {}).items() if v and "median" in v]  # fmt: skip
     md += ["", "Bare decode step:", "", md_table(bare_rows, ["variant", "median_ms", "spread"])]
@@ -517,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="torch.profiler over a few decode steps at batch 1 and B"
     )
     ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument(
+        "--engine-batches", default="1,16,84", help="s0.decode sweep: batch sizes (comma-separated)"
+    )
+    ap.add_argument(
+        "--gdn-decode", default="native,inplace", help="s0.decode sweep: GatedDeltaNet decode kernels"
+    )
     args = ap.parse_args(argv)
     if args.tiny:
         args.prompts = min(args.prompts, 6)
@@ -527,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bare_steps = min(args.bare_steps, 3)
         args.agree_tokens = min(args.agree_tokens, 8)
         args.profile_steps = min(args.profile_steps, 2)
+        args.engine_batches = "1,3"
     args.batch_size = min(args.batch_size, args.prompts)
     device = resolve_device(args)
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
@@ -541,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     with cpu_threads(1 if args.tiny else None):
         guarded(payload, "run", lambda: measure(args, device, res, save))
     save(quiet=False)
-    return 0
+    return exit_code()
 
 
 if __name__ == "__main__":
