@@ -14,6 +14,11 @@ METHODS = ("baseline", "s0", "state_offset", "lora", "prefix")
 STATE_METHODS = ("s0", "state_offset")
 TASKS = ("humaneval", "math500", "gsm8k", "spider")
 ALPHA_MODES = ("inference", "train_and_inference", "normalized")
+# conf/protocol/: where the paper is silent, `reference` runs what the authors' released code ran and `harness`
+# this harness's earlier choices (issue 12).
+PROTOCOLS = ("reference", "harness")
+HUMANEVAL_PROMPTS = ("reference", "harness")  # the templates in s0/tasks/humaneval.py
+TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
 FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
 # `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/plan.py,
@@ -118,6 +123,9 @@ class TaskConfig:
     n_train: int | None = _help("training problems offered to collection; null = the task's default", None)
     n_eval: int | None = _help("evaluation problems; null = the whole eval split", None)
     db_dir: str | None = _help("Spider: directory of <db_id>/<db_id>.sqlite databases", None)
+    prompt_template: str | None = _help(
+        "HumanEval user-message template (reference or harness); null = protocol.humaneval_prompt", None
+    )
 
 
 @dataclass
@@ -149,6 +157,53 @@ class EvalConfig:
         "hf: transformers' generate (the reference)",
         "auto",
     )
+
+
+@dataclass
+class TaskBudget:
+    """One task's generation budget under a protocol; null = the common `collect.*` / `eval.*` value."""
+
+    collect_samples: int | None = _help("samples per training problem at collection", None)
+    max_new_tokens: int | None = _help("new tokens per sample, at collection and at evaluation", None)
+
+
+@dataclass
+class Math500Protocol(TaskBudget):
+    """MATH-500's budget plus what transfer_math500 reads from the protocol by interpolation."""
+
+    seeds: list[int] = _help(
+        "the seeds of transfer_math500", factory=lambda: [42, 7, 123, 999, 314, 256, 777, 555]
+    )
+    seed_sweep: str = _help(
+        "the same seeds comma-separated, for the experiment's -m sweep", "42,7,123,999,314,256,777,555"
+    )
+    alpha: float = _help("transfer_math500's S0 alpha", 0.07)
+    alpha_mode: str = _help("transfer_math500's S0 alpha mode", "normalized")
+
+
+@dataclass
+class ProtocolConfig:
+    """The choices the paper leaves open (issue 12); defaults = conf/protocol/reference.yaml, where each value
+    names its source. Extraction and grading are ours under both protocols."""
+
+    name: str = _help(
+        "reference (the authors' released practice) or harness (this harness's earlier choices)", "reference"
+    )
+    humaneval_prompt: str = _help(
+        "HumanEval user message: reference or harness (s0/tasks/humaneval.py)", "reference"
+    )
+    train_target: str = _help(
+        "clean: thinking, a leading ```python and a trailing ``` fence and outer whitespace stripped from each "
+        "verified completion before training; raw: the completion as generated",
+        "clean",
+    )
+    train_eos: bool = _help("append EOS to each training target", False)
+    humaneval: TaskBudget = field(default_factory=TaskBudget)
+    math500: Math500Protocol = field(
+        default_factory=lambda: Math500Protocol(collect_samples=4, max_new_tokens=1024)
+    )
+    gsm8k: TaskBudget = field(default_factory=lambda: TaskBudget(collect_samples=4))
+    spider: TaskBudget = field(default_factory=lambda: TaskBudget(collect_samples=4))
 
 
 @dataclass
@@ -222,6 +277,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     limit: LimitConfig = field(default_factory=LimitConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -296,6 +352,27 @@ def validate_model_method(model: ModelConfig, method: MethodConfig, key: str = "
         raise ConfigError(f"model.lora_targets: empty for '{model.name}'; LoRA needs target module names")
 
 
+def validate_protocol(p: ProtocolConfig) -> None:
+    """Value checks for the protocol group."""
+    _choice("protocol.name", p.name, PROTOCOLS)
+    _choice("protocol.humaneval_prompt", p.humaneval_prompt, HUMANEVAL_PROMPTS)
+    _choice("protocol.train_target", p.train_target, TRAIN_TARGETS)
+    for task in TASKS:
+        budget = getattr(p, task)
+        _positive(f"protocol.{task}.collect_samples", budget.collect_samples)
+        _positive(f"protocol.{task}.max_new_tokens", budget.max_new_tokens)
+    _positive("protocol.math500.alpha", p.math500.alpha)
+    _choice("protocol.math500.alpha_mode", p.math500.alpha_mode, ALPHA_MODES)
+    if not p.math500.seeds:
+        raise ConfigError("protocol.math500.seeds: empty; give at least one integer seed")
+    if p.math500.seed_sweep != ",".join(map(str, p.math500.seeds)):
+        # the sweep string feeds hydra.sweeper.params of transfer_math500, the list its `seeds`
+        raise ConfigError(
+            f"protocol.math500.seed_sweep: '{p.math500.seed_sweep}' is not protocol.math500.seeds "
+            f"{p.math500.seeds} comma-separated"
+        )
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks for a whole run config; raises ConfigError naming the first bad key."""
     _choice("model.family", cfg.model.family, FAMILIES)
@@ -325,4 +402,11 @@ def validate(cfg: RunConfig) -> None:
         _positive(f"limit.{key}", getattr(cfg.limit, key))
     _positive("task.n_train", cfg.task.n_train)
     _positive("task.n_eval", cfg.task.n_eval)
+    if cfg.task.prompt_template is not None:
+        if cfg.task.name != "humaneval":
+            raise ConfigError(
+                f"task.prompt_template: only humaneval has prompt templates, not {cfg.task.name}"
+            )
+        _choice("task.prompt_template", cfg.task.prompt_template, HUMANEVAL_PROMPTS)
+    validate_protocol(cfg.protocol)
     validate_method(cfg.method)

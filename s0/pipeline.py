@@ -67,6 +67,8 @@ def task_for(task_cfg, isolation: str | None = None):
     }
     if task_cfg.name == "spider":
         options["db_dir"] = task_cfg.db_dir
+    if task_cfg.name == "humaneval":  # the protocol's user message (s0.plan.apply_protocol sets it)
+        options["prompt_template"] = task_cfg.prompt_template
     return get_task(task_cfg.name, **{k: v for k, v in options.items() if v is not None or k == "data_root"})
 
 
@@ -291,8 +293,11 @@ class Pipeline:
         if m.max_train_examples is not None and m.max_train_examples < len(pairs):
             # assumption (App D): a seeded random subset, so seeds differ in which solutions they see
             pairs = random.Random(run.seed).sample(pairs, m.max_train_examples)
-        # assumption: the completion ends with EOS, so the model also learns where a solution stops
-        examples = [encode_pair(self.tokenizer, p["prompt"], p["completion"], self.cfg.eval.max_length, add_eos=True)
+        # the protocol's targets: reference = the cleaned completion without EOS (the authors' practice),
+        # harness = the raw completion plus EOS (conf/protocol/)
+        proto = run.protocol
+        examples = [encode_pair(self.tokenizer, p["prompt"], p["completion"], self.cfg.eval.max_length,
+                                add_eos=proto.train_eos, clean=proto.train_target == "clean")
                     for p in pairs]  # fmt: skip
         fields = {
             k: v
@@ -489,6 +494,7 @@ def run_config_yaml(run: PlannedRun, resolved: dict | None) -> str:
         "eval_task": dataclasses.asdict(run.eval_task),
         "collect": dataclasses.asdict(run.collect),
         "eval": dataclasses.asdict(run.eval),
+        "protocol": dataclasses.asdict(run.protocol),
     }
     header = f"# run {run.run_id}: the config this run used (arm '{run.arm}', seed {run.seed})\n"
     return header + OmegaConf.to_yaml(OmegaConf.create(used))

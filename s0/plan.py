@@ -28,7 +28,9 @@ from s0.config import (
     LimitConfig,
     MethodConfig,
     ModelConfig,
+    ProtocolConfig,
     RunConfig,
+    TaskBudget,
     TaskConfig,
     validate_layers,
     validate_method,
@@ -54,6 +56,9 @@ class PlannedRun:
     eval_task: TaskConfig  # what is evaluated
     collect: CollectConfig
     eval: EvalConfig
+    # the protocol the run was planned under (conf/protocol/); its budgets and HumanEval prompt are already
+    # applied to collect, eval and the task configs
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
 
     def key(self) -> dict[str, Any]:
         """The fields hashed into the run id (the experiment name and arm label are not among them)."""
@@ -64,10 +69,13 @@ class PlannedRun:
             "method": dataclasses.asdict(self.method),
             "eval_task": dataclasses.asdict(self.eval_task),
             "eval": dataclasses.asdict(self.eval),
+            # every run belongs to one protocol, so its records never carry another's label
+            "protocol": self.protocol.name,
         }
         if self.method.name != "baseline":  # the baseline trains nothing, so its data does not matter
             key["task"] = dataclasses.asdict(self.task)
             key["collect"] = dataclasses.asdict(self.collect)
+            key["train_target"] = [self.protocol.train_target, self.protocol.train_eos]
         return key
 
     @property
@@ -194,6 +202,69 @@ def resolve_arms(cfg: RunConfig, methods: dict[str, MethodConfig]) -> dict[str, 
     return resolved
 
 
+def apply_protocol(run: PlannedRun, cfg: RunConfig) -> PlannedRun:
+    """The protocol's per-task budgets on collection (training task) and evaluation (eval task), and its
+    HumanEval prompt on HumanEval task configs. A budget the protocol sets replaces the common collect.* /
+    eval.* value; a common value changed from its default would then do nothing, so that is refused."""
+    p = cfg.protocol
+    train, evalb = getattr(p, run.task.name), getattr(p, run.eval_task.name)
+    collect = dataclasses.replace(
+        run.collect,
+        samples=_budget(cfg, "collect.samples", run.task.name, "collect_samples", train),
+        max_new_tokens=_budget(cfg, "collect.max_new_tokens", run.task.name, "max_new_tokens", train),
+    )
+    evalc = dataclasses.replace(
+        run.eval,
+        max_new_tokens=_budget(cfg, "eval.max_new_tokens", run.eval_task.name, "max_new_tokens", evalb),
+    )
+    return dataclasses.replace(
+        run,
+        task=_with_prompt(run.task, p),
+        eval_task=_with_prompt(run.eval_task, p),
+        collect=collect,
+        eval=evalc,
+    )
+
+
+def _budget(cfg: RunConfig, key: str, task: str, field: str, budget: TaskBudget) -> int:
+    section, name = key.split(".")
+    common = getattr(getattr(cfg, section), name)
+    value = getattr(budget, field)
+    if value is None:
+        return common
+    default = getattr(CollectConfig() if section == "collect" else EvalConfig(), name)
+    if common != default and common != value:
+        raise ConfigError(
+            f"{key}={common} does not reach {task} runs: protocol '{cfg.protocol.name}' sets "
+            f"protocol.{task}.{field}={value}; override that key instead"
+        )
+    return value
+
+
+def _with_prompt(task: TaskConfig, protocol: ProtocolConfig) -> TaskConfig:
+    if task.name != "humaneval" or task.prompt_template is not None:
+        return task
+    return dataclasses.replace(task, prompt_template=protocol.humaneval_prompt)
+
+
+def describe_protocol(p: ProtocolConfig) -> str:
+    """The protocol's name and values, one line (plan listings)."""
+    budgets = []
+    for task in ("humaneval", "math500", "gsm8k", "spider"):
+        b = getattr(p, task)
+        parts = ([f"{b.collect_samples} samples"] if b.collect_samples else []) + (
+            [f"{b.max_new_tokens} tokens"] if b.max_new_tokens else []
+        )
+        if parts:
+            budgets.append(f"{task} {' x '.join(parts)}")
+    m = p.math500
+    return (
+        f"protocol {p.name}: humaneval prompt={p.humaneval_prompt}, train targets={p.train_target}"
+        f"{' + EOS' if p.train_eos else ', no EOS'}, budgets: {', '.join(budgets) or 'common collect/eval'}; "
+        f"math500 seeds {m.seed_sweep}, alpha {m.alpha} ({m.alpha_mode})"
+    )
+
+
 def apply_limits(run: PlannedRun, limit: LimitConfig) -> PlannedRun:
     """Cap problems, steps, samples and tokens (debug=smoke); None leaves a value as it is."""
 
@@ -261,10 +332,9 @@ def expand(
             for seed in seeds:
                 for eval_name in eval_names:
                     eval_task = cfg.task if eval_name == cfg.task.name else tasks[eval_name]
-                    run = PlannedRun(
-                        cfg.experiment, arm, seed, model, method, cfg.task, eval_task, cfg.collect, cfg.eval
-                    )
-                    runs.append(apply_limits(run, cfg.limit))
+                    run = PlannedRun(cfg.experiment, arm, seed, model, method, cfg.task, eval_task, cfg.collect,
+                                     cfg.eval, cfg.protocol)  # fmt: skip
+                    runs.append(apply_limits(apply_protocol(run, cfg), cfg.limit))
     check_distinct_arms(runs)
     return runs
 
@@ -296,9 +366,10 @@ def tiny_counterpart(model: ModelConfig, models: dict[str, ModelConfig]) -> Mode
 
 
 def format_plan(runs: list[PlannedRun]) -> str:
-    """A fixed-width listing, one line per run."""
+    """The protocol of the runs, then a fixed-width listing, one line per run."""
     header = f"{'#':>4}  {'run_id':12}  {'model':20} {'task':22} {'arm':18} {'seed':>5}  hyperparameters"
-    lines = [header, "-" * len(header)]
+    protocols = list(dict.fromkeys(describe_protocol(r.protocol) for r in runs))
+    lines = [*protocols, header, "-" * len(header)]
     for i, r in enumerate(runs, 1):
         task = r.task.name if r.task.name == r.eval_task.name else f"{r.task.name}->{r.eval_task.name}"
         lines.append(

@@ -67,7 +67,8 @@ def test_multirun_sweep_composes(compose, name):
     """Each job of the file's own sweep composes and plans exactly its share of the runs."""
     hydra_cfg = compose([f"experiment={name}"], hydra=True)
     params = hydra_cfg.hydra.sweeper.params
-    params = OmegaConf.to_container(params) if params is not None else {}
+    # resolved: transfer_math500's seed sweep is ${protocol.math500.seed_sweep}
+    params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
     run_cfg, all_runs = plan(compose, [f"experiment={name}"])
     if not params:  # single-job experiments run every seed in one process
         return

