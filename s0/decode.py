@@ -27,8 +27,8 @@ writes its virtual keys and values into the cache before the prefill, shifts pos
 them, as `PrefixAdapter`'s generation inputs do for `generate`.
 
 Supported: models whose layer types are full attention, linear attention (Qwen3.5 GatedDeltaNet) or hybrid
-(FalconH1 Mamba-2 + attention), and whose forward takes a dict of masks (transformers >= 5.24: Qwen3.5, FalconH1,
-Qwen2). `unsupported_reason(model)` says why another model is not.
+(FalconH1 Mamba-2 + attention), and whose forward takes a dict of masks (Qwen3.5, FalconH1, Qwen2; tested with
+transformers 5.24, whose forward takes the cache as `cache`; before, `past_key_values`, which is passed then). `unsupported_reason(model)` says why another model is not.
 
 Where the time goes (knobs for the GPU run, `benchmarks/eval_throughput.py --engine-knobs`): the decode step calls
 the model's own modules, so each layer is a few dozen small launches (graph replay removes their host cost, not
@@ -68,8 +68,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return f"{type(base).__name__} declares no layer_types"
     if types - SUPPORTED_LAYER_TYPES:
         return f"{type(base).__name__} has layer types {sorted(types - SUPPORTED_LAYER_TYPES)} (static engine: {sorted(SUPPORTED_LAYER_TYPES)})"
-    if "cache" not in inspect.signature(base.forward).parameters:
-        return "this transformers version's forward takes no `cache` argument (static engine needs transformers >= 5.24)"
+    if not {"cache", "past_key_values"} & set(inspect.signature(base.forward).parameters):
+        return f"{type(base).__name__}.forward takes no cache argument"
     if prefix is not None and prefix[1] is None:
         return "an active peft prompt-learning method other than prefix tuning"
     return None
@@ -262,6 +262,8 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
     if reason is not None:
         raise ValueError(f"engine='static' cannot run this model: {reason}; use engine='hf'")
     base, prefix = _unwrap(model)
+    # The name the forward takes the cache under: `cache` from transformers 5.24, `past_key_values` before.
+    cache_key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     dev = input_ids.device
     b, p = input_ids.shape
     n = max_new_tokens
@@ -310,8 +312,8 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
         )  # a pad query sees itself rather than nothing (no NaN)
         lin = valid_prompt[:, s:e]
         masks = {"full_attention": allowed[:, None], "linear_attention": None if bool(lin.all()) else lin}
-        logits = base(input_ids=input_ids[:, s:e], attention_mask=masks, position_ids=pos[:, s:e], cache=cache,
-                      use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
+        logits = base(input_ids=input_ids[:, s:e], attention_mask=masks, position_ids=pos[:, s:e],
+                      **{cache_key: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
         del allowed, masks
     first, first_scores = choose(logits)
     tok = pick(first)[:, None]  # (B, 1): the next input token, a static buffer
@@ -330,7 +332,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
         nonlocal last_scores
         dmask.index_fill_(3, slot, True)
         step_logits = base(input_ids=tok, attention_mask={"full_attention": dmask, "linear_attention": None},
-                           position_ids=step_pos, cache=cache, use_cache=True).logits[:, -1]  # fmt: skip
+                           position_ids=step_pos, **{cache_key: cache}, use_cache=True).logits[:, -1]  # fmt: skip
         counter.add_(1)
         chosen, last_scores = choose(step_logits)
         nxt = pick(chosen)
