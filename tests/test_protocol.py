@@ -17,6 +17,7 @@ from s0 import pipeline, records
 from s0.config import ConfigError, MethodConfig, ModelConfig, ProtocolConfig, TaskConfig
 from s0.plan import expand, format_plan
 from s0.tasks.humaneval import PROMPTS
+from s0.train import clean_target
 
 AUTHORS = "JackYoung27/s0-tuning@9513f26e "
 # (key in the composed config, reference value, source). A value with no source here is not the authors'.
@@ -219,6 +220,23 @@ def test_plan_shows_the_protocol(compose):
 
 
 # ------------------------------------------------------------------- what the model is shown and trained on
+@pytest.mark.parametrize(
+    ("completion", "target"),
+    [
+        (
+            "```python\n    return a + b\n```",
+            "return a + b",
+        ),  # the outer strip takes the first indent, as theirs
+        ("```python\nx = a\n    return x\n```\n", "x = a\n    return x"),
+        ("<think>\nhm\n</think>\n\n    return a + b\n", "return a + b"),
+        ("```py\nreturn 1\n```", "```py\nreturn 1"),  # theirs strips only a ```python opening fence
+        ("The answer is \\boxed{4}.", "The answer is \\boxed{4}."),
+    ],
+)
+def test_clean_target_is_the_authors_cleaning(completion, target):
+    assert clean_target(completion) == target
+
+
 def smoke(compose, tmp_path, protocol: str, *overrides: str):
     return planned(compose, "experiment=main_qwen", "debug=smoke", "seed=42", f"protocol={protocol}",
                    f"paths.results={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}", *overrides)  # fmt: skip

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from s0.tasks import TASKS, get_task
-from s0.tasks.humaneval import break_last_return, build_program, normalize_body
+from s0.tasks.humaneval import PROMPTS, break_last_return, build_program, normalize_body
 
 TASK = get_task("humaneval")
 PROMPT = 'def add(a: int, b: int) -> int:\n    """Add two numbers."""\n'
@@ -54,6 +54,23 @@ def test_prompt_asks_for_the_body_and_shows_the_signature():
     assert TASK.build_prompt(ex, tok).startswith("<chat>") and tok.calls == [{"enable_thinking": False}]
     assert TASK.build_prompt(ex, ChatTok(reject_kwarg=True)).startswith("<chat>")  # no enable_thinking
     assert TASK.build_prompt(ex, PlainTok()) == ex.meta["prompt"]
+
+
+def test_prompt_templates_by_protocol():
+    """reference (the default) is the authors' user message (JackYoung27/s0-tuning experiments/humaneval.py
+    format_prompt), harness our earlier one; an unknown template is refused."""
+    ex = TASK.load_split("eval")[0]
+    authors = (
+        "Complete the following Python function. Only output the function body, no explanation. No markdown.\n\n"
+        + ex.meta["prompt"]
+    )
+    assert TASK.prompt_template == "reference" and ex.prompt_messages[0]["content"] == authors
+    harness = (
+        get_task("humaneval", prompt_template="harness").load_split("eval")[0].prompt_messages[0]["content"]
+    )
+    assert harness == PROMPTS["harness"].format(prompt=ex.meta["prompt"]) and "```python" in harness
+    with pytest.raises(ValueError, match="prompt_template"):
+        get_task("humaneval", prompt_template="chatty")
 
 
 @pytest.mark.parametrize(
@@ -111,6 +128,7 @@ def test_score_records_and_no_answer():
     recs = TASK.score(exs, comps, progress=False)
     assert [r["verdict"] for r in recs] == ["pass", "no_answer", "fail"]
     assert all(r["task_version"] == TASK.VERSION and r["id"] == e.id for r, e in zip(recs, exs))
+    assert {r["prompt_template"] for r in recs} == {"reference"}  # which user message made the completions
     with pytest.raises(ValueError):
         TASK.score(exs, comps[:2], progress=False)
 
