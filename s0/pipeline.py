@@ -59,6 +59,11 @@ def task_for(task_cfg, isolation: str | None = None):
 
     if isolation is not None:
         sandbox.set_isolation(isolation)
+        if task_cfg.name in ("humaneval", "math500", "spider"):  # graded in the sandbox: refuse before any work
+            try:
+                sandbox.checked_isolation()
+            except sandbox.SandboxError as err:
+                raise PipelineError(str(err)) from None
 
     options: dict[str, Any] = {
         "data_root": task_cfg.data_root,

@@ -35,3 +35,15 @@ def test_weak_run_is_marked(monkeypatch, restore_policy):
     state = provenance(".")["sandbox"]
     assert state["isolation"] == "weak" and state["weak"] is True
     assert "pid namespace" in state["missing"]
+
+
+def test_pipeline_refuses_before_any_work_without_isolation(monkeypatch, restore_policy):
+    from s0.config import TaskConfig
+    from s0.pipeline import PipelineError, task_for
+
+    iso_mod = importlib.import_module("s0.sandbox.isolation")
+    monkeypatch.setattr(iso_mod, "isolation", lambda: {"mount": False, "uid_drop": True, "pidns": False,
+                                                       "netns": False, "jail": False, "ro_root": False})  # fmt: skip
+    with pytest.raises(PipelineError, match=r"sandbox\.isolation=weak"):
+        task_for(TaskConfig(name="humaneval"), "required")
+    assert task_for(TaskConfig(name="humaneval"), "weak").name == "humaneval"  # weak: explicitly allowed
