@@ -26,7 +26,7 @@ def test_provenance_records_required_isolation(restore_policy):
 
 def test_weak_run_is_marked(monkeypatch, restore_policy):
     iso_mod = importlib.import_module("s0.sandbox.isolation")
-    monkeypatch.setattr(iso_mod, "isolation", lambda: {"mount": False, "uid_drop": False, "pidns": False,
+    monkeypatch.setattr(iso_mod, "isolation", lambda: {"mount": False, "uid_drop": True, "pidns": False,
                                                        "netns": False, "jail": False, "ro_root": False})  # fmt: skip
     from s0.config import TaskConfig
     from s0.pipeline import task_for
