@@ -428,8 +428,8 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
     eval_task.load_split("eval")  # fail on missing data before anything is written or loaded
     if train_task is not None:
         train_task.load_split("train")
-    timing: dict[str, float] = {}
-    t0 = time.perf_counter()
+    timing: dict[str, float] = {}  # seconds per stage, the weights checksum included (issue 13)
+    t0 = run_start = time.perf_counter()
     pipe._ensure_model(run)
     timing["load_model"] = time.perf_counter() - t0
     with run_log(run_dir):
@@ -441,7 +441,12 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         prov = {**provenance(pipe.cfg.paths.root), "backends": pipe.backends, "model_load": pipe.load_report}
         records.write_json(run_dir / "provenance.json", prov)
         seed_everything(run.seed)
-        checksum = weights_checksum(pipe.model)
+        # Once per model load (a load makes a new model object); every run still verifies it at its end.
+        t0 = time.perf_counter()
+        checksum = getattr(pipe.model, "s0_weights_checksum", None)
+        if checksum is None:
+            checksum = pipe.model.s0_weights_checksum = weights_checksum(pipe.model)
+            timing["checksum_at_load"] = time.perf_counter() - t0
         adapter, info, checks, trainable = None, {}, {}, 0
         try:
             if train_task is not None:
@@ -463,17 +468,21 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
             if adapter is not None:
                 adapter.deactivate()
                 getattr(adapter, "remove", lambda: None)()
+        t0 = time.perf_counter()
         if weights_checksum(pipe.model) != checksum:
             raise PipelineError(f"run {run.run_id} changed the frozen weights; refusing to record it")
+        timing["checksum_verify"] = time.perf_counter() - t0
         metrics = metrics_from(rows, run.eval.ks, run.eval.mode == "sampled")
         # the solutions actually trained on (after max_train_examples), as train.json records them
-        metrics["n_train"] = float(
-            json.loads((run_dir / "train.json").read_text())["n_pairs"] if adapter else 0
-        )
+        train_log = json.loads((run_dir / "train.json").read_text()) if adapter else {}
+        metrics["n_train"] = float(train_log.get("n_pairs", 0))
         metrics["trainable_params"] = float(trainable)  # what each method really trained (Sec 4.3 counts)
+        # tokens per micro-batch and how they were chosen (configured or measured from the device's memory)
+        prov["train_token_budget"] = train_log.get("token_budget")
         records.write_json(run_dir / "provenance.json", {**prov, "preflight": checks})
         records.write_jsonl(run_dir / "samples.jsonl", rows)
         records.write_json(run_dir / "metrics.json", metrics)
+        timing["total"] = time.perf_counter() - run_start
         records.write_json(run_dir / "timing.json", timing)
         if info:
             records.write_json(run_dir / "collect.json", info)

@@ -291,3 +291,28 @@ def test_random_half_precision_weights_are_created_in_that_dtype(family):
     assert set(seen) == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def test_weights_checksum_sees_one_ulp_and_a_swap_on_the_device_path(monkeypatch):
+    """The accelerator path of s0.adapters.base.weights_checksum (two 64-bit word sums per tensor, computed where
+    the tensor lives), run here on CPU tensors: one changed ULP changes both sums, two swapped words change the
+    weighted one, and chunking (forced small) gives the same sums as one pass."""
+    from s0.adapters import base
+
+    model = build_model("qwen3_5", TINY_ARCH["qwen3_5"], dtype=torch.bfloat16)
+    w = next(model.parameters()).detach().clone()
+    ref = [int(x) for x in base._word_sums(w)]
+    bumped = w.clone()
+    bumped.view(-1).view(torch.int16)[7] += 1  # the next bf16 value: one unit in the last place
+    assert all(a != int(b) for a, b in zip(ref, base._word_sums(bumped)))
+    swapped = w.clone().view(-1)
+    i, j = 3, 1000
+    assert swapped[i] != swapped[j]
+    swapped[i], swapped[j] = w.view(-1)[j], w.view(-1)[i]
+    plain, weighted = (int(x) for x in base._word_sums(swapped))
+    assert plain == ref[0] and weighted != ref[1]
+    monkeypatch.setattr(base, "_CHUNK", 64)
+    assert [int(x) for x in base._word_sums(w)] == ref
+    assert base.weights_checksum(model) == base.weights_checksum(
+        build_model("qwen3_5", TINY_ARCH["qwen3_5"], dtype=torch.bfloat16)
+    )
