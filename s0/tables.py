@@ -347,19 +347,16 @@ def table3(res: Results, ref: pd.DataFrame | None = None) -> Table:
     else:
         cells.append(Cell("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp"))
     static = {"Overhead": {"LoRA (best)": "Merge", "S0": "None", "State-offset": "Per-step"}}
-    if so_arm:
-        alpha = experiment_arms("state_offset")[so_arm]["alpha"]
-        chosen = f"α = {alpha:g} ({so_arm})"
-    else:
-        chosen = "none ran"
     swept = ", ".join(
         f"{experiment_arms('state_offset')[a]['alpha']:g}" for a in selection_arms("state_offset")
     )
+    chosen = (f"State-offset is α = {experiment_arms('state_offset')[so_arm]['alpha']:g} ({so_arm})" if so_arm
+              else "State-offset has no runs yet")  # fmt: skip
     caption = ("Qwen3.5-4B HumanEval. S0 (α = 0.07) and state-offset come from the dedicated paired rerun "
                "(experiment state_offset, compared with a paired t-test); LoRA is main_qwen's best rank-24 arm "
-               f"({lora if lora != '__none__' else 'none ran'}). State-offset is {chosen}: the paper gives no "
-               f"state-offset α, so it is swept (α = {swept}) and the one with the highest mean pass@1 over seeds "
-               "on the evaluated problems is shown, the footing on which S0's α was chosen (App E).")  # fmt: skip
+               f"({lora if lora != '__none__' else 'none ran'}). {chosen}: the paper gives no state-offset α, so "
+               f"it is swept (α = {swept}) and the one with the highest mean pass@1 over seeds on the evaluated "
+               "problems is shown, the footing on which S0's α was chosen (App E).")  # fmt: skip
     notes = [selection_note(m, "state_offset", "state-offset", "State-offset (selected α)")]
     return Table("table3", "Table 3: State-based comparison", caption, "Method", cells, static, notes)
 
