@@ -4,7 +4,7 @@
     python run.py -m experiment=main_qwen               # the experiment's seed sweep, one job per seed
     python run.py experiment=main_qwen plan=true        # list the concrete runs, load nothing
     python run.py experiment=main_qwen debug=smoke      # tiny models on CPU (main_qwen: 60 runs, minutes)
-    python run.py -m experiment=main_qwen hydra/launcher=gpu_pool   # the sweep, one job per GPU
+    python run.py -m experiment=main_qwen hydra/launcher=ray   # the sweep through Ray, one job per GPU
     python run.py --help                                # this text; --hydra-help for Hydra's own
 
 Composes conf/, checks types and values against s0/config.py, expands the experiment into runs (s0/plan.py)
@@ -120,6 +120,39 @@ def check_keys(argv: list[str]) -> None:
             node = typing.get_type_hints(node)[part]
 
 
+def check_ray(argv: list[str]) -> None:
+    """hydra/launcher=ray (conf/hydra/launcher/ray.yaml): the plugin must be installed, and a job asking for a
+    GPU on a machine without one (and no cluster to join) would wait forever in Ray's queue: one line instead."""
+    import importlib.util
+    import warnings
+
+    if "hydra/launcher=ray" not in argv:
+        return
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        fail("hydra/launcher=ray needs hydra-ray-launcher: pip install -c constraints.txt -e '.[ray]'")
+    # Our ray.yaml shares its name with the plugin's schema, which Hydra then checks it against (as wanted) with
+    # a deprecation notice on every composition.
+    warnings.filterwarnings(
+        "ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema"
+    )
+    from omegaconf import OmegaConf
+
+    given = dict(a.split("=", 1) for a in argv if a.startswith("hydra.launcher.ray."))
+    ray = OmegaConf.load(CONF / "hydra" / "launcher" / "ray.yaml").ray
+    address = given.get("hydra.launcher.ray.init.address", ray.init.address)
+    gpus = given.get("hydra.launcher.ray.remote.num_gpus", ray.remote.num_gpus)
+    if address not in (None, "null") or str(gpus) in ("0", "0.0", "None", "null"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        fail(
+            f"hydra/launcher=ray asks {gpus} GPU per job (hydra.launcher.ray.remote.num_gpus) and torch sees no "
+            "CUDA GPU here, so no job could start; add hydra.launcher.ray.remote.num_gpus=0 to run them on the "
+            "CPU, or join a Ray cluster with hydra.launcher.ray.init.address=<head>"
+        )
+
+
 def register_schema() -> None:
     """Every key of RunConfig exists before composition, so `plan=true` needs no `+`. Types are checked later,
     by s0/config.py, so that a wrong value gets one line rather than Hydra's report."""
@@ -138,6 +171,7 @@ def main() -> None:
         return
     check_group_choices(sys.argv[1:])
     check_keys(sys.argv[1:])
+    check_ray(sys.argv[1:])
     register_schema()
     import hydra
     from omegaconf import DictConfig
@@ -222,7 +256,7 @@ def execute(cfg) -> None:
     runs = expand(run_cfg, methods, models, tasks)
     print(summary(run_cfg, runs, overrides))
     if run_cfg.plan:
-        print(format_plan(runs))
+        print(format_plan(runs, run_cfg.gpu))
         return
     warn_cpu(run_cfg, runs)
     from s0.pipeline import run_all

@@ -272,6 +272,11 @@ class RunConfig:
     plan: bool = _help("list the concrete runs and exit without loading a model", False)
     smoke: bool = _help("swap every model for its tiny counterpart (debug=smoke)", False)
     device: str = _help("auto, cpu, cuda or cuda:N", "auto")
+    gpu: str | None = _help(
+        "GPU class plan=true estimates GPU time for: a10g, a100, h100 or h200 (s0/cost.py); null = the GPU "
+        "present, else h200",
+        None,
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

@@ -365,8 +365,9 @@ def tiny_counterpart(model: ModelConfig, models: dict[str, ModelConfig]) -> Mode
     return dataclasses.replace(tiny, arch=tiny.arch or dict(TINY_ARCH[tiny.family]))
 
 
-def format_plan(runs: list[PlannedRun]) -> str:
-    """The protocol of the runs, then a fixed-width listing, one line per run."""
+def format_plan(runs: list[PlannedRun], gpu: str | None = None) -> str:
+    """The protocol of the runs, then a fixed-width listing, one line per run, then each run's estimated GPU
+    time on GPU class `gpu` (s0/cost.py)."""
     header = f"{'#':>4}  {'run_id':12}  {'model':20} {'task':22} {'arm':18} {'seed':>5}  hyperparameters"
     protocols = list(dict.fromkeys(describe_protocol(r.protocol) for r in runs))
     lines = [*protocols, header, "-" * len(header)]
@@ -375,4 +376,7 @@ def format_plan(runs: list[PlannedRun]) -> str:
         lines.append(
             f"{i:>4}  {r.run_id}  {r.model.name:20} {task:22} {r.arm:18} {r.seed:>5}  {r.describe()}"
         )
+    from s0.cost import estimate, format_bill
+
+    lines.append(format_bill(estimate(runs, gpu)))
     return "\n".join(lines)

@@ -5,9 +5,12 @@
     python scripts/plan_all.py debug=smoke              # any override, applied to every experiment
     python scripts/plan_all.py --summary                # only each plan's summary
 
-Each plan is what `python run.py experiment=NAME plan=true` prints (its summary, then one line per run), but
+Each plan is what `python run.py experiment=NAME plan=true` prints (its summary, one line per run, each run's
+estimated GPU time: s0/cost.py), but
 the configs are composed with Hydra's compose API: no job is launched, so no outputs/ folder is written, and
-the package is imported once rather than once per experiment. A config mistake ends in one line (exit 2).
+the package is imported once rather than once per experiment. A config mistake ends in one line (exit 2). The
+last line is the GPU time of `make reproduce-all`: every distinct run of the plans (experiments share runs), on
+the GPU class of `gpu=` (default: the one present, else h200).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def experiments() -> list[str]:
 
 
 def plans(names: list[str], overrides: list[str], summary_only: bool = False):
-    """Yield (name, text, number of runs) per experiment: the summary and, unless summary_only, the listing."""
+    """Yield (name, text, runs, gpu) per experiment: the summary and, unless summary_only, the listing."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -53,7 +56,8 @@ def plans(names: list[str], overrides: list[str], summary_only: bool = False):
                 )
             runs = expand(run_cfg, methods, models, tasks_by_paths[key])
             text = run.summary(run_cfg, runs, args)
-            yield name, text if summary_only else text + "\n" + format_plan(runs), len(runs)
+            plan = text if summary_only else text + "\n" + format_plan(runs, run_cfg.gpu)
+            yield name, plan, runs, run_cfg.gpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,15 +82,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # The errors a plan can raise; not the pipeline's (importing it loads transformers and peft).
     from s0.config import ConfigError
+    from s0.cost import estimate, total_line
     from s0.models import ModelError
     from s0.tasks import TaskDataError
 
-    start, total = time.time(), 0
+    start, total, distinct, chosen = time.time(), 0, {}, None
     try:
-        for i, (name, text, n) in enumerate(plans(names, overrides, args.summary)):
+        for i, (name, text, runs, gpu) in enumerate(plans(names, overrides, args.summary)):
             print(("\n" if i else "") + f"== {name} " + "=" * max(0, 100 - len(name)))
             print(text, flush=True)
-            total += n
+            total += len(runs)
+            distinct.update((r.run_id, r) for r in runs)
+            chosen = gpu  # the same gpu= for every plan
+        bill = estimate(list(distinct.values()), chosen)
     except (ConfigError, ModelError, TaskDataError) as err:
         run.fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     print(f"\n{len(names)} plans, {total} runs ({time.time() - start:.1f} s)")
+    print(f"GPU time on {bill.note}")
+    print(total_line(bill, "make reproduce-all" if set(names) == set(experiments()) else "these plans"))
     return 0
 
 

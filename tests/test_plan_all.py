@@ -59,6 +59,12 @@ def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
     assert headers == makefile_order()
     assert out.stdout.count("\nexperiment  ") + out.stdout.startswith("experiment  ") == 16
     assert re.search(r"^16 plans, \d+ runs \(", out.stdout, re.M)
+    # It ends with the GPU time of `make reproduce-all` (s0/cost.py): every distinct run once.
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"make reproduce-all: \d+ runs, [\d,.]+ h of GPU time on one [A-Z0-9]+.*", last), last
+    assert int(last.split()[2]) < int(re.search(r"^16 plans, (\d+) runs", out.stdout, re.M).group(1))
+    # and every plan with its own total
+    assert len(re.findall(r"^experiment: \d+ runs, .* of GPU time on one [A-Z0-9]+", out.stdout, re.M)) == 16
     # A run listing per plan, e.g. main_qwen's 10 seeds x 6 arms.
     main_qwen = out.stdout.split("== main_qwen ", 1)[1].split("\n== ", 1)[0]
     assert (
@@ -79,6 +85,7 @@ def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
         (["main_qwen", "sed=1"], "unknown config key 'sed'"),
         (["main_qwen", "experiment=scaling"], "give experiments by name"),
         (["main_qwen", "seed=abc"], "error: "),
+        (["main_qwen", "gpu=v100"], "gpu: 'v100' is not one of a10g, a100, h100, h200"),
     ],
 )
 def test_plan_all_mistakes_get_one_line(capsys, args, message):
