@@ -5,19 +5,19 @@
 Skipped cleanly without CUDA; CI (CPU) deselects them (`-m 'not gpu'` in pyproject). Sizes can be raised with
 S0_GPU_PROMPTS / S0_GPU_TOKENS.
 
-* batched greedy decoding through s0.generation.generate equals one-at-a-time decoding with S0 active: >= 95% of
-  prompts token-identical. Random weights have far smaller top-1 margins than a trained model, so a prompt whose
-  first divergence sits on a near-tie (top-2 logit gap of the one-at-a-time reference below `TIE_GAP`, i.e. within
-  bf16 noise) counts as agreeing; both numbers are printed. A broken pad fix moves logits by 1e-2..5e-2 relative
-  (PITFALLS) and flips tokens with clear margins, which this still catches.
-* S0 forward through fla vs PyTorch agree within bf16 tolerance, padded and not; the automatically chosen route
-  trains (gradients to S0, nonzero, equal to the PyTorch route's); fla's own backward either refuses (Hopper with
-  triton < 3.7.1) or agrees with PyTorch.
+* batched greedy decoding through s0.generation.generate equals one-at-a-time decoding with S0 active, in fp32
+  (the bf16 weights upcast): token-identical at every position where the reference's top-2 logit gap exceeds
+  `NOISE_FLOOR`; the test prints how many positions it checked and needs 80% of them. A broken pad fix moves
+  logits by 1e-2..5e-2 relative (PITFALLS) and flips tokens with clear margins, which this catches.
+* S0 forward (and backward) through fla, the automatic route and PyTorch bf16 against an fp32 reference of the
+  same weights: every route within 2x PyTorch bf16's own error, padded and not; gradients reach S0; fla's own
+  backward either refuses (Hopper with triton < 3.7.1) or meets the same bound.
 * decode overhead sanity: S0 active and merged LoRA decode within 10% of base; unmerged LoRA is not faster.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 
@@ -28,7 +28,9 @@ pytestmark = pytest.mark.gpu
 
 PROMPTS = int(os.environ.get("S0_GPU_PROMPTS", "20"))
 TOKENS = int(os.environ.get("S0_GPU_TOKENS", "16"))
-TIE_GAP = 0.05  # logit units; bf16 logits of magnitude ~4 have an ulp of 0.03
+# fp32 logits of batched and one-at-a-time decoding differ by reduction order only (~1e-5 for the 4B model); a
+# reference top-2 gap above this cannot be flipped by that, so a different token there is a real mismatch.
+NOISE_FLOOR = 1e-3
 
 
 def _need_cuda() -> None:
@@ -71,7 +73,11 @@ def _prompts(vocab: int, n: int) -> list[list[int]]:
     return random_ids(eval_prompt_lengths(n), vocab, seed=1)
 
 
-def test_batched_greedy_equals_one_at_a_time_with_s0(qwen4b):
+def test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32(qwen4b):
+    """Batched greedy decoding (S0 active) gives the one-at-a-time tokens at every position where the reference's
+    top-2 logit gap exceeds `NOISE_FLOOR`, compared in fp32 (the same weights upcast), so bf16 rounding cannot
+    decide it. Positions are compared up to a prompt's first divergence (after it the prefixes differ); one on a
+    near-tie ends that prompt without a verdict. The test prints how many positions it checked and needs most."""
     from benchmarks.decode_loop import IdTokenizer
     from s0.generation import GenerationSpec, generate
 
@@ -79,34 +85,51 @@ def test_batched_greedy_equals_one_at_a_time_with_s0(qwen4b):
     seqs = _prompts(model.config.vocab_size, PROMPTS)
     tok = IdTokenizer(seqs, model.config.vocab_size)
     texts = tok.texts()
-    with s0.active():
-        batched = generate(
-            model, tok, texts, GenerationSpec(max_new_tokens=TOKENS, batch_size=len(texts)), progress=False
-        )
-        single = generate(
-            model, tok, texts, GenerationSpec(max_new_tokens=TOKENS, batch_size=1), progress=False
-        )
-        identical, near_tie = 0, 0
-        for i, (b, s) in enumerate(zip(batched, single)):
-            bt, st = [int(x) for x in b[0].split()], [int(x) for x in s[0].split()]
-            assert len(bt) == len(st) == TOKENS
-            if bt == st:
-                identical += 1
-                continue
-            first = next(j for j, (x, y) in enumerate(zip(bt, st)) if x != y)
-            ids = torch.tensor([seqs[i] + st[:first]], device="cuda")
-            with torch.no_grad():
-                logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
-            top = logits.topk(2).values
-            gap = float(top[0] - top[1])
-            print(f"prompt {i}: diverges at token {first}, reference top-2 gap {gap:.4f}")
-            near_tie += gap < TIE_GAP
-    n = len(texts)
-    print(f"identical {identical}/{n}, near-tie divergences {near_tie}")
-    assert (identical + near_tie) / n >= 0.95, f"only {identical} identical + {near_tie} near-tie of {n}"
+    checked, ties, ended_on_tie, mismatches = 0, 0, 0, []
+    model.to(torch.float32)
+    try:
+        with s0.active():
+            spec = dict(max_new_tokens=TOKENS)
+            batched = generate(
+                model, tok, texts, GenerationSpec(**spec, batch_size=len(texts)), progress=False
+            )
+            single = generate(model, tok, texts, GenerationSpec(**spec, batch_size=1), progress=False)
+            for i, (b, s) in enumerate(zip(batched, single)):
+                bt, st = [int(x) for x in b[0].split()], [int(x) for x in s[0].split()]
+                assert len(bt) == len(st) == TOKENS
+                # the reference's logits at every generated position, teacher-forced in one fp32 forward
+                ids = torch.tensor([seqs[i] + st], device="cuda")
+                with torch.no_grad():
+                    logits = model(input_ids=ids, logits_to_keep=TOKENS + 1).logits[0, :-1].float()
+                top = logits.topk(2, dim=-1)
+                gaps = (top.values[:, 0] - top.values[:, 1]).tolist()
+                for j in range(TOKENS):
+                    if gaps[j] <= NOISE_FLOOR:
+                        ties += 1
+                        if bt[j] != st[j]:
+                            ended_on_tie += 1
+                            break
+                        continue
+                    checked += 1
+                    assert int(top.indices[j, 0]) == st[j], (
+                        f"prompt {i} token {j}: reference is not its own argmax"
+                    )
+                    if bt[j] != st[j]:
+                        mismatches.append((i, j, round(gaps[j], 4)))
+                        break
+    finally:
+        model.to(torch.bfloat16)
+    total = PROMPTS * TOKENS
+    print(f"fp32: checked {checked} of {total} positions (reference top-2 gap > {NOISE_FLOOR}); {ties} near-ties, "
+          f"{ended_on_tie} prompt(s) diverged on one; mismatches (prompt, token, gap): {mismatches}")  # fmt: skip
+    assert not mismatches, f"batched != one-at-a-time above the noise floor at {mismatches}"
+    assert checked >= 0.8 * total, f"only {checked} of {total} positions could be checked"
 
 
-def test_s0_forward_backward_fla_vs_torch(qwen4b):
+def test_s0_fla_vs_torch_within_torchs_own_bf16_error(qwen4b):
+    """fla (and the automatically chosen route) against PyTorch, judged by the error PyTorch's own bf16 path has
+    against an fp32 reference of the same weights (issue 13: a fixed 0.03 failed fla at 0.060 while PyTorch bf16
+    was 0.060 from fp32 itself): logits and S0 gradients of each route within 2x that error (+1e-3)."""
     from benchmarks.kernel_parity import rel, run_case
     from s0.adapters import injection as inj
     from s0.backends import fla_backward_refuses
@@ -116,29 +139,36 @@ def test_s0_forward_backward_fla_vs_torch(qwen4b):
     k = 16
     targets = torch.randint(
         1, model.config.vocab_size, (len(seqs), k), generator=torch.Generator().manual_seed(2)
-    )
-    targets = targets.cuda()
+    ).cuda()
     dev = torch.device("cuda")
     for padded in (False, True):
+        case = functools.partial(run_case, model, s0, seqs, targets, k, padded)
         inj.set_route("gdn", "torch")
-        ref = run_case(model, s0, seqs, targets, k, padded, True, dev)
-        assert ref["grad"].abs().max() > 0, "S0 received no gradient: not wired in"
+        torch16 = case(True, dev)
         inj.set_route("gdn", choice["routes"]["gdn"])
-        auto = run_case(model, s0, seqs, targets, k, padded, True, dev)
-        assert rel(auto["grad"], ref["grad"]) < 3e-2 and rel(auto["logits"], ref["logits"]) < 3e-2
-        if choice["gdn"] != "fla":
-            continue
-        inj.set_route("gdn", "native")
-        fwd = run_case(model, s0, seqs, targets, k, padded, False, dev)
-        err = rel(fwd["logits"], ref["logits"])
-        print(f"padded={padded}: fla vs torch forward rel {err:.3g}")
-        assert err < 3e-2
-        if fla_backward_refuses(dev):
-            with pytest.raises(Exception, match=r"(?i)triton|hopper|tilelang"):
-                run_case(model, s0, seqs, targets, k, padded, True, dev)
-        else:
-            back = run_case(model, s0, seqs, targets, k, padded, True, dev)
-            assert rel(back["grad"], ref["grad"]) < 3e-2
+        routes = {"auto": case(True, dev)}
+        if choice["gdn"] == "fla":
+            inj.set_route("gdn", "native")
+            routes["fla_forward"] = case(False, dev)
+            if fla_backward_refuses(dev):
+                with pytest.raises(Exception, match=r"(?i)triton|hopper|tilelang"):
+                    case(True, dev)
+            else:
+                routes["fla"] = case(True, dev)
+        model.to(torch.float32)
+        inj.set_route("gdn", "torch")
+        try:
+            ref = case(True, dev)
+        finally:
+            model.to(torch.bfloat16)
+        assert ref["grad"].abs().max() > 0, "S0 received no gradient: not wired in"
+        floor = {key: rel(torch16[key], ref[key]) for key in ("logits", "grad")}
+        print(f"padded={padded}: torch bf16 vs fp32: logits {floor['logits']:.3g}, grad {floor['grad']:.3g}")
+        for name, r in routes.items():
+            for key in ("logits", "grad") if "grad" in r else ("logits",):
+                err = rel(r[key], ref[key])
+                print(f"  {name} vs fp32 {key}: {err:.3g} (vs torch bf16: {rel(r[key], torch16[key]):.3g})")
+                assert err <= 2 * floor[key] + 1e-3, f"{name} {key}: {err:.3g} > 2 x torch's bf16 error"
 
 
 def test_decode_overhead_sanity(qwen4b):
