@@ -269,7 +269,7 @@ def test_prompts_and_training_targets_follow_the_protocol(compose, tmp_path, mon
         assert text.startswith("```python") and ids[-1] == eos
 
 
-@pytest.mark.slow  # two protocols x (baseline, S0) on the tiny Qwen3.5, end to end: ~25 s
+@pytest.mark.slow  # two protocols x (baseline, S0) on the tiny Qwen3.5, end to end: 386 s on the shared CPUs
 def test_main_qwen_smoke_run_under_each_protocol(compose, tmp_path):
     for protocol in ("reference", "harness"):
         cfg, _, runs = smoke(compose, tmp_path, protocol)
