@@ -1,6 +1,6 @@
 """Multirun end to end on the tiny models (issue 5's acceptance): a submitit_local sweep, a run killed with
 SIGKILL mid-training, a rerun that skips finished runs and completes the killed one, and a results frame with
-exactly the expected rows."""
+exactly the expected rows. And the Ray launcher (issue 13): a two-seed sweep through Ray on CPU."""
 
 from __future__ import annotations
 
@@ -85,3 +85,32 @@ def test_sweep_kill_and_resume(root, tmp_path):
     )
     assert got == want
     assert len(res.metrics) == len(want) * 3  # n_eval, pass@1, n_train per run
+
+
+def test_ray_sweep_runs_each_seed_as_a_ray_job_on_cpu(root, tmp_path):
+    """hydra/launcher=ray (conf/hydra/launcher/ray.yaml) without a GPU: num_gpus=0, Ray started with 2 CPUs and
+    no dashboard; each seed is a Ray task (its output carries Ray's worker prefix) and leaves a finished run."""
+    cmd = cli(root, tmp_path, "-m", "experiment=main_qwen", "seed=42,7", "arm=baseline", "hydra/launcher=ray",
+              "hydra.launcher.ray.remote.num_gpus=0", "hydra.launcher.ray.init.num_cpus=2")  # fmt: skip
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in log and "(_run_job pid=" in log
+    assert "validated against ConfigStore schema" not in log  # run.py silences Hydra's same-name notice
+    res = records.load_results(tmp_path / "runs")
+    assert res.unfinished == [] and res.corrupt == {}
+    pass1 = res.metrics[res.metrics.metric == "pass@1"]
+    assert sorted(zip(pass1.arm, pass1.seed)) == [("baseline", 7), ("baseline", 42)]
+
+
+def test_ray_asking_a_gpu_on_a_machine_without_one_is_one_line(root, tmp_path):
+    """The default asks one GPU per job; with none here and no cluster, Ray would queue the jobs forever."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA GPU")
+    cmd = cli(root, tmp_path, "-m", "experiment=main_qwen", "seed=42,7", "hydra/launcher=ray")
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "hydra.launcher.ray.remote.num_gpus=0" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists()
