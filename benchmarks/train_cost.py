@@ -11,6 +11,8 @@ hyperparameters (App A: S0 lr 1e-3, LoRA lr 5e-4, L2 5e-4 for S0, clip 1.0), and
     per_example  one forward/backward per example (the reference loop), `--ref-steps` steps
     padded       length-sorted micro-batches of `--micro-batch`, right padded, `--steps` steps
     packed       micro-batches filled up to `--max-tokens` tokens, `--steps` steps
+(both batched modes keep to the token budget; default auto: s0.train measures the memory per token and fills what
+the cap leaves)
 
 Every mode starts from the same initial adapter tensors, so the loss trajectories must agree (bf16 rounding aside).
 The process is capped at `--cap-gib` (20 GiB: fits an A10G's 24 GB) with `torch.cuda.set_per_process_memory_fraction`,
@@ -69,6 +71,17 @@ CONFIGS: dict[str, tuple[str, str, dict[str, Any], float, float]] = {
         5e-4,
         0.0,
     ),
+    "lora_r24_falcon_h1_7b": (
+        "lora",
+        "falcon_h1_7b",
+        {
+            "r": 24,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "in_proj"],
+            "seed": 0,
+        },  # conf/model/falcon_h1_7b
+        5e-4,
+        0.0,
+    ),
 }
 HARNESS_MODES = ("padded", "packed")
 
@@ -115,6 +128,7 @@ def run_mode(
         "grad_norms": res.grad_norms,
         "state_norms": res.state_norms,
         "completion_tokens": res.n_completion_tokens,
+        "token_budget": res.token_budget,  # tokens per micro-batch and how they were chosen
     }
 
 
@@ -228,6 +242,8 @@ def compare(runs: dict[str, Any], args) -> dict[str, Any]:
             f"est_{args.target_steps}_steps_s": r["median_step_s"] * args.target_steps,
             "peak_gib": r["peak_gib"],
             "under_cap": None if r["peak_gib"] is None else r["peak_gib"] <= args.cap_gib,
+            "max_tokens": (r.get("token_budget") or {}).get("max_tokens"),
+            "micro_batches": (r.get("token_budget") or {}).get("micro_batches"),
         }
         if ref is not None:
             row["speedup_vs_per_example"] = ref["median_step_s"] / r["median_step_s"]
@@ -248,6 +264,10 @@ def compare(runs: dict[str, Any], args) -> dict[str, Any]:
     return summary
 
 
+def _tokens(value: str) -> int | None:
+    return None if value == "auto" else int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = base_parser(__doc__.splitlines()[0])
     # no argparse `choices`: an unknown config is a failed config, recorded in the JSON with a non-zero exit
@@ -259,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-steps", type=int, default=2, help="steps of the per-example loop (slow)")
     ap.add_argument("--target-steps", type=int, default=20, help="extrapolate the per-step median to this")
     ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=4096, help="packed mode: tokens per micro-batch")
+    ap.add_argument("--max-tokens", type=_tokens, default=None,
+                    help="padded tokens per micro-batch (padded and packed); default auto: measured from the "
+                    "memory left under the cap (s0.train.resolve_max_tokens)")  # fmt: skip
     ap.add_argument("--cap-gib", type=float, default=20.0, help="per-process CUDA memory cap; 0 = none")
     ap.add_argument("--checkpointing", default="auto", choices=["auto", "none", "harness", "all"])
     ap.add_argument("--max-mode-s", type=float, default=90.0,
@@ -269,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.n = min(args.n, 8)
         args.micro_batch = min(args.micro_batch, 4)
-        args.max_tokens = min(args.max_tokens, 128)
+        args.max_tokens = min(args.max_tokens or 128, 128)
     device = resolve_device(args)
     FAILURES.clear()
     payload: dict[str, Any] = {"meta": metadata(argv, device), "name": NAME, "settings": vars(args)}
@@ -294,7 +316,7 @@ def markdown(payload: dict[str, Any], args) -> str:
         f"estimates for {args.target_steps} steps; cap {args.cap_gib} GiB"
     )
     cols = ["mode", "steps", "checkpointing", "median_step_s", "spread", f"est_{args.target_steps}_steps_s",
-            "peak_gib", "under_cap", "speedup_vs_per_example", "loss_max_rel_diff", "losses_equal", "error"]  # fmt: skip
+            "peak_gib", "under_cap", "max_tokens", "micro_batches", "speedup_vs_per_example", "loss_max_rel_diff", "losses_equal", "error"]  # fmt: skip
     for key in args.configs:
         res = payload.get(key) or {}
         md += ["", f"## {key}", ""]
