@@ -25,7 +25,7 @@ from pathlib import Path
 
 CONF = Path(__file__).resolve().parent / "conf"
 # Config groups a command line may select by name; each name must be a file in conf/<group>/.
-GROUPS = ("experiment", "model", "method", "task", "logger", "debug", "paths", "hydra/launcher")
+GROUPS = ("experiment", "model", "method", "task", "protocol", "logger", "debug", "paths", "hydra/launcher")
 
 
 INTERRUPTED = (

@@ -20,7 +20,7 @@ EXPECTED_RUNS = {
     "main_qwen": 6 * 10,  # baseline, S0, 4 LoRA grid points (Sec 4.3) x 10 seeds
     "main_falcon": 3 * 3,
     "lora_rank_matched": 3 * 10,
-    "state_offset": 3 * 10,
+    "state_offset": 5 * 10,  # baseline, S0, state-offset at alpha 0.07 / 0.3 / 1.0
     "scaling": 2 * (10 + 3 + 3),  # 0.8B x 10 seeds, 2B and 9B x 3
     "alpha_sweep_qwen": 1 + 5,
     "alpha_sweep_falcon": 1 + 9,
@@ -141,13 +141,21 @@ def by_arm(compose, *overrides: str) -> dict:
 
 
 def test_method_override_reaches_every_arm_that_reads_it(compose):
-    """`method.alpha` goes to both state arms over the file's 0.07; LoRA and the baseline keep their runs."""
+    """`method.l2` goes to every state arm over the file's value; the baseline keeps its run."""
     before = by_arm(compose, "experiment=state_offset", "seed=42")
-    after = by_arm(compose, "experiment=state_offset", "seed=42", "method.alpha=0.1", "method.l2=0")
-    for arm in ("s0", "state_offset"):
-        assert (after[arm].method.alpha, after[arm].method.l2) == (0.1, 0.0)
+    after = by_arm(compose, "experiment=state_offset", "seed=42", "method.l2=0")
+    trained = [a for a in after if a != "baseline"]
+    assert trained == ["s0", "state_offset_a0.07", "state_offset_a0.3", "state_offset_a1.0"]
+    for arm in trained:
+        assert after[arm].method.l2 == 0.0
         assert after[arm].run_id != before[arm].run_id
     assert after["baseline"].run_id == before["baseline"].run_id
+
+
+def test_method_alpha_over_the_alpha_sweep_is_refused(compose):
+    """One alpha for every arm would make the sweep's three state-offset arms one run: refused, not merged."""
+    with pytest.raises(ConfigError, match="same run"):
+        by_arm(compose, "experiment=state_offset", "seed=42", "method.alpha=0.1")
 
 
 def test_method_override_of_a_training_key_skips_the_baseline(compose):
@@ -168,8 +176,10 @@ def test_method_override_with_one_arm(compose):
 
 
 def test_command_line_arm_value_beats_method_value(compose):
-    runs = by_arm(compose, "experiment=state_offset", "seed=42", "method.alpha=0.1", "arms.s0.alpha=0.2")
-    assert (runs["s0"].method.alpha, runs["state_offset"].method.alpha) == (0.2, 0.1)
+    runs = by_arm(
+        compose, "experiment=main_qwen", "seed=42", "arm=s0", "method.alpha=0.1", "arms.s0.alpha=0.2"
+    )
+    assert runs["s0"].method.alpha == 0.2
 
 
 def test_method_choice_that_matches_every_trained_arm_is_accepted(compose):
