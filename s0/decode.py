@@ -41,6 +41,7 @@ memory (fp32 chunk intermediates scale with chunk x batch); `stop_check_every` t
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -183,6 +184,53 @@ def gdn_decode_inplace(query, key, value, g, beta, initial_state=None, output_fi
     return out.to(query.dtype), (state if output_final_state else None)
 
 
+def gdn_decode_fla_inplace(query, key, value, g, beta, initial_state=None, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False, **kwargs):  # fmt: skip
+    """fla's fused recurrent kernel for one cached decode token, writing the new state over the old one.
+
+    fla's wrapper allocates a fresh final state and transformers' cache then copies it into its buffer: at batch
+    84 on the Qwen3.5-4B architecture that copy was 2 ms of a 14.6 ms step (one device-to-device memcpy per GDN
+    layer, H200 profile, issue 13). Each program of the kernel loads its (K, BV) tile of h0 before it stores the
+    same tile of ht, and tiles do not overlap, so ht = h0 is safe; the cache's copy is then of a tensor onto itself
+    (no-op). Calls fla's Triton kernel with the arguments its own `fused_recurrent_gated_delta_rule_fwd` passes
+    (fla 0.6); anything but a one-token CUDA step from an fp32 contiguous state goes to the resolved kernel."""
+    state = initial_state
+    if (
+        state is None
+        or query.shape[1] != 1
+        or not query.is_cuda
+        or state.dtype != torch.float32
+        or not state.is_contiguous()
+        or kwargs.get("cu_seqlens") is not None
+    ):
+        from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
+
+        from s0.adapters.injection import original
+
+        return original(qm, "torch_recurrent_gated_delta_rule")(
+            query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
+            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kwargs,
+        )  # fmt: skip
+    import triton
+    from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd_kernel as kernel
+
+    q, k, v, g, beta = (t.contiguous() for t in (query, key, value, g, beta))
+    b, t, h, k_dim = k.shape
+    hv, v_dim = v.shape[2], v.shape[-1]
+    bv = min(8, triton.next_power_of_2(v_dim))
+    o = torch.empty_like(v)
+    kernel[(triton.cdiv(v_dim, bv) * b * hv,)](
+        q=q, k=k, v=v, g=g, gk=None, gv=None, beta=beta, A_log=None, dt_bias=None, o=o, h0=state, ht=state,
+        cu_seqlens=None, scale=k_dim**-0.5, T=t, H=h, HV=hv, K=k_dim, V=v_dim, BK=triton.next_power_of_2(k_dim),
+        BV=bv, IS_BETA_HEADWISE=beta.ndim != v.ndim, USE_QK_L2NORM_IN_KERNEL=use_qk_l2norm_in_kernel,
+        APPLY_BETA_SIGMOID=False, ALLOW_NEG_EIGVAL=False, STATE_V_FIRST=False, num_warps=1, num_stages=3,
+    )  # fmt: skip
+    return o, (state if output_final_state else None)
+
+
+GDN_DECODE = {"inplace": gdn_decode_inplace, "fla_inplace": gdn_decode_fla_inplace}
+
+
 def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
     chunk = max(2, chunk)
     bounds = [(s, min(p, s + chunk)) for s in range(0, p, chunk)]
@@ -191,6 +239,16 @@ def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
         # fold it into the previous chunk.
         bounds[-2:] = [(bounds[-2][0], p)]
     return bounds
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(base: nn.Module) -> nn.Module:
+    """One torch.compile wrapper per model, kept outside the module tree (not a submodule, not in state_dict)."""
+    if base not in _COMPILED:
+        _COMPILED[base] = torch.compile(base, dynamic=False)
+    return _COMPILED[base]
 
 
 class _Clock:
@@ -231,6 +289,7 @@ def decode(
     keep_scores: bool = False,
     gdn_decode: str = "native",
     timings: dict | None = None,
+    compile_step: bool = False,
 ) -> Decoded:
     """New tokens (B, <= max_new_tokens) of one left-padded batch; `temperature=None` decodes greedily.
 
@@ -238,24 +297,30 @@ def decode(
     those tokens instead of the chosen ones (teacher forcing, for the tests that compare distributions with
     `generate`'s); `keep_scores` returns each step's processed fp32 scores (eager, no graph). The host reads the
     all-finished flag once every `stop_check_every` steps; on CUDA one step is captured per call (a changed
-    adapter can never replay a stale graph). `gdn_decode="inplace"` routes GatedDeltaNet decode steps to
-    `gdn_decode_inplace` ("native": whatever transformers resolved, fla or PyTorch). A `timings` dict receives
-    prefill_s, capture_s, decode_s, steps and step_s (three device syncs in all, for benchmarks)."""
-    if gdn_decode not in ("native", "inplace"):
-        raise ValueError(f"gdn_decode '{gdn_decode}' is not native or inplace")
+    adapter can never replay a stale graph). `gdn_decode` picks the GatedDeltaNet decode-step kernel: "native"
+    (whatever transformers resolved, fla or PyTorch), "inplace" (`gdn_decode_inplace`, PyTorch) or "fla_inplace"
+    (`gdn_decode_fla_inplace`, CUDA with fla). A `timings` dict receives
+    prefill_s, capture_s, decode_s, steps and step_s (three device syncs in all, for benchmarks). `compile_step`
+    runs the decode step's model forward through `torch.compile` (experimental, for the GPU measurements: fewer,
+    fused kernels per layer; compiled once per model and batch shape)."""
+    if gdn_decode not in ("native", *GDN_DECODE):
+        raise ValueError(f"gdn_decode '{gdn_decode}' is not one of native, {', '.join(GDN_DECODE)}")
     if gdn_decode == "native":
         return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
-                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings)  # fmt: skip
+                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings,
+                       compile_step)  # fmt: skip
     from s0.adapters.injection import install_known, override_kernel
 
     install_known()  # the kernel names go through s0's dispatchers, which honour the override
-    with override_kernel("torch_recurrent_gated_delta_rule", gdn_decode_inplace):
+    kernel = gdn_decode_inplace if gdn_decode == "inplace" else GDN_DECODE[gdn_decode]  # tests patch the name
+    with override_kernel("torch_recurrent_gated_delta_rule", kernel):
         return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
-                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings)  # fmt: skip
+                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings,
+                       compile_step)  # fmt: skip
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p, row_seeds,
-            cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings) -> Decoded:  # fmt: skip
+            cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings, compile_step) -> Decoded:  # fmt: skip
     from transformers import StaticCache
 
     reason = unsupported_reason(model)
@@ -328,10 +393,12 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
     slot = torch.full((1,), nv + p, dtype=torch.long, device=dev)
     del logits
 
+    forward = _compiled(base) if compile_step else base
+
     def step() -> None:  # device buffers only, no host sync: capturable
         nonlocal last_scores
         dmask.index_fill_(3, slot, True)
-        step_logits = base(input_ids=tok, attention_mask={"full_attention": dmask, "linear_attention": None},
+        step_logits = forward(input_ids=tok, attention_mask={"full_attention": dmask, "linear_attention": None},
                            position_ids=step_pos, **{cache_key: cache}, use_cache=True).logits[:, -1]  # fmt: skip
         counter.add_(1)
         chosen, last_scores = choose(step_logits)
