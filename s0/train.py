@@ -269,13 +269,16 @@ def train(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    with forked_rng(device, seed), adapter.active(), adapter.train_mode():
-        budget = resolve_max_tokens(
-            max_tokens, model, examples, device, lambda b: collate(b, pad_token_id, padding_side, device)
-        )
+    if batching == "per_example":  # one example per pass: no budget to choose (and no probe to run)
+        budget: dict[str, Any] = {"max_tokens": None, "source": "per_example"}
+    else:
+        with forked_rng(device, seed), adapter.active(), adapter.train_mode():
+            budget = resolve_max_tokens(
+                max_tokens, model, examples, device, lambda b: collate(b, pad_token_id, padding_side, device)
+            )
     batches = [
         collate([examples[i] for i in b], pad_token_id, padding_side, device)
-        for b in make_batches(examples, batching, micro_batch_size, budget["max_tokens"])
+        for b in make_batches(examples, batching, micro_batch_size, budget["max_tokens"] or 0)
     ]
     budget["micro_batches"] = len(batches)
     budget["largest_micro_batch_tokens"] = max(b["input_ids"].numel() for b in batches)
