@@ -41,6 +41,10 @@ EVAL_PROBLEMS = {"humaneval": 84, "math500": 250, "gsm8k": 1319, "spider": 1034}
 TRAIN_PROBLEMS = 200  # when task.n_train is null
 
 
+class NoMeasurement(ConfigError):
+    """benchmarks/results has no usable eval_throughput.json (an install without the repository's files)."""
+
+
 @dataclass
 class Throughput:
     """What the GPU box measured, in the units the estimate needs."""
@@ -102,7 +106,7 @@ def load_throughput(results: Path = RESULTS) -> Throughput:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"plan cost: no GPU measurement to estimate from ({path}: {err})") from err
+        raise NoMeasurement(f"no GPU measurement to estimate from ({path}: {err})") from err
     device = data["meta"]["gpu"]["name"]
     run = data.get("run", {})
     weights = [b["bytes"]["weights"] for b in run.get("bound", {}).values() if "bytes" in b]
@@ -124,7 +128,7 @@ def load_throughput(results: Path = RESULTS) -> Throughput:
         if engine == "static" and e.get("t_1_token_s") and t.prompt_tokens:
             t.prefill = e["rows"] * t.prompt_tokens / e["t_1_token_s"]
     if not t.decode:
-        raise ConfigError(f"plan cost: {path} holds no decode throughput")
+        raise NoMeasurement(f"{path} holds no decode throughput")
     train_path = results / "train_cost.json"
     if train_path.exists():
         t.source += f", {train_path.name}"
@@ -206,6 +210,14 @@ def train_seconds_per_token(t: Throughput, run: Any, speed: float) -> float:
 
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:,.2f} h" if seconds >= 36 else ("0" if seconds == 0 else f"{seconds:.0f} s")
+
+
+def plan_text(runs: list, gpu: str | None = None, results: Path = RESULTS) -> str:
+    """The bill of `runs` for a plan listing; without a measurement, one line saying so (the plan still prints)."""
+    try:
+        return format_bill(estimate(runs, gpu, results))
+    except NoMeasurement as err:
+        return f"GPU time: not estimated, {err}"
 
 
 def format_bill(bill: Bill, label: str = "experiment") -> str:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The errors a plan can raise; not the pipeline's (importing it loads transformers and peft).
     from s0.config import ConfigError
-    from s0.cost import estimate, total_line
+    from s0.cost import NoMeasurement, estimate, total_line
     from s0.models import ModelError
     from s0.tasks import TaskDataError
 
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             distinct.update((r.run_id, r) for r in runs)
             chosen = gpu  # the same gpu= for every plan
         bill = estimate(list(distinct.values()), chosen)
+    except NoMeasurement as err:
+        bill = err
     except (ConfigError, ModelError, TaskDataError) as err:
         run.fail(str(err))
     except (HydraException, OmegaConfBaseException) as err:
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     print(f"\n{len(names)} plans, {total} runs ({time.time() - start:.1f} s)")
+    if isinstance(bill, NoMeasurement):
+        print(f"GPU time: not estimated, {bill}")
+        return 0
     print(f"GPU time on {bill.note}")
     print(total_line(bill, "make reproduce-all" if set(names) == set(experiments()) else "these plans"))
     return 0

@@ -3,7 +3,6 @@ benchmarks/results, scales to GPU classes not measured (and says so), and a wron
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -114,7 +113,10 @@ def test_plan_prints_each_run_and_the_experiment_total(root):
     assert bill[-1].startswith("experiment: 6 runs, ") and "of GPU time on one A100" in bill[-1]
 
 
-def test_missing_measurement_is_one_config_error(tmp_path):
-    shutil.copy(cost.RESULTS / "eval_throughput.json", tmp_path / "x.json")
-    with pytest.raises(ConfigError, match="no GPU measurement"):
-        cost.estimate([dataclasses.replace(planned())], "h100", results=tmp_path)
+def test_without_a_measurement_the_plan_says_so_in_one_line(tmp_path):
+    shutil.copy(cost.RESULTS / "eval_throughput.json", tmp_path / "x.json")  # not the name it reads
+    with pytest.raises(cost.NoMeasurement, match="no GPU measurement"):
+        cost.estimate([planned()], "h100", results=tmp_path)
+    assert cost.plan_text([planned()], "h100", results=tmp_path).startswith("GPU time: not estimated, no GPU")
+    with pytest.raises(ConfigError, match="gpu: 'v100'"):  # a wrong name stays an error
+        cost.plan_text([planned()], "v100", results=tmp_path)
