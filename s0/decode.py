@@ -229,6 +229,29 @@ def gdn_decode_fla_inplace(query, key, value, g, beta, initial_state=None, outpu
 
 
 GDN_DECODE = {"inplace": gdn_decode_inplace, "fla_inplace": gdn_decode_fla_inplace}
+# The argument names gdn_decode_fla_inplace passes to fla's kernel (fla 0.6); "auto" uses it only when they match.
+_FLA_KERNEL_ARGS = {"q", "k", "v", "g", "gk", "gv", "beta", "A_log", "dt_bias", "o", "h0", "ht", "cu_seqlens", "scale",
+                    "T", "H", "HV", "K", "V", "BK", "BV", "IS_BETA_HEADWISE", "USE_QK_L2NORM_IN_KERNEL",
+                    "APPLY_BETA_SIGMOID", "ALLOW_NEG_EIGVAL", "STATE_V_FIRST"}  # fmt: skip
+
+
+def resolve_gdn_decode(choice: str, device: torch.device) -> str:
+    """ "auto": fla_inplace on CUDA when fla is installed, its kernel takes the arguments it is called with (checked
+    by name) and the GDN backend route is not forced to PyTorch (backend.gdn=torch); else native."""
+    if choice != "auto":
+        return choice
+    if device.type != "cuda":
+        return "native"
+    from s0.adapters.injection import get_routes
+
+    try:
+        from fla.ops.gated_delta_rule.fused_recurrent import (
+            fused_recurrent_gated_delta_rule_fwd_kernel as kernel,
+        )
+    except Exception:  # no fla (or another layout of it): the resolved kernel
+        return "native"
+    names = set(getattr(getattr(kernel, "fn", kernel), "arg_names", None) or [])
+    return "fla_inplace" if names >= _FLA_KERNEL_ARGS and get_routes()["gdn"] != "torch" else "native"
 
 
 def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
@@ -287,7 +310,7 @@ def decode(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     forced: torch.Tensor | None = None,
     keep_scores: bool = False,
-    gdn_decode: str = "native",
+    gdn_decode: str = "auto",
     timings: dict | None = None,
     compile_step: bool = False,
 ) -> Decoded:
@@ -298,11 +321,12 @@ def decode(
     `generate`'s); `keep_scores` returns each step's processed fp32 scores (eager, no graph). The host reads the
     all-finished flag once every `stop_check_every` steps; on CUDA one step is captured per call (a changed
     adapter can never replay a stale graph). `gdn_decode` picks the GatedDeltaNet decode-step kernel: "native"
-    (whatever transformers resolved, fla or PyTorch), "inplace" (`gdn_decode_inplace`, PyTorch) or "fla_inplace"
-    (`gdn_decode_fla_inplace`, CUDA with fla). A `timings` dict receives
+    (whatever transformers resolved, fla or PyTorch), "inplace" (`gdn_decode_inplace`, PyTorch), "fla_inplace"
+    (`gdn_decode_fla_inplace`, CUDA with fla) or "auto" (`resolve_gdn_decode`: fla_inplace where it applies). A `timings` dict receives
     prefill_s, capture_s, decode_s, steps and step_s (three device syncs in all, for benchmarks). `compile_step`
     runs the decode step's model forward through `torch.compile` (experimental, for the GPU measurements: fewer,
     fused kernels per layer; compiled once per model and batch shape)."""
+    gdn_decode = resolve_gdn_decode(gdn_decode, input_ids.device)
     if gdn_decode not in ("native", *GDN_DECODE):
         raise ValueError(f"gdn_decode '{gdn_decode}' is not one of native, {', '.join(GDN_DECODE)}")
     if gdn_decode == "native":

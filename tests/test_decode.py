@@ -245,3 +245,14 @@ def test_inplace_gdn_decode_in_the_engine_equals_native(method, monkeypatch):
     assert len(calls) == 7 * 6, "not every decode step of the 6 GDN layers went through the in-place kernel"
     assert torch.equal(native.tokens, inplace.tokens)
     torch.testing.assert_close(inplace.scores, native.scores, atol=2e-4, rtol=1e-4)
+
+
+def test_gdn_decode_auto_is_native_on_cpu():
+    from s0.decode import resolve_gdn_decode
+
+    assert resolve_gdn_decode("auto", torch.device("cpu")) == "native"
+    assert resolve_gdn_decode("inplace", torch.device("cpu")) == "inplace"
+    with pytest.raises(ValueError, match="gdn_decode"):
+        tok = tiny_tokenizer()
+        ids, mask = batch(tok)
+        decode(tiny("qwen3_5"), ids, mask, 2, [], tok.pad_token_id, gdn_decode="fast")
