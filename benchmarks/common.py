@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import importlib
-import inspect
 import json
 import math
 import os
@@ -349,38 +348,12 @@ def fill_random(params: list[torch.Tensor], scale: float, seed: int) -> None:
             p.copy_((torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype))
 
 
-@contextlib.contextmanager
-def layer_checkpointing(model: torch.nn.Module) -> Iterator[int]:
-    """Gradient checkpointing per decoder layer, whatever `model.training` says.
+def layer_checkpointing(model: torch.nn.Module):
+    """Gradient checkpointing per decoder layer: s0.train.layer_checkpointing (the training loop turns it on by
+    itself when the longest example does not fit otherwise)."""
+    from s0.train import layer_checkpointing as ckpt
 
-    transformers only checkpoints in train mode, but s0.train keeps the model in eval mode (no dropout, and
-    FalconH1 must not take its fused path that drops S0), so this wraps each layer's forward with non-reentrant
-    `torch.utils.checkpoint` instead. The S0 hooks keep a stack per mixer, so recomputation re-injects correctly.
-    Yields the number of wrapped layers; restores the forwards on exit."""
-    from torch.utils.checkpoint import checkpoint
-
-    layers = list(getattr(getattr(model, "model", model), "layers", []))
-    originals = []
-    for layer in layers:
-        fwd = layer.forward
-        originals.append(fwd)
-        # The layer's own name for the cache (`cache` from transformers 5.24, `past_key_values` before): nulling
-        # the other name leaves the cache in place, and the recomputation then writes it a second time.
-        cache_arg = "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
-
-        def wrapped(*args: Any, _fwd: Callable = fwd, _cache: str = cache_arg, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled():
-                # As transformers does under checkpointing: a cache would be written twice (forward and recompute).
-                kwargs.update({_cache: None, "use_cache": False})
-                return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
-            return _fwd(*args, **kwargs)
-
-        layer.forward = wrapped
-    try:
-        yield len(layers)
-    finally:
-        for layer, fwd in zip(layers, originals):
-            layer.forward = fwd
+    return ckpt(model)
 
 
 # ---------------------------------------------------------------- HumanEval lengths

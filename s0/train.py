@@ -28,11 +28,13 @@ only the adapter's tensors receive gradients.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -171,25 +173,44 @@ def resolve_max_tokens(
 
     An int is a configured cap, used as given. None or "auto": on CUDA, one forward + backward of the longest
     example (which has to fit anyway) measures the memory per token, and the budget fills `MEMORY_SAFETY` of the
-    memory still available; on the CPU, `CPU_MAX_TOKENS`. The caller has the adapter active, in train mode."""
+    memory still available; on the CPU, `CPU_MAX_TOKENS`. If the longest example alone does not fit (the probe
+    runs out of memory or needs more than the safe share), `checkpointing` is true and the memory per token is
+    measured under `layer_checkpointing`, which `train` then applies. The caller has the adapter active, in train
+    mode."""
     if max_tokens not in (None, "auto"):
-        return {"max_tokens": int(max_tokens), "source": "configured"}
+        return {"max_tokens": int(max_tokens), "source": "configured", "checkpointing": False}
     if device.type != "cuda":
-        return {"max_tokens": CPU_MAX_TOKENS, "source": "auto: cpu default"}
+        return {"max_tokens": CPU_MAX_TOKENS, "source": "auto: cpu default", "checkpointing": False}
     longest = max(examples, key=_length)
-    per_token = probe_bytes_per_token(model, collate_fn([longest]), device)
-    for p in model.parameters():
-        p.grad = None  # the probe's gradient is not part of any step
+    batch = collate_fn([longest])
     avail = available_bytes(device)
+    try:
+        per_token = probe_bytes_per_token(model, batch, device)
+    except torch.OutOfMemoryError:
+        per_token = None
+    _drop_grads(model)
+    checkpointing = per_token is None or per_token * _length(longest) > MEMORY_SAFETY * avail
+    if checkpointing:  # the longest example alone does not fit: recompute each layer in the backward instead
+        torch.cuda.empty_cache()
+        with layer_checkpointing(model):
+            per_token = probe_bytes_per_token(model, batch, device)
+        _drop_grads(model)
     budget = max(_length(longest), int(MEMORY_SAFETY * avail / max(per_token, 1.0)))
     return {
         "max_tokens": budget,
         "source": "auto: measured",
+        "checkpointing": checkpointing,
         "bytes_per_token": per_token,
         "available_gib": avail / 2**30,
         "safety": MEMORY_SAFETY,
         "probe_tokens": _length(longest),
     }
+
+
+def _drop_grads(model: torch.nn.Module) -> None:
+    """A probe's gradient is not part of any step (S0 tensors live outside the model: the first zero_grad)."""
+    for p in model.parameters():
+        p.grad = None
 
 
 def collate(
@@ -214,6 +235,49 @@ def collate(
         k: v.to(device)
         for k, v in dict(input_ids=ids, attention_mask=mask, predict=predict, target=target).items()
     }
+
+
+@contextlib.contextmanager
+def layer_checkpointing(model: torch.nn.Module) -> Iterator[int]:
+    """Gradient checkpointing per decoder layer, whatever `model.training` says (moved from benchmarks.common).
+
+    transformers only checkpoints in train mode, but training keeps the model in eval mode (no dropout, and
+    FalconH1 must not take its fused path that drops S0), so this wraps each layer's forward with non-reentrant
+    `torch.utils.checkpoint` instead. The S0 hooks keep a stack per mixer, so recomputation re-injects correctly.
+    Layers already wrapped (a nested call) are left alone. Yields the number of layers wrapped here; restores
+    their forwards on exit."""
+    from torch.utils.checkpoint import checkpoint
+
+    # the decoder's ModuleList, also under a PEFT wrapper (base_model.model.model.layers)
+    lists = [
+        m
+        for n, m in model.named_modules()
+        if n.split(".")[-1] == "layers" and isinstance(m, torch.nn.ModuleList)
+    ]
+    layers = [layer for layer in (lists[0] if lists else []) if not getattr(layer, "_s0_checkpointed", False)]
+    originals = []
+    for layer in layers:
+        fwd = layer.forward
+        originals.append(fwd)
+        # The layer's own name for the cache (`cache` from transformers 5.24, `past_key_values` before): nulling
+        # the other name leaves the cache in place, and the recomputation then writes it a second time.
+        cache_arg = "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
+
+        def wrapped(*args: Any, _fwd: Callable = fwd, _cache: str = cache_arg, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled():
+                # As transformers does under checkpointing: a cache would be written twice (forward and recompute).
+                kwargs.update({_cache: None, "use_cache": False})
+                return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+            return _fwd(*args, **kwargs)
+
+        layer.forward = wrapped
+        layer._s0_checkpointed = True
+    try:
+        yield len(layers)
+    finally:
+        for layer, fwd in zip(layers, originals):
+            layer.forward = fwd
+            del layer._s0_checkpointed
 
 
 def completion_ce_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -270,7 +334,7 @@ def train(
     model.eval()
     start = time.perf_counter()
     if batching == "per_example":  # one example per pass: no budget to choose (and no probe to run)
-        budget: dict[str, Any] = {"max_tokens": None, "source": "per_example"}
+        budget: dict[str, Any] = {"max_tokens": None, "source": "per_example", "checkpointing": False}
     else:
         with forked_rng(device, seed), adapter.active(), adapter.train_mode():
             budget = resolve_max_tokens(
@@ -285,7 +349,8 @@ def train(
     result = TrainResult(
         [], [], [], [], [], 0.0, steps, n, sum(len(e.completion_ids) for e in examples), budget
     )
-    with forked_rng(device, seed), adapter.active(), adapter.train_mode():
+    ckpt = layer_checkpointing(model) if budget["checkpointing"] else contextlib.nullcontext()
+    with forked_rng(device, seed), adapter.active(), adapter.train_mode(), ckpt:
         opt = torch.optim.Adam(params, lr=lr)
         bar = tqdm(range(steps), disable=not progress, desc=f"train {adapter.method}", leave=False)
         for step in bar:

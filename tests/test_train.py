@@ -199,7 +199,7 @@ def test_auto_token_budget_fills_the_measured_free_memory(monkeypatch):
 
     adapter = filled(S0Adapter(tiny("qwen3_5", dtype=torch.float32), alpha=0.07))
     res = train(adapter, examples(), steps=1, lr=1e-3, max_tokens=None, progress=False)
-    assert res.token_budget == {"max_tokens": train_mod.CPU_MAX_TOKENS, "source": "auto: cpu default",
+    assert res.token_budget == {"max_tokens": train_mod.CPU_MAX_TOKENS, "source": "auto: cpu default", "checkpointing": False,
                                 "micro_batches": 1, "largest_micro_batch_tokens": res.token_budget["largest_micro_batch_tokens"]}  # fmt: skip
 
     probed = []
@@ -211,5 +211,56 @@ def test_auto_token_budget_fills_the_measured_free_memory(monkeypatch):
                                           lambda b: collate(b, 0))  # fmt: skip
     longest = max(len(e.prompt_ids) + len(e.completion_ids) for e in examples())
     assert probed == [(1, longest)] and budget["max_tokens"] == 64 and budget["source"] == "auto: measured"
+    assert budget["checkpointing"] is False
     monkeypatch.setattr(train_mod, "available_bytes", lambda d: 10)  # never below the longest example
     assert train_mod.resolve_max_tokens(None, adapter.model, examples(), torch.device("cuda"), lambda b: collate(b, 0))["max_tokens"] == longest  # fmt: skip
+
+
+def test_auto_budget_turns_on_layer_checkpointing_when_the_longest_example_does_not_fit(monkeypatch):
+    """The probe without checkpointing runs out of memory: the budget is measured again under per-layer
+    checkpointing, and `checkpointing` says so."""
+    import s0.train as train_mod
+
+    adapter = filled(S0Adapter(tiny("qwen3_5", dtype=torch.float32), alpha=0.07))
+    wrapped = []
+
+    def probe(model, batch, device):
+        layers = [m for n, m in model.named_modules() if n.endswith("layers.0")]
+        wrapped.append(getattr(layers[0], "_s0_checkpointed", False))
+        if not wrapped[-1]:
+            raise torch.OutOfMemoryError("probe")
+        return 10.0
+
+    monkeypatch.setattr(train_mod, "probe_bytes_per_token", probe)
+    monkeypatch.setattr(train_mod, "available_bytes", lambda d: 8000)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    budget = train_mod.resolve_max_tokens(
+        None, adapter.model, examples(), torch.device("cuda"), lambda b: collate(b, 0)
+    )
+    assert wrapped == [False, True] and budget["checkpointing"] is True and budget["max_tokens"] == 640
+
+
+@pytest.mark.parametrize("name", ["s0-falcon_h1", "lora-falcon_h1"])
+def test_step_under_layer_checkpointing_equals_per_example(name, monkeypatch):
+    """When the budget asks for checkpointing, train() recomputes every layer in the backward (S0 hooks and PEFT
+    layers included) and the step is still the reference's."""
+    import s0.train as train_mod
+
+    used = []
+    real = train_mod.layer_checkpointing
+
+    def counting(model):
+        used.append(model)
+        return real(model)
+
+    monkeypatch.setattr(train_mod, "layer_checkpointing", counting)
+    monkeypatch.setattr(
+        train_mod,
+        "resolve_max_tokens",
+        lambda *a: {"max_tokens": 40, "source": "test", "checkpointing": True},
+    )
+    ref, ref_g, ref_p = reference_step(name)
+    res, g, p = one_step(MAKERS[name], "padded")
+    assert used and res.token_budget["checkpointing"] is True
+    assert abs(res.losses[0] - ref.losses[0]) < 1e-6 * abs(ref.losses[0])
+    assert rel(g, ref_g) < 1e-6 and rel(p, ref_p) < 1e-6
