@@ -18,6 +18,7 @@ ALPHA_MODES = ("inference", "train_and_inference", "normalized")
 # this harness's earlier choices (issue 12).
 PROTOCOLS = ("reference", "harness")
 HUMANEVAL_PROMPTS = ("reference", "harness")  # the templates in s0/tasks/humaneval.py
+PROMPT_TEMPLATES = HUMANEVAL_PROMPTS  # every task's PROMPTS has these keys (s0/tasks/<task>.py)
 TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
 FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
@@ -124,7 +125,9 @@ class TaskConfig:
     n_eval: int | None = _help("evaluation problems; null = the whole eval split", None)
     db_dir: str | None = _help("Spider: directory of <db_id>/<db_id>.sqlite databases", None)
     prompt_template: str | None = _help(
-        "HumanEval user-message template (reference or harness); null = protocol.humaneval_prompt", None
+        "user-message template, a key of the task module's PROMPTS (reference or harness); null = the "
+        "protocol's <task>_prompt",
+        None,
     )
 
 
@@ -182,6 +185,15 @@ class Math500Protocol(TaskBudget):
 
 
 @dataclass
+class SpiderProtocol(TaskBudget):
+    """Spider's budget plus the alpha mode spider_boundary reads from the protocol by interpolation."""
+
+    alpha_mode: str = _help(
+        "spider_boundary's S0 alpha mode (its alphas are the experiment's sweep)", "normalized"
+    )
+
+
+@dataclass
 class ProtocolConfig:
     """The choices the paper leaves open (issue 12); defaults = conf/protocol/reference.yaml, where each value
     names its source. Extraction and grading are ours under both protocols."""
@@ -192,6 +204,11 @@ class ProtocolConfig:
     humaneval_prompt: str = _help(
         "HumanEval user message: reference or harness (s0/tasks/humaneval.py)", "reference"
     )
+    math500_prompt: str = _help(
+        "MATH-500 user message: reference or harness (s0/tasks/math500.py)", "reference"
+    )
+    gsm8k_prompt: str = _help("GSM8K user message: reference or harness (s0/tasks/gsm8k.py)", "reference")
+    spider_prompt: str = _help("Spider user message: reference or harness (s0/tasks/spider.py)", "reference")
     train_target: str = _help(
         "clean: thinking, a leading ```python and a trailing ``` fence and outer whitespace stripped from each "
         "verified completion before training; raw: the completion as generated",
@@ -203,7 +220,7 @@ class ProtocolConfig:
         default_factory=lambda: Math500Protocol(collect_samples=4, max_new_tokens=1024)
     )
     gsm8k: TaskBudget = field(default_factory=lambda: TaskBudget(collect_samples=4))
-    spider: TaskBudget = field(default_factory=lambda: TaskBudget(collect_samples=4))
+    spider: SpiderProtocol = field(default_factory=lambda: SpiderProtocol(collect_samples=4))
 
 
 @dataclass
@@ -361,6 +378,8 @@ def validate_protocol(p: ProtocolConfig) -> None:
     """Value checks for the protocol group."""
     _choice("protocol.name", p.name, PROTOCOLS)
     _choice("protocol.humaneval_prompt", p.humaneval_prompt, HUMANEVAL_PROMPTS)
+    for task in ("math500", "gsm8k", "spider"):
+        _choice(f"protocol.{task}_prompt", getattr(p, f"{task}_prompt"), PROMPT_TEMPLATES)
     _choice("protocol.train_target", p.train_target, TRAIN_TARGETS)
     for task in TASKS:
         budget = getattr(p, task)
@@ -368,6 +387,7 @@ def validate_protocol(p: ProtocolConfig) -> None:
         _positive(f"protocol.{task}.max_new_tokens", budget.max_new_tokens)
     _positive("protocol.math500.alpha", p.math500.alpha)
     _choice("protocol.math500.alpha_mode", p.math500.alpha_mode, ALPHA_MODES)
+    _choice("protocol.spider.alpha_mode", p.spider.alpha_mode, ALPHA_MODES)
     if not p.math500.seeds:
         raise ConfigError("protocol.math500.seeds: empty; give at least one integer seed")
     if p.math500.seed_sweep != ",".join(map(str, p.math500.seeds)):
@@ -408,10 +428,6 @@ def validate(cfg: RunConfig) -> None:
     _positive("task.n_train", cfg.task.n_train)
     _positive("task.n_eval", cfg.task.n_eval)
     if cfg.task.prompt_template is not None:
-        if cfg.task.name != "humaneval":
-            raise ConfigError(
-                f"task.prompt_template: only humaneval has prompt templates, not {cfg.task.name}"
-            )
-        _choice("task.prompt_template", cfg.task.prompt_template, HUMANEVAL_PROMPTS)
+        _choice("task.prompt_template", cfg.task.prompt_template, PROMPT_TEMPLATES)
     validate_protocol(cfg.protocol)
     validate_method(cfg.method)

@@ -72,8 +72,8 @@ def task_for(task_cfg, isolation: str | None = None):
     }
     if task_cfg.name == "spider":
         options["db_dir"] = task_cfg.db_dir
-    if task_cfg.name == "humaneval":  # the protocol's user message (s0.plan.apply_protocol sets it)
-        options["prompt_template"] = task_cfg.prompt_template
+    # the protocol's user message, every task (s0.plan.apply_protocol sets it)
+    options["prompt_template"] = task_cfg.prompt_template
     return get_task(task_cfg.name, **{k: v for k, v in options.items() if v is not None or k == "data_root"})
 
 

@@ -242,9 +242,10 @@ def _budget(cfg: RunConfig, key: str, task: str, field: str, budget: TaskBudget)
 
 
 def _with_prompt(task: TaskConfig, protocol: ProtocolConfig) -> TaskConfig:
-    if task.name != "humaneval" or task.prompt_template is not None:
+    """The protocol's user message for this task (protocol.<task>_prompt), unless task.prompt_template is set."""
+    if task.prompt_template is not None:
         return task
-    return dataclasses.replace(task, prompt_template=protocol.humaneval_prompt)
+    return dataclasses.replace(task, prompt_template=getattr(protocol, f"{task.name}_prompt"))
 
 
 def describe_protocol(p: ProtocolConfig) -> str:
@@ -258,10 +259,12 @@ def describe_protocol(p: ProtocolConfig) -> str:
         if parts:
             budgets.append(f"{task} {' x '.join(parts)}")
     m = p.math500
+    prompts = {t: getattr(p, f"{t}_prompt") for t in ("humaneval", "math500", "gsm8k", "spider")}
     return (
-        f"protocol {p.name}: humaneval prompt={p.humaneval_prompt}, train targets={p.train_target}"
+        f"protocol {p.name}: {' '.join(f'{t} prompt={v},' for t, v in prompts.items())} "
+        f"train targets={p.train_target}"
         f"{' + EOS' if p.train_eos else ', no EOS'}, budgets: {', '.join(budgets) or 'common collect/eval'}; "
-        f"math500 seeds {m.seed_sweep}, alpha {m.alpha} ({m.alpha_mode})"
+        f"math500 seeds {m.seed_sweep}, alpha {m.alpha} ({m.alpha_mode}); spider alpha mode {p.spider.alpha_mode}"
     )
 
 

@@ -16,6 +16,7 @@ import run
 from s0 import pipeline, records
 from s0.config import ConfigError, MethodConfig, ModelConfig, ProtocolConfig, TaskConfig
 from s0.plan import expand, format_plan
+from s0.tasks.base import read_data
 from s0.tasks.humaneval import PROMPTS
 from s0.train import clean_target
 
@@ -24,6 +25,13 @@ AUTHORS = "JackYoung27/s0-tuning@9513f26e "
 REFERENCE = [
     ("protocol.name", "reference", "conf/protocol/reference.yaml"),
     ("protocol.humaneval_prompt", "reference", AUTHORS + "experiments/humaneval.py format_prompt"),
+    ("protocol.math500_prompt", "reference", AUTHORS + "experiments/state_peft/math500.py format_prompt"),
+    ("protocol.gsm8k_prompt", "reference", AUTHORS + "experiments/state_peft/gsm8k.py format_prompt"),
+    (
+        "protocol.spider_prompt",
+        "reference",
+        AUTHORS + "experiments/state_peft/spider.py format_spider_prompt",
+    ),
     (
         "protocol.train_target",
         "clean",
@@ -71,11 +79,20 @@ REFERENCE = [
         None,
         "512 = eval.max_new_tokens; spider_state_tuning.py max_new_tokens",
     ),
+    (
+        "protocol.spider.alpha_mode",
+        "normalized",
+        AUTHORS + "experiments/spider_state_tuning.py run(normalize_alpha=True); "
+        "experiments/results/spider_alpha_*.json hyperparams.normalize_alpha",
+    ),
 ]
 # What protocol=harness changes, and nothing else (issue 12's table).
 HARNESS = {
     "protocol.name": "harness",
     "protocol.humaneval_prompt": "harness",
+    "protocol.math500_prompt": "harness",
+    "protocol.gsm8k_prompt": "harness",
+    "protocol.spider_prompt": "harness",
     "protocol.train_target": "raw",
     "protocol.train_eos": True,
     "protocol.math500.collect_samples": None,
@@ -84,7 +101,9 @@ HARNESS = {
     "protocol.math500.seed_sweep": "42,7,123,1337,999,314,256,777",
     "protocol.gsm8k.collect_samples": None,
     "protocol.spider.collect_samples": None,
+    "protocol.spider.alpha_mode": "inference",
 }
+SPIDER_ARMS = ("s0_a0.03", "s0_a0.05", "s0_a0.07", "s0_a0.10", "s0_a0.15")
 
 
 def plain(compose, *overrides: str) -> dict:
@@ -119,7 +138,7 @@ def test_reference_values_are_pinned_to_their_sources(compose):
     }
 
 
-@pytest.mark.parametrize("experiment", ["main_qwen", "transfer_math500", "transfer_gsm8k"])
+@pytest.mark.parametrize("experiment", ["main_qwen", "transfer_math500", "transfer_gsm8k", "spider_boundary"])
 def test_harness_changes_exactly_the_listed_keys(compose, experiment):
     ref = flat(plain(compose, f"experiment={experiment}"))
     har = flat(plain(compose, f"experiment={experiment}", "protocol=harness"))
@@ -127,6 +146,8 @@ def test_harness_changes_exactly_the_listed_keys(compose, experiment):
     expected = {k: v for k, v in HARNESS.items() if ref[k] != v}
     if experiment == "transfer_math500":  # its seeds come from the protocol
         expected["seeds"] = HARNESS["protocol.math500.seeds"]
+    if experiment == "spider_boundary":  # its S0 arms' alpha mode comes from the protocol
+        expected.update({f"arms.{arm}.alpha_mode": "inference" for arm in SPIDER_ARMS})
     assert changed == expected
     assert set(ref) == set(har)
 
@@ -150,6 +171,29 @@ def test_transfer_math500_reads_the_protocol(compose):
     }
 
 
+def test_spider_boundary_reads_the_protocol(compose):
+    """The released Spider runs normalise alpha (spider_alpha_*.json); the harness keeps its raw scaling. The
+    five alphas and the seed are the same under both."""
+    for protocol, mode in (("reference", "normalized"), ("harness", "inference")):
+        _, _, runs = planned(compose, "experiment=spider_boundary", f"protocol={protocol}")
+        s0 = {r.arm: r.method for r in runs if r.method.name == "s0"}
+        assert {a: (m.alpha, m.alpha_mode) for a, m in s0.items()} == {
+            a: (float(a[len("s0_a") :]), mode) for a in SPIDER_ARMS
+        }
+        assert {r.seed for r in runs} == {42}
+        assert {r.collect.samples for r in runs if r.method.name == "s0"} == {
+            4 if protocol == "reference" else 16
+        }
+
+
+def test_transfer_gsm8k_alpha_is_the_released_scripts_under_both(compose):
+    """experiments/gsm8k_state_tuning.py run(alpha=0.07), scale_state_dict without normalize (its default False,
+    experiments/state_peft/training.py): the raw state times alpha, our alpha_mode=inference."""
+    for protocol in ("reference", "harness"):
+        _, _, runs = planned(compose, "experiment=transfer_gsm8k", f"protocol={protocol}", "arm=s0")
+        assert {(r.method.alpha, r.method.alpha_mode) for r in runs} == {(0.07, "inference")}
+
+
 def test_budgets_follow_each_runs_own_tasks(compose):
     """transfer_code_to_math collects on HumanEval (16 samples, 512 tokens) and evaluates MATH-500 with its
     1024-token budget; transfer_gsm8k collects 4 samples per problem."""
@@ -159,7 +203,7 @@ def test_budgets_follow_each_runs_own_tasks(compose):
     assert {(r.collect.samples, r.collect.max_new_tokens) for r in runs} == {(16, 512)}
     assert {r.task.prompt_template for r in runs} == {"reference"}
     _, _, runs = planned(compose, "experiment=transfer_gsm8k", "seed=42", "arm=s0")
-    assert runs[0].collect.samples == 4 and runs[0].task.prompt_template is None
+    assert runs[0].collect.samples == 4 and runs[0].task.prompt_template == "reference"
 
 
 def test_protocol_changes_run_ids_and_cache_keys(compose):
@@ -194,6 +238,8 @@ def test_a_common_budget_the_protocol_overrides_is_refused(compose):
     [
         ("protocol.name=mine", "protocol.name: 'mine' is not one of reference, harness"),
         ("protocol.humaneval_prompt=chatty", "protocol.humaneval_prompt"),
+        ("protocol.gsm8k_prompt=chatty", "protocol.gsm8k_prompt: 'chatty' is not one of"),
+        ("protocol.spider.alpha_mode=raw", "protocol.spider.alpha_mode: 'raw' is not one of"),
         ("protocol.train_target=half", "protocol.train_target"),
         ("protocol.math500.collect_samples=0", "protocol.math500.collect_samples: must be > 0"),
         ("protocol.math500.seeds=[1,2]", "protocol.math500.seed_sweep"),
@@ -213,9 +259,11 @@ def test_plan_shows_the_protocol(compose):
         return run.summary(cfg, runs) + "\n" + format_plan(runs)
 
     ref, har = plan(), plan("protocol=harness")
-    assert "protocol reference: humaneval prompt=reference, train targets=clean, no EOS" in ref
+    prompts = "humaneval prompt={0}, math500 prompt={0}, gsm8k prompt={0}, spider prompt={0},"
+    assert f"protocol reference: {prompts.format('reference')} train targets=clean, no EOS" in ref
     assert "math500 4 samples x 1024 tokens" in ref and "seeds 42,7,123,999,314,256,777,555" in ref
-    assert "protocol harness: humaneval prompt=harness, train targets=raw + EOS" in har
+    assert f"protocol harness: {prompts.format('harness')} train targets=raw + EOS" in har
+    assert "spider alpha mode normalized" in ref and "spider alpha mode inference" in har
     assert "1024 new tokens" in ref and "512 new tokens" in har
 
 
@@ -240,6 +288,55 @@ def test_clean_target_is_the_authors_cleaning(completion, target):
 def smoke(compose, tmp_path, protocol: str, *overrides: str):
     return planned(compose, "experiment=main_qwen", "debug=smoke", "seed=42", f"protocol={protocol}",
                    f"paths.results={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}", *overrides)  # fmt: skip
+
+
+# The authors' user message per task, as each format_prompt writes it (JackYoung27/s0-tuning@9513f26e
+# experiments/state_peft/<task>.py); tests/test_tasks_<task>.py pins the whole message.
+AUTHORS_OPENING = {
+    "math500": "Solve this math problem. Show your work step by step. Put your final answer in \\boxed{}.\n\n",
+    "gsm8k": "Solve this math problem step by step. End with the answer after ####.\n\n",
+    "spider": "Given the following SQLite database schema for database '",
+}
+
+
+@pytest.mark.parametrize(
+    ("experiment", "task"),
+    [("transfer_math500", "math500"), ("transfer_gsm8k", "gsm8k"), ("spider_boundary", "spider")],
+)
+def test_each_tasks_prompt_follows_the_protocol(compose, tmp_path, experiment, task):
+    """The planned run's task config carries the protocol's template into the task the pipeline builds (and so
+    into run ids and cache keys): the authors' message under reference, ours under harness."""
+    import importlib
+
+    from tests.fixtures.spider.build import build_dbs
+
+    extra = [f"task.db_dir={build_dbs(str(tmp_path))}"] if task == "spider" else []
+    prompts = importlib.import_module(f"s0.tasks.{task}").PROMPTS
+    message = {}
+    for protocol in ("reference", "harness"):
+        _, _, runs = planned(compose, f"experiment={experiment}", f"protocol={protocol}", "seed=42", *extra)
+        assert {(r.task.prompt_template, r.eval_task.prompt_template) for r in runs} == {(protocol, protocol)}
+        built = pipeline.task_for(runs[0].eval_task)
+        assert built.prompt_template == protocol
+        if task == "spider":  # the fixture databases hold concert_singer only
+            row = next(
+                r for r in json.loads(read_data(None, "spider/dev.json")) if r["db_id"] == "concert_singer"
+            )
+            ex = built._example("spider/dev/x", row)
+        else:
+            ex = built.load_split("eval")[0]
+        message[protocol] = ex.prompt_messages[0]["content"]
+        assert message[protocol] == prompts[protocol].format(
+            problem=ex.meta.get("problem"), question=ex.meta.get("question"),
+            db_id=ex.meta.get("db_id"), schema=ex.meta.get("schema"),
+        )  # fmt: skip
+    assert message["reference"].startswith(AUTHORS_OPENING[task])
+    assert not message["harness"].startswith(AUTHORS_OPENING[task])
+    # task.prompt_template picks one template whatever the protocol
+    _, _, runs = planned(
+        compose, f"experiment={experiment}", "task.prompt_template=harness", "seed=42", *extra
+    )
+    assert {r.task.prompt_template for r in runs} == {"harness"}
 
 
 @pytest.mark.parametrize("protocol", ["reference", "harness"])

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from s0.tasks import TaskDataError, get_task
-from s0.tasks.gsm8k import extract_answer, normalize_number, parse_answer
+from s0.tasks.gsm8k import PROMPTS, extract_answer, normalize_number, parse_answer
 
 # The copy bundled with s0 (None); S0_TEST_DATA=<dir> runs the same checks on another copy.
 DATA = os.environ.get("S0_TEST_DATA")
@@ -136,6 +136,26 @@ def test_splits():
     assert len(train) == 200 and len(evals) == 1319
     assert train[0].id == "gsm8k/train/0" and evals[12].id == "gsm8k/test/12"
     assert "####" in evals[0].prompt_messages[0]["content"]
+
+
+def test_prompt_templates_by_protocol():
+    """reference (the default) is the authors' user message (JackYoung27/s0-tuning@9513f26e
+    experiments/state_peft/gsm8k.py format_prompt), harness our earlier one; records say which; an unknown
+    template is refused."""
+    ref = get_task("gsm8k", data_root=DATA)
+    ex = ref.load_split("eval")[0]
+    authors = (
+        "Solve this math problem step by step. End with the answer after ####.\n\n" + ex.meta["question"]
+    )
+    assert ref.prompt_template == "reference" and ex.prompt_messages[0]["content"] == authors
+    har = get_task("gsm8k", data_root=DATA, prompt_template="harness")
+    harness = har.load_split("eval")[0].prompt_messages[0]["content"]
+    assert harness == PROMPTS["harness"].format(question=ex.meta["question"]) and harness != authors
+    assert "`#### <number>`" in harness
+    for task, name in ((ref, "reference"), (har, "harness")):
+        assert task.score([ex], ["#### 1"], progress=False)[0]["prompt_template"] == name
+    with pytest.raises(ValueError, match="prompt_template"):
+        get_task("gsm8k", prompt_template="chatty")
 
 
 def test_every_gold_solution_grades_correct_and_shifted_ones_do_not():

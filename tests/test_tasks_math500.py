@@ -8,7 +8,7 @@ import pytest
 
 from s0 import sandbox
 from s0.tasks import get_task
-from s0.tasks.math500 import last_boxed
+from s0.tasks.math500 import PROMPTS, last_boxed
 
 # The copy bundled with s0 (None); S0_TEST_DATA=<dir> runs the same checks on another copy.
 DATA = os.environ.get("S0_TEST_DATA")
@@ -59,6 +59,27 @@ def test_fixed_split():
     assert {e.id for e in train}.isdisjoint(e.id for e in evals)
     assert evals[0].id == "math500/250"
     assert "\\boxed{}" in train[0].prompt_messages[0]["content"]
+
+
+def test_prompt_templates_by_protocol():
+    """reference (the default) is the authors' user message (JackYoung27/s0-tuning@9513f26e
+    experiments/state_peft/math500.py format_prompt), harness our earlier one; records say which; an unknown
+    template is refused."""
+    ref = get_task("math500", data_root=DATA)
+    ex = ref.load_split("eval")[0]
+    authors = (
+        "Solve this math problem. Show your work step by step. Put your final answer in \\boxed{}.\n\n"
+        + ex.meta["problem"]
+    )
+    assert ref.prompt_template == "reference" and ex.prompt_messages[0]["content"] == authors
+    har = get_task("math500", data_root=DATA, prompt_template="harness")
+    harness = har.load_split("eval")[0].prompt_messages[0]["content"]
+    assert harness == PROMPTS["harness"].format(problem=ex.meta["problem"]) and harness != authors
+    assert harness.endswith("Please reason step by step, and put your final answer within \\boxed{}.")
+    for task, name in ((ref, "reference"), (har, "harness")):
+        assert task.score([ex], ["no box"], progress=False)[0]["prompt_template"] == name
+    with pytest.raises(ValueError, match="prompt_template"):
+        get_task("math500", prompt_template="chatty")
 
 
 def test_gold_solutions_grade_correct():

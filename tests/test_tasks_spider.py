@@ -10,7 +10,7 @@ import pytest
 
 from s0.tasks import TaskDataError, get_task
 from s0.tasks.base import read_data
-from s0.tasks.spider import extract_sql
+from s0.tasks.spider import PROMPTS, extract_sql
 from tests.fixtures.spider.build import build_dbs
 
 # The copy bundled with s0 (None); S0_TEST_DATA=<dir> runs the same checks on another copy.
@@ -71,7 +71,37 @@ def test_prompt_has_schema_from_the_database_file(concert):
     assert len(exs) == 45
     content = exs[0].prompt_messages[0]["content"]
     assert 'CREATE TABLE "singer_in_concert"' in content and exs[0].meta["question"] in content
-    assert "SELECT" not in content.split("question:")[0]  # no gold leaks into the prompt
+    assert "SELECT" not in content.split("answer:")[0]  # no gold leaks into the prompt
+
+
+def test_prompt_templates_by_protocol(concert, db_dir):
+    """reference (the default) is the authors' user message and schema layout (JackYoung27/s0-tuning@9513f26e
+    experiments/state_peft/spider.py format_spider_prompt, get_schema), harness our earlier one; records say
+    which; an unknown template is refused."""
+    import sqlite3
+
+    task, exs = concert
+    ex = exs[0]
+    with sqlite3.connect(os.path.join(db_dir, "concert_singer", "concert_singer.sqlite")) as conn:
+        stored = [
+            r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND sql IS NOT NULL")
+        ]
+    authors = (
+        "Given the following SQLite database schema for database 'concert_singer':\n\n"
+        + "\n\n".join(stored)
+        + f"\n\nWrite a SQL query to answer: {ex.meta['question']}\n\nOutput only the SQL query, no explanation."
+    )
+    assert task.prompt_template == "reference" and ex.prompt_messages[0]["content"] == authors
+    har = get_task("spider", data_root=DATA, db_dir=db_dir, prompt_template="harness")
+    hex_ = har._example(ex.id, {"db_id": "concert_singer", "question": ex.meta["question"], "query": ex.gold})
+    schema = "\n".join(s.strip() + ";" for s in stored)
+    harness = hex_.prompt_messages[0]["content"]
+    assert harness == PROMPTS["harness"].format(schema=schema, question=ex.meta["question"])
+    assert harness != authors and "```sql" in harness
+    for t, e, name in ((task, ex, "reference"), (har, hex_, "harness")):
+        assert t.score([e], ["no sql"], progress=False)[0]["prompt_template"] == name
+    with pytest.raises(ValueError, match="prompt_template"):
+        get_task("spider", prompt_template="chatty")
 
 
 def test_gold_queries_match_themselves_and_not_each_other(concert):

@@ -4,6 +4,7 @@ Usage:
     task = get_task("gsm8k")                      # the bundled copy; data_root=<dir> for your own
     task.load_split("train")   # the first 200 train problems (collection)
     task.load_split("eval")    # the 1319 test problems (Sec 5.6 transfer)
+    get_task("gsm8k", prompt_template="harness")   # the harness's earlier user message
 
 Answer extraction (`parse_answer`), written down because a grader that reads "1/2" as 1 gives credit
 for the wrong number:
@@ -31,14 +32,21 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from s0.tasks.base import Example, Task, check_lengths, parse_jsonl, read_data, strip_thinking
 
-INSTRUCTION = (
-    "Solve the following math problem step by step. On the last line, write the final answer as a plain "
-    "number in the form `#### <number>`.\n\n{question}"
-)
+# The user message, by protocol (conf/protocol/): `reference` is the authors' (JackYoung27/s0-tuning
+# experiments/state_peft/gsm8k.py format_prompt, under the chat template with thinking off, as build_prompt
+# renders it), `harness` this harness's earlier one. Both ask for the answer after ####, so the grader is the
+# same under both.
+PROMPTS = {
+    "reference": "Solve this math problem step by step. End with the answer after ####.\n\n{question}",
+    "harness": (
+        "Solve the following math problem step by step. On the last line, write the final answer as a plain "
+        "number in the form `#### <number>`.\n\n{question}"
+    ),
+}
 # A number-like run of text: an optional sign (attached, or apart: "- 5"), an optional currency sign,
 # then digits with everything that could continue the number (",", ".", ":", "/", "^", "e3"), read
 # whole so that "1/2" or "12:30" is never cut down to its first part.
@@ -58,10 +66,19 @@ _CALC = re.compile(r"<<[^>]*>>")  # the dataset's calculator annotations, e.g. <
 @dataclass
 class GSM8KTask(Task):
     name: ClassVar[str] = "gsm8k"
-    VERSION: ClassVar[int] = 2  # 2: strict answer extraction (issue 14)
+    # 2: strict answer extraction (issue 14); 3: the prompt is a choice (prompt_template, default reference,
+    # issue 12), recorded in every record
+    VERSION: ClassVar[int] = 3
+    prompt_template: str = "reference"  # a key of PROMPTS
     # assumption: the first 200 train problems for collection (the paper names no train subset; the
     # brief fixes 200); evaluation uses all 1319 test problems, the standard split (Sec 4.2, 5.6).
     n_train: int | None = 200
+
+    def __post_init__(self) -> None:
+        if self.prompt_template not in PROMPTS:
+            raise ValueError(
+                f"prompt_template must be one of {sorted(PROMPTS)}, got {self.prompt_template!r}"
+            )
 
     def _load(self, split: str) -> list[Example]:
         src = "train" if split == "train" else "test"
@@ -70,9 +87,15 @@ class GSM8KTask(Task):
 
     def _example(self, i: int, src: str, row: dict) -> Example:
         gold = normalize_number(row["answer"].split("####")[-1])
-        msg = {"role": "user", "content": INSTRUCTION.format(question=row["question"])}
+        msg = {"role": "user", "content": PROMPTS[self.prompt_template].format(question=row["question"])}
         return Example(
             f"gsm8k/{src}/{i}", [msg], gold, {"question": row["question"], "solution": row["answer"]}
+        )
+
+    def record(self, example: Example, correct: bool, extracted: Any, verdict: str, **extra: Any) -> dict:
+        # which user message produced the completion: records of both templates share one VERSION
+        return super().record(
+            example, correct, extracted, verdict, prompt_template=self.prompt_template, **extra
         )
 
     def plain_prompt(self, example: Example) -> str:

@@ -3,6 +3,7 @@
 Usage:
     task = get_task("math500")      # the bundled copy, 250 train / 250 eval
     records = task.score(task.load_split("eval"), completions)
+    get_task("math500", prompt_template="harness")   # the harness's earlier user message
 
 Equivalence is math-verify's `verify(gold, pred)` (gold first: it is asymmetric). It runs with its own
 signal-based timeouts off, inside sandboxed worker processes with a wall-clock bound (PITFALLS): parsing
@@ -24,12 +25,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from s0 import sandbox
 from s0.tasks.base import Example, Task, check_lengths, parse_jsonl, read_data, strip_thinking
 
-INSTRUCTION = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+# The user message, by protocol (conf/protocol/): `reference` is the authors' (JackYoung27/s0-tuning
+# experiments/state_peft/math500.py format_prompt, under the chat template with thinking off, as build_prompt
+# renders it), `harness` this harness's earlier one. Both ask for \boxed{}, so the grader is the same under
+# both.
+PROMPTS = {
+    "reference": (
+        "Solve this math problem. Show your work step by step. Put your final answer in \\boxed{{}}.\n\n{problem}"
+    ),
+    "harness": "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+}
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _MAX_BOXES = 4
 # "<name> =" at the start of an answer: a letter or Greek command, an optional subscript, optional "(args)"
@@ -40,7 +50,10 @@ _RELATION = re.compile(r"[=<>\u2264\u2265\u2260]|\\(?:leq?|geq?|neq?|lt|gt|appro
 @dataclass
 class Math500Task(Task):
     name: ClassVar[str] = "math500"
-    VERSION: ClassVar[int] = 2  # 2: every box graded, relations read strictly (issue 14)
+    # 2: every box graded, relations read strictly (issue 14); 3: the prompt is a choice (prompt_template,
+    # default reference, issue 12), recorded in every record
+    VERSION: ClassVar[int] = 3
+    prompt_template: str = "reference"  # a key of PROMPTS
     # MATH-500 is a test-only set; the paper (Sec 4.2, 5.6) does not say how it was split.
     # assumption: rows [0, split_at) train and [split_at, 500) eval in file order. The file order is
     # already shuffled (subjects and levels are balanced across the two halves), so no reshuffle.
@@ -48,15 +61,27 @@ class Math500Task(Task):
     n_train: int | None = 250
     verify_timeout: float = 10.0  # assumption: wall-clock seconds per answer pair, then "timeout"
 
+    def __post_init__(self) -> None:
+        if self.prompt_template not in PROMPTS:
+            raise ValueError(
+                f"prompt_template must be one of {sorted(PROMPTS)}, got {self.prompt_template!r}"
+            )
+
     def _load(self, split: str) -> list[Example]:
         rows = parse_jsonl(read_data(self.data_root, "math500/test.jsonl"))
         idx = range(self.split_at) if split == "train" else range(self.split_at, len(rows))
         return [self._example(i, rows[i]) for i in idx]
 
     def _example(self, i: int, row: dict) -> Example:
-        msg = {"role": "user", "content": INSTRUCTION.format(problem=row["problem"])}
+        msg = {"role": "user", "content": PROMPTS[self.prompt_template].format(problem=row["problem"])}
         meta = {k: row[k] for k in ("problem", "solution", "subject", "level") if k in row}
         return Example(f"math500/{i}", [msg], row["answer"], meta)
+
+    def record(self, example: Example, correct: bool, extracted: Any, verdict: str, **extra: Any) -> dict:
+        # which user message produced the completion: records of both templates share one VERSION
+        return super().record(
+            example, correct, extracted, verdict, prompt_template=self.prompt_template, **extra
+        )
 
     def plain_prompt(self, example: Example) -> str:
         return f"Problem: {example.meta['problem']}\nSolution:"

@@ -3,6 +3,7 @@
 Usage:
     task = get_task("spider", db_dir="/data/spider/database")
     task.load_split("eval")    # the 1034 dev questions, bundled (Sec 5.6: no transfer expected)
+    get_task("spider", db_dir=..., prompt_template="harness")   # the harness's earlier user message
 
 Comparison semantics are test-suite-sql-eval's (see `s0.sandbox.results_match`), fixed for all runs.
 Verdicts per item (`s0.sandbox.sql_match_many`): pass, fail, error (the prediction failed), timeout,
@@ -20,15 +21,25 @@ import re
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from s0 import sandbox
 from s0.tasks.base import Example, Task, TaskDataError, check_lengths, code_blocks, read_data, strip_thinking
 
-INSTRUCTION = (
-    "Here is the schema of a SQLite database:\n\n{schema}\n\nWrite one SQLite query that answers this "
-    "question: {question}\nReply with only the SQL query, in a single ```sql code block."
-)
+# The user message, by protocol (conf/protocol/): `reference` is the authors' (JackYoung27/s0-tuning
+# experiments/state_peft/spider.py format_spider_prompt, under the chat template with thinking off, as
+# build_prompt renders it), `harness` this harness's earlier one. extract_sql reads the replies either asks for
+# (bare SQL, or a fenced block), so the grader is the same under both.
+PROMPTS = {
+    "reference": (
+        "Given the following SQLite database schema for database '{db_id}':\n\n{schema}\n\n"
+        "Write a SQL query to answer: {question}\n\nOutput only the SQL query, no explanation."
+    ),
+    "harness": (
+        "Here is the schema of a SQLite database:\n\n{schema}\n\nWrite one SQLite query that answers this "
+        "question: {question}\nReply with only the SQL query, in a single ```sql code block."
+    ),
+}
 GET_DBS = (
     "Download the Spider release (https://yale-lily.github.io/spider, or the spider.zip of the "
     "taoyds/spider GitHub repo), unzip it and pass task.db_dir=<path>/spider/database "
@@ -40,13 +51,22 @@ _SQL_START = re.compile(r"\b(select|with)\b", re.I)
 @dataclass
 class SpiderTask(Task):
     name: ClassVar[str] = "spider"
-    VERSION: ClassVar[int] = 1
+    # 2: the prompt (user message and schema layout) is a choice (prompt_template, default reference, issue 12),
+    # recorded in every record
+    VERSION: ClassVar[int] = 2
+    prompt_template: str = "reference"  # a key of PROMPTS
     # assumption: the first 500 questions of train_spider.json in file order (the brief's 500; the paper
     # only says "standard splits"); evaluation is the full dev set of 1034.
     n_train: int | None = 500
     db_dir: str | None = None  # default: <data_root>/spider/database
     timeout: float = 30.0  # per query, seconds (a cross join is interrupted by a progress-handler deadline)
     _schemas: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.prompt_template not in PROMPTS:
+            raise ValueError(
+                f"prompt_template must be one of {sorted(PROMPTS)}, got {self.prompt_template!r}"
+            )
 
     def database_dir(self) -> str:
         d = self.db_dir or (os.path.join(self.data_root, "spider", "database") if self.data_root else None)
@@ -73,18 +93,31 @@ class SpiderTask(Task):
 
     def _example(self, ex_id: str, row: dict) -> Example:
         schema = self.schema(row["db_id"])
-        msg = {"role": "user", "content": INSTRUCTION.format(schema=schema, question=row["question"])}
+        text = PROMPTS[self.prompt_template].format(
+            db_id=row["db_id"], schema=schema, question=row["question"]
+        )
         meta = {"db_id": row["db_id"], "question": row["question"], "schema": schema}
-        return Example(ex_id, [msg], row["query"], meta)
+        return Example(ex_id, [{"role": "user", "content": text}], row["query"], meta)
 
     def schema(self, db_id: str) -> str:
-        """The CREATE statements stored in the database file itself."""
+        """The CREATE statements stored in the database file itself, laid out as the prompt template's source
+        does: reference as the authors' get_schema (experiments/state_peft/spider.py: each statement as stored,
+        a blank line between), harness one per line, stripped, each ending in ";"."""
         if db_id not in self._schemas:
             uri = f"file:{urllib.parse.quote(self.db_path(db_id))}?mode=ro&immutable=1"
             with sqlite3.connect(uri, uri=True) as conn:
                 rows = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND sql IS NOT NULL")
-                self._schemas[db_id] = "\n".join(r[0].strip() + ";" for r in rows)
-        return self._schemas[db_id]
+                self._schemas[db_id] = [r[0] for r in rows]
+        statements = self._schemas[db_id]
+        if self.prompt_template == "reference":
+            return "\n\n".join(statements)
+        return "\n".join(s.strip() + ";" for s in statements)
+
+    def record(self, example: Example, correct: bool, extracted: Any, verdict: str, **extra: Any) -> dict:
+        # which user message produced the completion: records of both templates share one VERSION
+        return super().record(
+            example, correct, extracted, verdict, prompt_template=self.prompt_template, **extra
+        )
 
     def plain_prompt(self, example: Example) -> str:
         return f"{example.meta['schema']}\n\n-- Question: {example.meta['question']}\n-- SQLite query:\n"
