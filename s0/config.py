@@ -266,6 +266,12 @@ class SandboxConfig:
     )
 
 
+SELECTION_SPLITS = ("eval", "heldout")
+# assumption: the paper selects LoRA's best config on the evaluated problems (Sec 4.3) and names no held-out
+# slice; ours is the last 16 of HumanEval's training problems 0-79 (64-79), a fifth of the split.
+SELECTION_HELDOUT = 16
+
+
 @dataclass
 class RunConfig:
     experiment: str | None = _help("experiment name (conf/experiment/)", None)
@@ -282,7 +288,12 @@ class RunConfig:
         factory=dict,
     )
     eval_tasks: list[str] | None = _help("tasks evaluated after training; null = the training task", None)
-    selection: dict[str, Any] = _help("how a best-of-grid arm is chosen (Table 1 LoRA)", factory=dict)
+    selection: dict[str, Any] = _help(
+        "how a best-of-grid arm is chosen (Table 1 LoRA): arms, metric, rule, split (eval | heldout), heldout",
+        # split and heldout are always present, so `selection.split=heldout` on an experiment without a
+        # selection block gets validate_selection's one line rather than Hydra's struct error
+        factory=lambda: {"split": "eval", "heldout": SELECTION_HELDOUT},
+    )
     analyses: list[str] = _help(
         "mechanistic analyses to run (Sec 6): persistence, divergence, probe", factory=list
     )
@@ -398,6 +409,33 @@ def validate_protocol(p: ProtocolConfig) -> None:
         )
 
 
+def validate_selection(cfg: RunConfig) -> None:
+    """selection.split: eval (default, as the paper) or heldout, which needs the experiment's selection block and
+    a held-out slice smaller than the training split (issue 12)."""
+    sel = cfg.selection or {}
+    split = sel.get("split", "eval")
+    _choice("selection.split", split, SELECTION_SPLITS)
+    if split != "heldout":
+        return
+    who = f"experiment '{cfg.experiment}'" if cfg.experiment else "this config"
+    if not sel.get("arms"):
+        raise ConfigError(
+            f"selection.split=heldout: {who} has no selection block (selection.arms) to select among; "
+            "use an experiment with one, e.g. experiment=main_qwen"
+        )
+    n = sel.get("heldout", SELECTION_HELDOUT)
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"selection.heldout: a positive number of training problems, got {n!r}")
+    if cfg.task.name == "humaneval":  # other tasks' training splits are only known once their data loads
+        from s0.tasks.humaneval import TRAIN_IDS
+
+        if n >= len(TRAIN_IDS):
+            raise ConfigError(
+                f"selection.heldout={n}: humaneval has {len(TRAIN_IDS)} training problems and collection needs "
+                "some left; hold out fewer"
+            )
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks for a whole run config; raises ConfigError naming the first bad key."""
     _choice("model.family", cfg.model.family, FAMILIES)
@@ -430,4 +468,5 @@ def validate(cfg: RunConfig) -> None:
     if cfg.task.prompt_template is not None:
         _choice("task.prompt_template", cfg.task.prompt_template, PROMPT_TEMPLATES)
     validate_protocol(cfg.protocol)
+    validate_selection(cfg)
     validate_method(cfg.method)

@@ -8,6 +8,8 @@
 - train: one loop for every method (s0.train), the adapter saved in the run directory.
 - evaluate: greedy or sampled decoding with the adapter active on the eval split; per-problem records.
   The frozen model's evaluation is cached by (model, eval task, decoding[, seed if sampled]) and reused.
+- selection.split=heldout (issue 12): the last selection.heldout training problems stay out of collection, and
+  the selection arms are also evaluated on them (metrics.json "selection", samples_selection.jsonl).
 - record: s0.records' layout, `done` last. A run with `done` is skipped on rerun; one without is redone,
   reusing its saved adapter if training had finished.
 """
@@ -213,6 +215,8 @@ class Pipeline:
         if stage == "collect":
             key.update(task=dataclasses.asdict(run.task), collect=dataclasses.asdict(run.collect), seed=run.seed,
                        batch_size=self.cfg.eval.batch_size, max_length=self.cfg.eval.max_length)  # fmt: skip
+            if run.selection.heldout:  # collected without the held-out slice: never the split=eval cache
+                key["heldout"] = run.selection.heldout
         else:
             sampled = run.eval.mode == "sampled"
             key.update(eval_task=dataclasses.asdict(run.eval_task), eval=dataclasses.asdict(run.eval),
@@ -243,6 +247,9 @@ class Pipeline:
             log.info("collect: %d verified solutions from cache %s", len(cached["pairs"]), path.name)
             return cached["pairs"], cached["info"]
         examples = task.load_split("train")
+        if run.selection.heldout:  # selection.split=heldout: the selection slice never reaches training
+            held = {ex.id for ex in heldout_slice(task, run.selection.heldout)}
+            examples = [ex for ex in examples if ex.id not in held]
         prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
         check_prompts(prompts, self.tokenizer)
         c = run.collect
@@ -256,7 +263,8 @@ class Pipeline:
             pairs += [
                 {"id": ex.id, "prompt": prompts[i], "completion": t} for t in passing[: c.max_per_problem]
             ]
-        info = {"problems": len(examples), "samples": c.samples, "source": "model", "passed": len(pairs)}
+        info = {"problems": len(examples), "samples": c.samples, "source": "model", "passed": len(pairs),
+                "heldout": run.selection.heldout}  # fmt: skip
         if not pairs and c.fallback_to_reference:
             pairs, info = self._reference_pairs(task, examples, prompts, info)
         if not pairs:
@@ -355,22 +363,46 @@ class Pipeline:
             if cache_path.exists():
                 log.info("evaluate: frozen-model evaluation from cache %s", cache_path.name)
                 return records.read_jsonl(cache_path)
+        rows = self._decode_and_score(model, adapter, task, examples, prompts, spec, "evaluate")
+        if cache_path is not None:
+            records.write_jsonl(cache_path, rows)
+        return rows
+
+    def evaluate_selection(self, run: PlannedRun, task, adapter) -> list[dict]:
+        """selection.split=heldout: a selection arm's per-sample records on the held-out training slice, decoded
+        as its evaluation was. Called after `evaluate`, whose preflight checks (and LoRA merge) still hold."""
+        e = run.eval
+        sampled = e.mode == "sampled"
+        examples = heldout_slice(task, run.selection.heldout)[: run.eval_task.n_eval]  # smoke caps n_eval
+        prompts = [task.build_prompt(ex, self.tokenizer) for ex in examples]
+        spec = self._spec(e, run.seed, sampled, e.samples if sampled else 1, e.max_new_tokens)
+        model = adapter.model if adapter is not None else self.model
+        return self._decode_and_score(model, adapter, task, examples, prompts, spec, "evaluate (selection)")
+
+    def _decode_and_score(self, model, adapter, task, examples, prompts, spec, desc: str) -> list[dict]:
         stats = GenerationStats()
         with adapter.active() if adapter is not None else contextlib.nullcontext():
-            texts = generate(model, self.tokenizer, prompts, spec, self.progress, stats, desc="evaluate")
+            texts = generate(model, self.tokenizer, prompts, spec, self.progress, stats, desc=desc)
+        samples = spec.samples
         flat_ex = [ex for ex in examples for _ in range(samples)]
         flat = [t for row in texts for t in row]
         scored = task.score(flat_ex, flat, progress=self.progress)
         rows = [{**s, "sample": j % samples, "completion": t} for j, (s, t) in enumerate(zip(scored, flat))]
-        log.info(
-            "evaluate: %d problems x %d samples, %.0f new tokens/s",
-            len(examples),
-            samples,
-            stats.tokens_per_second,
-        )
-        if cache_path is not None:
-            records.write_jsonl(cache_path, rows)
+        log.info("%s: %d problems x %d samples, %.0f new tokens/s", desc, len(examples), samples,
+                 stats.tokens_per_second)  # fmt: skip
         return rows
+
+
+def heldout_slice(task, n: int) -> list:
+    """selection.split=heldout: the last `n` problems of the task's whole training split (HumanEval 64-79 for
+    n=16), whatever cap n_train puts on collection; one line when nothing would be left to train on."""
+    full = dataclasses.replace(task, n_train=None).load_split("train")
+    if n >= len(full):
+        raise PipelineError(
+            f"selection.heldout={n}: {task.name} has {len(full)} training problems and collection needs some "
+            "left; hold out fewer"
+        )
+    return full[-n:]
 
 
 # Format failures (issue 12): completions whose code or answer could not be extracted, so a reader can see how
@@ -447,7 +479,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         if checksum is None:
             checksum = pipe.model.s0_weights_checksum = weights_checksum(pipe.model)
             timing["checksum_at_load"] = time.perf_counter() - t0
-        adapter, info, checks, trainable = None, {}, {}, 0
+        adapter, info, checks, trainable, selection_rows = None, {}, {}, 0, []
         try:
             if train_task is not None:
                 t0 = time.perf_counter()
@@ -460,6 +492,10 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
             t0 = time.perf_counter()
             rows = pipe.evaluate(run, eval_task, adapter, checks)
             timing["evaluate"] = time.perf_counter() - t0
+            if run.selection.evaluate:  # selection.split=heldout: also scored on the held-out training slice
+                t0 = time.perf_counter()
+                selection_rows = pipe.evaluate_selection(run, train_task, adapter)
+                timing["evaluate_selection"] = time.perf_counter() - t0
         except torch.cuda.OutOfMemoryError as err:
             raise PipelineError(_oom_message("this run")) from err
         except PreflightError as err:
@@ -481,14 +517,18 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         prov["train_token_budget"] = train_log.get("token_budget")
         records.write_json(run_dir / "provenance.json", {**prov, "preflight": checks})
         records.write_jsonl(run_dir / "samples.jsonl", rows)
-        records.write_json(run_dir / "metrics.json", metrics)
+        recorded = dict(metrics)
+        if selection_rows:  # nested: no reader pools them with eval numbers (s0.records: split=selection)
+            recorded["selection"] = metrics_from(selection_rows, run.eval.ks, run.eval.mode == "sampled")
+            records.write_jsonl(run_dir / "samples_selection.jsonl", selection_rows)
+        records.write_json(run_dir / "metrics.json", recorded)
         timing["total"] = time.perf_counter() - run_start
         records.write_json(run_dir / "timing.json", timing)
         if info:
             records.write_json(run_dir / "collect.json", info)
         if pipe.cfg.logger.name == "wandb":
             log_to_wandb(pipe.cfg.logger, run, run_dir, metrics)
-        records.mark_done(run_dir, {"metrics": metrics, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        records.mark_done(run_dir, {"metrics": recorded, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("done %s: %s", run.run_id, ", ".join(f"{k}={v:.1f}" for k, v in metrics.items()))
     return metrics
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from s0.config import (
     METHOD_KEYS,
+    SELECTION_HELDOUT,
     CollectConfig,
     ConfigError,
     EvalConfig,
@@ -44,6 +45,19 @@ PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
+class SelectionSplit:
+    """Where a best-of-grid arm is selected (selection.split, issue 12), as it applies to one run.
+
+    split "" (no selection rule, or the baseline, which trains nothing and is shared by both splits), "eval" (the
+    paper's way: select on the evaluated problems), or "heldout": the last `heldout` training problems are kept
+    out of this run's collection, and a selection arm (`evaluate`) is also evaluated on them."""
+
+    split: str = ""
+    heldout: int = 0
+    evaluate: bool = False
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     """One concrete run: everything that determines its result, and nothing else."""
 
@@ -59,6 +73,7 @@ class PlannedRun:
     # the protocol the run was planned under (conf/protocol/); its budgets and HumanEval prompt are already
     # applied to collect, eval and the task configs
     protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
+    selection: SelectionSplit = dataclasses.field(default_factory=SelectionSplit)
 
     def key(self) -> dict[str, Any]:
         """The fields hashed into the run id (the experiment name and arm label are not among them)."""
@@ -76,6 +91,8 @@ class PlannedRun:
             key["task"] = dataclasses.asdict(self.task)
             key["collect"] = dataclasses.asdict(self.collect)
             key["train_target"] = [self.protocol.train_target, self.protocol.train_eos]
+            if self.selection.heldout:  # trained without the selection slice: never the split=eval run
+                key["selection"] = dataclasses.asdict(self.selection)
         return key
 
     @property
@@ -99,6 +116,9 @@ class PlannedRun:
             parts.append(f"layers={_ranges(m.layers)}")
         if m.max_train_examples is not None:
             parts.append(f"n={m.max_train_examples}")
+        if self.selection.heldout:
+            evaluated = "+selection_eval" if self.selection.evaluate else ""
+            parts.append(f"heldout={self.selection.heldout}{evaluated}")
         return " ".join(parts)
 
 
@@ -268,6 +288,34 @@ def describe_protocol(p: ProtocolConfig) -> str:
     )
 
 
+def apply_selection(run: PlannedRun, cfg: RunConfig) -> PlannedRun:
+    """selection.split (issue 12, validated in s0.config.validate_selection): `eval` (default) selects the best
+    grid point on the evaluated problems, as the paper does (Sec 4.3); `heldout` keeps the last
+    selection.heldout training problems out of every trained arm's collection and evaluates the selection arms
+    on them as well. The baseline trains nothing, so one baseline run serves both splits."""
+    sel = cfg.selection or {}
+    if not sel.get("arms") or run.method.name == "baseline":  # no selection rule in this experiment
+        return run
+    split = str(sel.get("split", "eval"))
+    if split != "heldout":
+        return dataclasses.replace(run, selection=SelectionSplit(split))
+    n = int(sel.get("heldout", SELECTION_HELDOUT))
+    return dataclasses.replace(run, selection=SelectionSplit(split, n, run.arm in sel.get("arms", [])))
+
+
+def describe_selection(runs: list[PlannedRun]) -> str | None:
+    """The plan's selection line (plan=true): which split the best grid point is selected on."""
+    splits = {r.selection.split for r in runs} - {""}
+    if not splits:
+        return None
+    if splits == {"eval"}:
+        return "selection split=eval: best config selected on the evaluated problems (as the paper, Sec 4.3)"
+    n = max(r.selection.heldout for r in runs)
+    arms = sorted({r.arm for r in runs if r.selection.evaluate})
+    return (f"selection split=heldout: the last {n} training problems are held out of every trained arm's "
+            f"collection; selection arms {', '.join(arms) or 'none planned'} are also evaluated on them")  # fmt: skip
+
+
 def apply_limits(run: PlannedRun, limit: LimitConfig) -> PlannedRun:
     """Cap problems, steps, samples and tokens (debug=smoke); None leaves a value as it is."""
 
@@ -337,7 +385,7 @@ def expand(
                     eval_task = cfg.task if eval_name == cfg.task.name else tasks[eval_name]
                     run = PlannedRun(cfg.experiment, arm, seed, model, method, cfg.task, eval_task, cfg.collect,
                                      cfg.eval, cfg.protocol)  # fmt: skip
-                    runs.append(apply_limits(apply_protocol(run, cfg), cfg.limit))
+                    runs.append(apply_selection(apply_limits(apply_protocol(run, cfg), cfg.limit), cfg))
     check_distinct_arms(runs)
     return runs
 
@@ -373,7 +421,8 @@ def format_plan(runs: list[PlannedRun], gpu: str | None = None) -> str:
     time on GPU class `gpu` (s0/cost.py)."""
     header = f"{'#':>4}  {'run_id':12}  {'model':20} {'task':22} {'arm':18} {'seed':>5}  hyperparameters"
     protocols = list(dict.fromkeys(describe_protocol(r.protocol) for r in runs))
-    lines = [*protocols, header, "-" * len(header)]
+    selection = describe_selection(runs)
+    lines = [*protocols, *([selection] if selection else []), header, "-" * len(header)]
     for i, r in enumerate(runs, 1):
         task = r.task.name if r.task.name == r.eval_task.name else f"{r.task.name}->{r.eval_task.name}"
         lines.append(

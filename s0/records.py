@@ -7,7 +7,9 @@
         adapter/            adapter_model.safetensors + adapter_config.json (trained methods)
         train.json          per-step loss and state norm, seconds
         samples.jsonl       one line per problem x sample: completion, verdict, correct
-        metrics.json        {metric: value}, plus counts
+        metrics.json        {metric: value}, plus counts; "selection": {metric: value} on the held-out
+                            training slice (selection.split=heldout, issue 12)
+        samples_selection.jsonl  the per-sample records behind "selection"
         timing.json         seconds per stage
         member-*.json       which experiment and arm asked for this run (one file each)
         run.log             the log of the process that made it
@@ -15,6 +17,10 @@
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file under
 its final name, and a run without `done` is never read as a result.
+
+Each metrics row says which problems its value is from (`split`: "eval", or "selection" for the held-out
+slice), how the run's selection was split (`selection_split`: "eval", or "heldout" for runs trained without
+the slice) and whether it was graded without sandbox isolation (`sandbox_weak`, from provenance.json).
 """
 
 from __future__ import annotations
@@ -117,6 +123,19 @@ def run_protocol(run: dict) -> str | None:
     return str(value) if value else None
 
 
+def run_selection(run: dict) -> tuple[str, int | None]:
+    """("heldout", n) for a run trained without the last n training problems (selection.split=heldout, issue
+    12); ("eval", None) otherwise, and for records from before runs recorded it."""
+    n = (run.get("selection") or {}).get("heldout")
+    return ("heldout", int(n)) if n else ("eval", None)
+
+
+def sandbox_weak(provenance: dict) -> bool:
+    """True when the run was graded in weak isolation (sandbox.isolation=weak: provenance.json `sandbox.weak`,
+    s0.provenance, issue 14); False without the field (older runs, fixtures)."""
+    return (provenance.get("sandbox") or {}).get("weak") is True
+
+
 def _flat_run(run: dict) -> dict:
     """The columns a table filters on, from run.json: the model a run really used, not the one asked for."""
     method, model = run["method"], run["model"]
@@ -139,6 +158,8 @@ def _flat_run(run: dict) -> dict:
         "decoding": run["eval"]["mode"],
         "seed": run["seed"],
         "protocol": run_protocol(run),
+        "selection_split": run_selection(run)[0],
+        "heldout": run_selection(run)[1],
     }
 
 
@@ -157,14 +178,19 @@ def load_results(results_dir: str | Path, with_samples: bool = True) -> Results:
             json.loads((run_dir / DONE).read_text())
             members = [json.loads(p.read_text()) for p in sorted(run_dir.glob("member-*.json"))]
             samples = read_jsonl(run_dir / "samples.jsonl") if with_samples else []
+            prov_path = run_dir / "provenance.json"
+            prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
         except (OSError, ValueError, KeyError) as err:
             corrupt[run_id] = f"{type(err).__name__}: {err}"
             continue
-        base = {"run_id": run_id, **_flat_run(run)}
+        base = {"run_id": run_id, **_flat_run(run), "sandbox_weak": sandbox_weak(prov)}
+        splits = {"eval": metrics, "selection": metrics.get("selection") or {}}
         for member in members or [{"experiment": run.get("experiment"), "arm": run.get("arm")}]:
-            for metric, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    metric_rows.append({**base, **member, "metric": metric, "value": float(value)})
+            for split, values in splits.items():
+                for metric, value in values.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        row = {**base, **member, "metric": metric, "value": float(value), "split": split}
+                        metric_rows.append(row)
         for s in samples:
             sample_rows.append({"run_id": run_id, **s})
     return Results(pd.DataFrame(metric_rows), pd.DataFrame(sample_rows), unfinished, corrupt)

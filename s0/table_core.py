@@ -35,7 +35,7 @@ import pandas as pd
 
 from s0.reference import paper_rows, rounding_halfwidth
 from s0.stats import format_pvalue, stars
-from s0.table_data import DEFAULT_N_EVAL, MixedProtocolsError, protocol_by_run
+from s0.table_data import DEFAULT_N_EVAL, MixedProtocolsError, protocol_by_run, weak_runs
 
 MARK = {"agree": "✓", "disagree": "✗"}
 DASH = "—"
@@ -148,6 +148,7 @@ class Cell:
     status: str = field(init=False, default="")
     tolerance: float = field(init=False, default=math.nan)
     protocol: str = field(init=False, default="")  # of the runs behind the cell (stamp_protocol), "" if none
+    weak_runs: int = field(init=False, default=0)  # of its runs, those graded in weak sandbox isolation
 
     def __post_init__(self) -> None:
         self.values = [float(v) for v in self.values if v is not None and not math.isnan(float(v))]
@@ -237,6 +238,7 @@ class Cell:
             "ours": self.mean if self.values else math.nan, "ours_std": self.std, "n": self.n,
             "ours_text": self.ours(with_n=False), "status": self.status, "tolerance": self.tolerance,
             "run_ids": ";".join(self.run_ids), "models": ";".join(self.models), "protocol": self.protocol,
+            "sandbox_weak_runs": self.weak_runs,
         }  # fmt: skip
 
 
@@ -257,6 +259,8 @@ class Table:
     aliases: dict[str, str] = field(default_factory=dict)
     # the protocols of the runs behind its cells (stamp_protocol); None: not stamped, the caption says nothing
     protocols: list[str] | None = None
+    # how many of its runs were graded in weak sandbox isolation (issue 14; stamp_protocol): said in the caption
+    weak_runs: int = 0
 
     @property
     def rows(self) -> list[str]:
@@ -285,6 +289,9 @@ class Table:
     @property
     def full_caption(self) -> str:
         caption = f"{self.caption} {protocol_sentence(self.protocols)}".rstrip()
+        if self.weak_runs:
+            caption += (f" sandbox: weak isolation ({self.weak_runs} run{'s' if self.weak_runs != 1 else ''}): "
+                        "graded without namespace isolation (sandbox.isolation=weak, provenance.json).")  # fmt: skip
         if not self.models:
             return caption
         return (f"Runs of {', '.join(self.models)}, not the paper's model: their cells are shown beside the "
@@ -396,9 +403,11 @@ def protocol_sentence(protocols: list[str] | None) -> str:
 
 def stamp_protocol(table: Table, metrics: pd.DataFrame) -> Table:
     """Record each cell's protocol and the table's; a cell whose runs were made under two protocols stops the
-    build with MixedProtocolsError (one line, naming the cell and a run of each)."""
-    by_run = protocol_by_run(metrics)
+    build with MixedProtocolsError (one line, naming the cell and a run of each). Also counts the runs graded in
+    weak sandbox isolation (issue 14), per cell and for the table's caption."""
+    by_run, weak = protocol_by_run(metrics), weak_runs(metrics)
     for c in table.cells:
+        c.weak_runs = len(weak.intersection(c.run_ids))
         found: dict[str, str] = {}
         for r in c.run_ids:
             if r in by_run:
@@ -411,6 +420,7 @@ def stamp_protocol(table: Table, metrics: pd.DataFrame) -> Table:
             )
         c.protocol = next(iter(found), "")
     table.protocols = sorted({c.protocol for c in table.cells if c.protocol})
+    table.weak_runs = len(weak.intersection(table.run_ids))
     return table
 
 

@@ -9,6 +9,10 @@ hub id): the paper's model (conf/experiment/<name>.yaml) with hub weights when s
 only scope present (the demo's tiny smoke runs, say); several scopes and none of them the paper's stop the
 table with `MixedRunsError`. The `model` column is "" for the paper's model and otherwise the label of the
 model the runs really used ("tiny_qwen3_5 (smoke)"), so a table can say so instead of printing the paper's.
+
+`select` reads the evaluated problems (`split` "eval") of runs made under the default selection split (`eval`)
+unless told otherwise: scores on a held-out selection slice (`split="selection"`) and runs trained without it
+(`selection_split="heldout"`, issue 12) never pool with the usual eval numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import yaml
 DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 SCOPE_COLUMNS = ("model", "weights", "smoke", "hub_id")
+SPLIT_COLUMNS = ("split", "selection_split")  # which problems a value is from; how its run's selection split
 
 
 class MixedRunsError(ValueError):
@@ -34,6 +39,14 @@ class MixedProtocolsError(MixedRunsError):
 
 
 UNRECORDED = "unrecorded"  # the protocol of records written before runs recorded theirs
+
+
+def weak_runs(metrics: pd.DataFrame) -> set[str]:
+    """Run ids graded in weak sandbox isolation (provenance.json sandbox.weak, issue 14)."""
+    if metrics.empty or "sandbox_weak" not in metrics:
+        return set()
+    weak = metrics["sandbox_weak"].fillna(False).astype(bool)
+    return set(metrics.loc[weak, "run_id"].astype(str))
 
 
 def protocol_by_run(metrics: pd.DataFrame) -> dict[str, str]:
@@ -94,7 +107,9 @@ def _cache(metrics: pd.DataFrame) -> tuple[dict, dict]:
         for col, default in zip(SCOPE_COLUMNS, ("", "hub", False, "")):
             m[col] = m[col].where(m[col].notna(), default) if col in m else default
         m["smoke"] = m["smoke"].astype(bool)
-        keys = m[["experiment", "arm", "metric"]].astype(str).agg("\x1f".join, axis=1)
+        for col in SPLIT_COLUMNS:  # records from before selection splits: eval values of eval-split runs
+            m[col] = m[col].where(m[col].notna(), "eval") if col in m else "eval"
+        keys = m[["experiment", "arm", "metric", *SPLIT_COLUMNS]].astype(str).agg("\x1f".join, axis=1)
         groups = {tuple(k.split("\x1f")): g for k, g in m.groupby(keys)}
         scopes = {
             str(exp): sorted(set(g[list(SCOPE_COLUMNS)].itertuples(index=False, name=None)))
@@ -157,13 +172,16 @@ def select(
     metric: str = "pass@1",
     model: str | None = None,
     eval_task: str | None = None,
+    split: str = "eval",
+    selection_split: str = "eval",
 ) -> pd.DataFrame:
     """Per-seed values of one arm: columns seed, value, run_id, model (one row per seed, sorted by seed).
 
-    Only runs of the experiment's scope (see the module docstring); `model` narrows it to one model."""
+    Only runs of the experiment's scope (see the module docstring); `model` narrows it to one model. `split`
+    "selection" reads the held-out slice's values, `selection_split` "heldout" the runs trained without it."""
     empty = pd.DataFrame({"seed": pd.Series(dtype=int), "value": pd.Series(dtype=float),
                           "run_id": pd.Series(dtype=str), "model": pd.Series(dtype=str)})  # fmt: skip
-    m = _cache(metrics)[0].get((experiment, arm, metric))
+    m = _cache(metrics)[0].get((experiment, arm, metric, split, selection_split))
     if m is None:
         return empty
     sc = scope(metrics, experiment, model, cell=f"{experiment}/{arm} {metric}")
@@ -211,7 +229,8 @@ def models_of(*frames: pd.DataFrame) -> list[str]:
 def n_eval_of(metrics: pd.DataFrame, run_ids: list[str]) -> float:
     if metrics.empty or not run_ids:
         return DEFAULT_N_EVAL
-    m = metrics[(metrics.metric == "n_eval") & metrics.run_id.isin(run_ids)]
+    split = metrics["split"].fillna("eval") if "split" in metrics else "eval"
+    m = metrics[(metrics.metric == "n_eval") & metrics.run_id.isin(run_ids) & (split == "eval")]
     return float(m.value.mean()) if len(m) else DEFAULT_N_EVAL
 
 

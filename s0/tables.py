@@ -12,10 +12,16 @@ Semantics shared by all tables:
 - Δ is the mean of per-seed improvements over the baseline run of the same seed and experiment (footnote 1).
 - "Degraded" counts problems that pass under the baseline and fail under the method (greedy, sample 0),
   joined on problem id within a seed.
-- Table 1's "LoRA (best config)" is the experiment's `selection` rule (conf/experiment/<name>.yaml: highest
-  mean pass@1 over seeds among the listed arms that have runs), selected on the evaluation split as the paper
-  does; its notes say how many LoRA arms had runs and which was selected. Tables 2, 3 and 6 use the best
-  rank-24 arm, the paper's "main rank-24 LoRA baseline".
+- Table 1's "LoRA (best config, selected on eval problems)" is the experiment's `selection` rule
+  (conf/experiment/<name>.yaml: highest mean pass@1 over seeds among the listed arms that have runs), selected
+  on the evaluation split as the paper does; its notes say how many LoRA arms had runs and which was selected.
+  Where runs of `selection.split=heldout` exist, a second row "LoRA (best config, selected on held-out train
+  problems 64-79)" picks by those runs' scores on the held-out slice (metrics rows with split "selection") and
+  shows the pick's pass@1 on 80-163 from the same runs (trained without 64-79), so the selection bias shows;
+  the caption names each row's pick (issue 12). Tables 2, 3 and 6 use the best rank-24 arm, the paper's
+  "main rank-24 LoRA baseline", selected on the eval problems.
+- A table with runs graded in weak sandbox isolation says "sandbox: weak isolation (N runs)" in its caption
+  (table_core.stamp_protocol, issue 14).
 - State-offset (Tables 1 and 3) is the state_offset experiment's `selection`: the swept alpha with the highest
   mean pass@1 over seeds on the evaluation problems, the footing S0's alpha was chosen on (App E, issue 12).
 - Every caption ends with the protocol of the runs behind it (table_core.stamp_protocol); Table 1's caption
@@ -57,6 +63,7 @@ SELECTION_NOTE = (
     "LoRA (best config) is the LoRA arm with the highest mean pass@1 over seeds among those with runs, selected "
     "on the evaluation problems themselves, as in the paper (Sec 4.3); the notes say which arms ran"
 )
+LORA_EVAL_ROW = "LoRA (best config, selected on eval problems)"
 
 
 @functools.cache
@@ -77,10 +84,11 @@ def selection_arms(experiment: str) -> list[str]:
 
 
 def select_best(
-    metrics: pd.DataFrame, experiment: str, arms: list[str], metric: str = "pass@1"
+    metrics: pd.DataFrame, experiment: str, arms: list[str], metric: str = "pass@1", **where: str
 ) -> str | None:
-    """`max_mean_over_seeds`: the arm with the highest mean `metric` over its seeds (None if none ran)."""
-    means = {a: select(metrics, experiment, a, metric).value.mean() for a in arms}
+    """`max_mean_over_seeds`: the arm with the highest mean `metric` over its seeds (None if none ran). `where`
+    (split, selection_split) goes to `select`: split="selection" picks on the held-out slice (issue 12)."""
+    means = {a: select(metrics, experiment, a, metric, **where).value.mean() for a in arms}
     means = {a: v for a, v in means.items() if not math.isnan(v)}
     return max(means, key=means.__getitem__) if means else None
 
@@ -98,16 +106,17 @@ def best_state_offset(metrics: pd.DataFrame) -> str | None:
 
 
 def selection_note(metrics: pd.DataFrame, experiment: str, what: str = "LoRA", best: str = "LoRA (best config)",
-                   metric: str = "pass@1") -> str:  # fmt: skip
+                   metric: str = "pass@1", **where: str) -> str:  # fmt: skip
     """Which arms of the experiment's selection grid have runs and which one the rule picked, in words.
 
     Says "the only one of the 4 LoRA arms with runs" when a single grid point ran (nothing was compared), and
-    lists each arm's mean and seed count when several did. `what` names the arms, `best` the chosen one."""
+    lists each arm's mean and seed count when several did. `what` names the arms, `best` the chosen one;
+    `where` goes to `select` (the held-out selection slice, issue 12)."""
     grid = selection_arms(experiment)
-    ran = {a: select(metrics, experiment, a, metric) for a in grid}
+    ran = {a: select(metrics, experiment, a, metric, **where) for a in grid}
     ran = {a: f for a, f in ran.items() if len(f)}
     absent = [a for a in grid if a not in ran]
-    chosen = select_best(metrics, experiment, grid, metric)
+    chosen = select_best(metrics, experiment, grid, metric, **where)
     seeds = lambda a: f"{len(ran[a])} seed{'s' if len(ran[a]) != 1 else ''}"  # noqa: E731
     if chosen is None:
         return (f"no {what} runs: none of the {len(grid)} {what} arm{'s' if len(grid) != 1 else ''} "
@@ -126,6 +135,30 @@ def selection_note(metrics: pd.DataFrame, experiment: str, what: str = "LoRA", b
 def lora_selection_note(metrics: pd.DataFrame, experiment: str, metric: str = "pass@1") -> str:
     """Which LoRA arms of the experiment have runs and which one the selection rule picked (selection_note)."""
     return selection_note(metrics, experiment, metric=metric)
+
+
+HELDOUT = {"split": "selection", "selection_split": "heldout"}  # scores on the held-out slice of heldout runs
+
+
+def heldout_problems(metrics: pd.DataFrame, experiment: str) -> str | None:
+    """'64-79': the held-out training problems of the experiment's selection.split=heldout runs (HumanEval's
+    training split is 0-79), 'the last n training problems' for other tasks; None without such runs."""
+    if metrics.empty or "heldout" not in metrics:
+        return None
+    rows = metrics[(metrics.experiment == experiment) & metrics.heldout.notna()]
+    if rows.empty:
+        return None
+    ns = sorted({int(n) for n in rows.heldout})
+    if set(rows.task) == {"humaneval"}:
+        from s0.tasks.humaneval import TRAIN_IDS
+
+        return ", ".join(f"{TRAIN_IDS.stop - n}-{TRAIN_IDS.stop - 1}" for n in ns)
+    return "the last " + ", ".join(map(str, ns)) + " training problems"
+
+
+def best_lora_heldout(metrics: pd.DataFrame, experiment: str) -> str | None:
+    """The grid point selection.split=heldout picks: the highest mean pass@1 on the held-out slice (issue 12)."""
+    return select_best(metrics, experiment, selection_arms(experiment), **HELDOUT)
 
 
 def format_failure_text(metrics: pd.DataFrame, experiment: str, arms: dict[str, str | None]) -> str:
@@ -220,7 +253,7 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """HumanEval main results (Table 1): pass@1 mean ± std per method, Qwen3.5-4B and FalconH1-7B."""
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
-    cells, notes, aliases, failures = [], [], {}, []
+    cells, notes, aliases, failures, picks, held_rows = [], [], {}, [], [], []
     cols = {"Qwen3.5-4B (GatedDeltaNet)": ("main_qwen", 10), "FalconH1-7B (Mamba-2)": ("main_falcon", 3)}
     for paper_col, (exp, n) in cols.items():
         # runs of another model are labelled with it, never with the paper's
@@ -229,6 +262,10 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
             aliases[paper_col] = col
         lora = best_lora(m, exp)
         notes.append(f"{col}: {lora_selection_note(m, exp)}")
+        held = heldout_problems(m, exp)
+        held_lora = best_lora_heldout(m, exp) if held else None
+        picks.append(f"{col}: {lora or 'none ran'} on the eval problems"
+                     + (f", {held_lora or 'none ran'} on held-out train problems {held}" if held else ""))  # fmt: skip
         p = dict(source="Table 1", experiment=exp)
         base = select(m, exp, "baseline")
         lo = select(m, exp, lora) if lora else select(m, exp, "__none__")
@@ -236,7 +273,16 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         cells.append(
             _cell(m, base, "Baseline", col, "pct", paper_ref(ref, method="baseline", metric="pass@1", **p))
         )
-        cells.append(_cell(m, lo, "LoRA (best config)", col, "pct", paper_ref(ref, n=n, method="lora", metric="pass@1", **p)))  # fmt: skip
+        cells.append(_cell(m, lo, LORA_EVAL_ROW, col, "pct", paper_ref(ref, n=n, method="lora", metric="pass@1", **p)))  # fmt: skip
+        if (
+            held
+        ):  # the pick's pass@1 on 80-163 from the runs trained without the slice; the paper has no such row
+            row = f"LoRA (best config, selected on held-out train problems {held})"
+            held_rows.append(row)
+            hl = select(m, exp, held_lora or "__none__", selection_split="heldout")
+            cells.append(_cell(m, hl, row, col, "pct", None))
+            notes.append(f"{col}: " + selection_note(m, exp, best=row, **HELDOUT)
+                         .replace("mean pass@1", f"mean pass@1 on held-out train problems {held}"))  # fmt: skip
         if exp == "main_qwen":
             so = select(m, "state_offset", best_state_offset(m) or "__none__")
             pr = paper_ref(ref, n=10, source="Table 1", experiment="state_offset", method="state_offset",
@@ -260,20 +306,27 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         failures.append(
             f"{col}: " + format_failure_text(m, exp, {"baseline": "baseline", "LoRA": lora, "S0": "s0"})
         )
+    lora_params = (f"{_params(ref, source='Table 1', experiment='main_qwen', method='lora')} / "
+                   f"{_params(ref, source='Table 1', experiment='main_falcon', method='lora')}")  # fmt: skip
     static = {
         "Params": {
-            "LoRA (best config)": f"{_params(ref, source='Table 1', experiment='main_qwen', method='lora')} / "
-            f"{_params(ref, source='Table 1', experiment='main_falcon', method='lora')}",
+            LORA_EVAL_ROW: lora_params,
+            **{row: lora_params for row in held_rows},
             "State-offset": f"{_params(ref, source='Table 1', method='state_offset')} / —",
             "S0 (ours)": f"{_params(ref, source='Table 1', experiment='main_qwen', method='s0')} / "
             f"{_params(ref, source='Table 1', experiment='main_falcon', method='s0')}",
         },
-        "Overhead": {"LoRA (best config)": "Merge", "State-offset": "Per-step", "S0 (ours)": "None"},
+        "Overhead": {
+            LORA_EVAL_ROW: "Merge",
+            **{row: "Merge" for row in held_rows},
+            "State-offset": "Per-step",
+            "S0 (ours)": "None",
+        },
     }
     if any(c.models for c in cells):  # tiny smoke runs: the counts are the paper's models', not theirs
         static = {"Params (paper's models)" if k == "Params" else k: v for k, v in static.items()}
     caption = ("HumanEval greedy pass@1 (%) on held-out problems 80–163, mean ± std over seeds (Qwen 10 seeds, "
-               "Falcon 3). " + SELECTION_NOTE + ". State-offset is the state_offset experiment's selected alpha "
+               "Falcon 3). " + SELECTION_NOTE + ". LoRA picks: " + "; ".join(picks) + ". State-offset is the state_offset experiment's selected alpha "
                "(Table 3). Format failures, the share of evaluated completions with no extractable code (mean over "
                "seeds; a gain that is only format repair shows here): " + "; ".join(failures) + ".")  # fmt: skip
     return Table(

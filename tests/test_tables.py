@@ -132,7 +132,7 @@ def test_a_partial_experiment_keeps_other_cells_missing(per_seed: Results, ref: 
         t1.cell("S0 (ours)", "Qwen3.5-4B (GatedDeltaNet)").status == "missing"
     )  # no per-seed S0 in the paper
     assert t1.cell("State-offset", "FalconH1-7B (Mamba-2)").status == "n/a"
-    assert t1.cell("LoRA (best config)", "Qwen3.5-4B (GatedDeltaNet)").n == 10
+    assert t1.cell("LoRA (best config, selected on eval problems)", "Qwen3.5-4B (GatedDeltaNet)").n == 10
 
 
 # ---------------------------------------------------------------------------------------- the judging
@@ -165,7 +165,7 @@ def test_selection_rule_comes_from_the_experiment_config(fixtures: Results, ref:
     md = t1.to_markdown()
     assert "LoRA (best config) is lora_r16_lr1e-4, the highest mean pass@1 of the 2 of 4 LoRA arms" in md
     assert "no runs of lora_r16_lr5e-4, lora_r24_lr1e-4." in md
-    assert t1.cell("LoRA (best config)", "Qwen3.5-4B (GatedDeltaNet)").mean == 99.0
+    assert t1.cell("LoRA (best config, selected on eval problems)", "Qwen3.5-4B (GatedDeltaNet)").mean == 99.0
 
 
 def test_table1_note_says_how_many_lora_arms_ran(fixtures: Results, ref: pd.DataFrame) -> None:
