@@ -112,7 +112,7 @@ def run_hf(model, tok: IdTokenizer, idx: list[int], batch_size: int, new_tokens:
     from s0.generation import GenerationSpec, generate
 
     texts = [f"p{i}" for i in idx]
-    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000)
+    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000, engine="hf")
     sync(device)
     t0 = time.perf_counter()
     generate(model, tok, texts, spec, progress=False)
@@ -123,7 +123,7 @@ def run_hf(model, tok: IdTokenizer, idx: list[int], batch_size: int, new_tokens:
 def hf_tokens(model, tok: IdTokenizer, idx: list[int], batch_size: int, new_tokens: int) -> list[list[int]]:
     from s0.generation import GenerationSpec, generate
 
-    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000)
+    spec = GenerationSpec(max_new_tokens=new_tokens, batch_size=batch_size, max_length=100_000, engine="hf")
     outs = generate(model, tok, [f"p{i}" for i in idx], spec, progress=False)
     return [[int(x) for x in o[0].split()] for o in outs]
 
@@ -161,7 +161,11 @@ def engine_result(
 def time_engine(model, ids, mask, n: int, vocab: int, temperature: float | None, gdn_decode: str, device,
                 top_p: float = 0.95) -> dict[str, Any]:  # fmt: skip
     """One warm-up call, then one timed call of s0.decode with its phase timings (EOS out of vocab: full length)."""
-    run = dict(temperature=temperature, top_p=top_p, gdn_decode=gdn_decode, cuda_graph=device.type == "cuda")
+    kernel, _, compiled = gdn_decode.partition(
+        "+"
+    )  # "native+compile": the step's forward under torch.compile
+    run = dict(temperature=temperature, top_p=top_p, gdn_decode=kernel, cuda_graph=device.type == "cuda",
+               compile_step=compiled == "compile")  # fmt: skip
     decode(model, ids, mask, min(n, 8), [vocab], 0, **run)  # warm-up: kernels compiled, allocator primed
     free_memory()
     if device.type == "cuda":
@@ -440,7 +444,7 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
     def engine() -> dict[str, Any]:
         # s0.decode, the harness's engine (eval.engine=auto on CUDA), greedy at batch B: its own phase timings
         ids, mask = left_pad(batch_seqs, 0, device)
-        r = time_engine(model, ids, mask, args.new_tokens, vocab, None, "native", device)
+        r = time_engine(model, ids, mask, args.new_tokens, vocab, None, "auto", device)  # the default kernels
         k = min(args.agree_tokens, args.new_tokens)
         if "hf_ref" not in dec_holder:
             dec_holder["hf_ref"] = hf_tokens(model, tok, list(range(len(batch_seqs))), args.batch_size, k)

@@ -6,8 +6,8 @@ early exit, prefill in chunks, always under `torch.no_grad()`, with whatever ada
     tokens = decode(..., temperature=0.7, top_p=0.95, row_seeds=torch.tensor([...]))   # sampled
 
 Why: transformers' `generate` reads the all-finished flag on the host after every step and rebuilds masks, position
-ids and a growing cache: 110.6 ms/step at batch 84 on an H200 with the Qwen3.5-4B architecture, against 14.6 ms for
-this loop with a CUDA graph (issue 13). Selected by `GenerationSpec(engine="static")`, or `"auto"` on CUDA.
+ids and a growing cache: 110.6 ms/step at batch 84 on an H200 with the Qwen3.5-4B architecture, against 12.6 ms for
+this loop with a CUDA graph (issue 13; table below). Selected by `GenerationSpec(engine="static")`, or `"auto"` on CUDA.
 
 What it equals (tests/test_decode.py, fp32 on CPU):
   * greedy: the tokens of HF greedy `generate` on the same left-padded batch, EOS and padding included (finished
@@ -28,14 +28,29 @@ them, as `PrefixAdapter`'s generation inputs do for `generate`.
 
 Supported: models whose layer types are full attention, linear attention (Qwen3.5 GatedDeltaNet) or hybrid
 (FalconH1 Mamba-2 + attention), and whose forward takes a dict of masks (Qwen3.5, FalconH1, Qwen2; tested with
-transformers 5.24, whose forward takes the cache as `cache`; before, `past_key_values`, which is passed then). `unsupported_reason(model)` says why another model is not.
+transformers 5.24, whose forward takes the cache as `cache`; before, `past_key_values`, which is passed then).
+`unsupported_reason(model)` says why another model is not.
 
-Where the time goes (knobs for the GPU run, `benchmarks/eval_throughput.py --engine-knobs`): the decode step calls
-the model's own modules, so each layer is a few dozen small launches (graph replay removes their host cost, not
-their count); the GatedDeltaNet / Mamba-2 states are fp32 (B, H, K, V) tensors that transformers' cache copies into
-its static buffer after every step (`update_recurrent_state` copy_: one extra read+write of the whole state per
-layer per step); without causal-conv1d the conv update is a PyTorch roll + sum. `prefill_chunk` bounds prefill
-memory (fp32 chunk intermediates scale with chunk x batch); `stop_check_every` trades host syncs for wasted steps.
+Where the time goes (H200, Qwen3.5-4B architecture, random bf16 weights, S0 active, 64 new tokens, fla 0.6,
+transformers 5.24; `python -m benchmarks.eval_throughput --engine-batches 1,16,84 --gdn-decode ...`, 2026-11-30):
+
+    batch   greedy native   greedy fla_inplace (default)   sampled fla_inplace   bound
+    1       6.78 ms         6.73 ms                        7.02 ms               2.01 ms
+    16      8.89 ms         8.47 ms                        9.77 ms               -
+    84      14.6 ms (29%)   12.6 ms (33%)                  15.4 ms (27%)         4.20 ms
+
+  * the profile of one batch-84 step (torch.profiler): matmuls 3.4 ms, fla's recurrent kernel 2.9 ms, a 2 ms
+    device-to-device copy of the fp32 GDN states (the cache's `update_recurrent_state` copy_; gone with
+    fla_inplace), ~500 small copy_/mul/add/mean launches (dtype casts, contiguous(), RMSNorm) ~3 ms;
+  * batch 1 is launch-bound: ~2.1k kernels per step at a few microseconds each is most of 6.8 ms (graph replay
+    removes their host cost, not their count). `compile_step=True` (torch.compile of the step's forward) measured
+    5.3 ms at batch 1 and 7.0 ms at batch 16 but nothing at batch 84, where it probably hit dynamo's recompile
+    limit (a new StaticCache per call) and ran eager: the next lever, not yet the default;
+  * sampling adds ~3 ms at batch 84: top-p sorts the whole vocabulary of every row at every step (as HF does);
+  * without fla, the PyTorch decode kernel materialises four state-sized temporaries per step:
+    gdn_decode="inplace" removes them (slower than fla's kernel on the H200; for CPU or fla-less boxes);
+  * knobs: `prefill_chunk` bounds prefill memory (fp32 chunk intermediates scale with chunk x batch);
+    `stop_check_every` trades host syncs for wasted steps; `timings={}` returns prefill/capture/per-step times.
 """
 
 from __future__ import annotations
@@ -47,9 +62,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DEFAULT_PREFILL_CHUNK = (
-    1024  # prompt tokens per prefill forward; chunking a recurrent prefill is exact (tests)
-)
+# Prompt tokens per prefill forward; chunking a recurrent prefill is exact (tests).
+DEFAULT_PREFILL_CHUNK = 1024
 SUPPORTED_LAYER_TYPES = {"full_attention", "linear_attention", "hybrid"}
 _M32 = 0xFFFFFFFF
 
