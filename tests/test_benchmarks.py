@@ -258,7 +258,7 @@ def test_length_table_matches_human_eval(tmp_path):
     fresh = common.write_length_table(tmp_path / "lengths.json")
     assert fresh == common.load_length_table()
     train = common.train_lengths(48, seed=0)
-    assert len(train) == 48 and all(50 <= c <= 300 and 100 <= p <= 450 for p, c in train)
+    assert len(train) == 48 and all(50 <= c <= 300 and 60 <= p <= 450 for p, c in train)
     assert len(common.eval_prompt_lengths()) == 84
 
 
