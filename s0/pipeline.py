@@ -34,7 +34,7 @@ import torch
 
 from s0 import records
 from s0.config import RunConfig
-from s0.generation import GenerationSpec, GenerationStats, generate
+from s0.generation import GenerationSpec, GenerationStats, generate, resolve_engine
 from s0.plan import PlannedRun, config_hash
 from s0.preflight import PreflightError, check_generation, check_logit_change, check_prompts
 from s0.provenance import package_versions, provenance
@@ -211,6 +211,8 @@ class Pipeline:
             "model": run.key()["model"],
             "task_version": task_version,
             "env": self._environment(),
+            # the engine that decodes (auto resolved): static and hf draw different samples for one seed
+            "engine": resolve_engine(self.model, self.cfg.eval.engine),
         }
         if stage == "collect":
             key.update(task=dataclasses.asdict(run.task), collect=dataclasses.asdict(run.collect), seed=run.seed,
