@@ -132,3 +132,48 @@ def test_the_protocol_a_run_was_made_under_is_a_column(tmp_path):
     m = records.load_results(tmp_path).metrics
     by_run = m.groupby("run_id").protocol.agg(lambda s: set(s.fillna("None")))
     assert by_run.to_dict() == {"ref": {"reference"}, "har": {"harness"}, "old": {"None"}}
+
+
+def test_weak_sandbox_runs_are_a_column(tmp_path):
+    """provenance.json's sandbox.weak (s0.provenance, issue 14) reaches every metrics row of the run; runs without
+    the field (older runs, fixtures) are not weak."""
+    make_run(tmp_path, "weak")
+    records.write_json(
+        tmp_path / "weak" / "provenance.json", {"sandbox": {"isolation": "weak", "weak": True}}
+    )
+    make_run(tmp_path, "strong")
+    records.write_json(
+        tmp_path / "strong" / "provenance.json", {"sandbox": {"isolation": "required", "weak": False}}
+    )
+    make_run(tmp_path, "old")  # no provenance.json
+    m = records.load_results(tmp_path).metrics
+    assert m.groupby("run_id").sandbox_weak.agg(set).to_dict() == {
+        "weak": {True},
+        "strong": {False},
+        "old": {False},
+    }
+
+
+def test_selection_scores_are_rows_of_their_own_split(tmp_path):
+    """metrics.json's "selection" (the held-out training slice, selection.split=heldout, issue 12) becomes rows
+    with split "selection", never rows of the eval split; the run says it was trained without the slice."""
+    make_run(
+        tmp_path,
+        "held",
+        metrics={"pass@1": 50.0, "n_eval": 84.0, "selection": {"pass@1": 25.0, "n_eval": 16.0}},
+    )
+    run = json.loads((tmp_path / "held" / "run.json").read_text())
+    records.write_json(
+        tmp_path / "held" / "run.json", {**run, "selection": {"split": "heldout", "heldout": 16}}
+    )
+    make_run(tmp_path, "plain")
+    m = records.load_results(tmp_path).metrics
+    held = m[m.run_id == "held"].set_index(["split", "metric"]).value.to_dict()
+    assert held == {("eval", "pass@1"): 50.0, ("eval", "n_eval"): 84.0,
+                    ("selection", "pass@1"): 25.0, ("selection", "n_eval"): 16.0}  # fmt: skip
+    assert set(m[m.run_id == "held"].selection_split) == {"heldout"} and set(
+        m[m.run_id == "held"].heldout
+    ) == {16}
+    assert set(m[m.run_id == "plain"].split) == {"eval"} and set(m[m.run_id == "plain"].selection_split) == {
+        "eval"
+    }

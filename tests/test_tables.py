@@ -470,3 +470,26 @@ def test_state_offset_alpha_is_selected_like_s0s(tmp_path: Path) -> None:
     assert "the highest mean pass@1 over seeds on the evaluated problems" in t3.full_caption
     assert t3.notes[-1].startswith("State-offset (selected α) is state_offset_a0.3, the highest mean pass@1 of the "
                                    "3 of 3 state-offset arms with runs (state_offset_a0.07 55.7 (3 seeds)")  # fmt: skip
+
+
+def test_weak_sandbox_runs_are_marked_in_every_table_built_from_them(tmp_path: Path) -> None:
+    """A run graded in weak isolation (provenance.json sandbox.weak, issue 14) is counted in the caption of each
+    table it reaches, and in the CSV's cells; tables without such runs say nothing."""
+    from s0 import records
+
+    for seed in (42, 7):
+        write_run(tmp_path, f"b{seed}", "main_qwen", "baseline", "qwen3_5_4b", 50.0, seed)
+        write_run(tmp_path, f"s{seed}", "main_qwen", "s0", "qwen3_5_4b", 70.0 + seed % 2, seed)
+    records.write_json(tmp_path / "s42" / "provenance.json", {"sandbox": {"isolation": "weak", "weak": True}})
+    records.write_json(
+        tmp_path / "b7" / "provenance.json", {"sandbox": {"isolation": "required", "weak": False}}
+    )
+    tables = {t.key: t for t in build_tables(load_records(tmp_path))}
+    t1 = tables["table1"]
+    assert "sandbox: weak isolation (1 run)" in t1.full_caption
+    assert "sandbox: weak isolation (1 run)" in t1.to_markdown() and "weak isolation (1 run)" in t1.to_html()
+    frame = t1.frame().set_index(["row", "column"])
+    assert frame.loc[("S0 (ours)", QWEN), "sandbox_weak_runs"] == 1
+    assert frame.loc[("Baseline", QWEN), "sandbox_weak_runs"] == 0
+    assert "weak isolation" in tables["table2"].full_caption  # its S0 Δ reads s42
+    assert "weak isolation" not in tables["table7"].full_caption  # no runs of main_falcon
