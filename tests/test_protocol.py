@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -211,8 +212,8 @@ def test_protocol_changes_run_ids_and_cache_keys(compose):
     for protocol in ("reference", "harness"):
         cfg, _, runs = planned(compose, "experiment=main_qwen", "seed=42", f"protocol={protocol}")
         planned_by[protocol] = {r.arm: r for r in runs}
-    # cache_key reads the pipeline's environment and batch size only; those are the same here
-    pipe = SimpleNamespace(cfg=cfg, _environment=dict)
+    # cache_key reads the pipeline's environment, batch size and (for the engine) a CPU model: the same here
+    pipe = SimpleNamespace(cfg=cfg, _environment=dict, model=torch.nn.Linear(1, 1))
     for arm, ref in planned_by["reference"].items():
         har = planned_by["harness"][arm]
         assert ref.run_id != har.run_id, arm
