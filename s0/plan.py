@@ -312,7 +312,8 @@ def describe_selection(runs: list[PlannedRun]) -> str | None:
         return "selection split=eval: best config selected on the evaluated problems (as the paper, Sec 4.3)"
     n = max(r.selection.heldout for r in runs)
     arms = sorted({r.arm for r in runs if r.selection.evaluate})
-    return (f"selection split=heldout: the last {n} training problems are held out of every trained arm's "
+    where = f" (HumanEval {80 - n}-79)" if {r.task.name for r in runs} == {"humaneval"} else ""  # train: 0-79
+    return (f"selection split=heldout: the last {n} training problems{where} are held out of every trained arm's "
             f"collection; selection arms {', '.join(arms) or 'none planned'} are also evaluated on them")  # fmt: skip
 
 

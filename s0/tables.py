@@ -149,11 +149,16 @@ def heldout_problems(metrics: pd.DataFrame, experiment: str) -> str | None:
     if rows.empty:
         return None
     ns = sorted({int(n) for n in rows.heldout})
+    if len(ns) > 1:  # one table row per slice; runs of two slices would pool into it
+        raise MixedRunsError(
+            f"{experiment}: selection.split=heldout runs with selection.heldout {', '.join(map(str, ns))} would "
+            "pool into one row; read one held-out size's results at a time"
+        )
     if set(rows.task) == {"humaneval"}:
         from s0.tasks.humaneval import TRAIN_IDS
 
-        return ", ".join(f"{TRAIN_IDS.stop - n}-{TRAIN_IDS.stop - 1}" for n in ns)
-    return "the last " + ", ".join(map(str, ns)) + " training problems"
+        return f"{TRAIN_IDS.stop - ns[0]}-{TRAIN_IDS.stop - 1}"
+    return f"the last {ns[0]} training problems"
 
 
 def best_lora_heldout(metrics: pd.DataFrame, experiment: str) -> str | None:

@@ -49,7 +49,7 @@ def test_heldout_runs_have_their_own_ids_and_the_plan_says_so(compose, tmp_path:
     flags = {r.arm: (r.selection.heldout, r.selection.evaluate) for r in held}
     assert flags["s0"] == (16, False) and flags[LORA] == (16, True) and flags["baseline"] == (0, False)
     out = format_plan(held)
-    assert "selection split=heldout: the last 16 training problems are held out" in out
+    assert "selection split=heldout: the last 16 training problems (HumanEval 64-79) are held out" in out
     assert f"{LORA}" in out and "heldout=16+selection_eval" in out
     assert "selection split=eval: best config selected on the evaluated problems" in format_plan(plain)
 
@@ -239,3 +239,13 @@ def test_without_heldout_runs_table1_has_one_lora_row(both_splits: Path) -> None
     t1 = build_tables(load_records(both_splits), only=["table1"])[0]
     assert EVAL_ROW in t1.rows and not any("held-out" in r for r in t1.rows)
     assert "held-out train problems" not in t1.full_caption
+
+
+def test_two_heldout_sizes_never_pool_in_one_row(both_splits: Path) -> None:
+    from s0.table_data import MixedRunsError
+
+    run = json.loads((both_splits / "h-r24-42" / "run.json").read_text())
+    run["selection"]["heldout"] = 8
+    records.write_json(both_splits / "h-r24-42" / "run.json", run)
+    with pytest.raises(MixedRunsError, match=r"selection.heldout 8, 16 would pool into one row"):
+        build_tables(load_records(both_splits), only=["table1"])
