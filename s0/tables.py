@@ -64,6 +64,10 @@ SELECTION_NOTE = (
     "on the evaluation problems themselves, as in the paper (Sec 4.3); the notes say which arms ran"
 )
 LORA_EVAL_ROW = "LoRA (best config, selected on eval problems)"
+HELDOUT_NOTE = (
+    "The held-out row's runs trained without those problems (selection.split=heldout) and it shows the pick's "
+    "pass@1 on 80–163; S0 − LoRA and its Welch test compare with the eval-selected row, as the paper does. "
+)
 
 
 @functools.cache
@@ -331,7 +335,8 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
     if any(c.models for c in cells):  # tiny smoke runs: the counts are the paper's models', not theirs
         static = {"Params (paper's models)" if k == "Params" else k: v for k, v in static.items()}
     caption = ("HumanEval greedy pass@1 (%) on held-out problems 80–163, mean ± std over seeds (Qwen 10 seeds, "
-               "Falcon 3). " + SELECTION_NOTE + ". LoRA picks: " + "; ".join(picks) + ". State-offset is the state_offset experiment's selected alpha "
+               "Falcon 3). " + SELECTION_NOTE + ". LoRA picks: " + "; ".join(picks) + ". " + HELDOUT_NOTE * bool(held_rows)
+               + "State-offset is the state_offset experiment's selected alpha "
                "(Table 3). Format failures, the share of evaluated completions with no extractable code (mean over "
                "seeds; a gain that is only format repair shows here): " + "; ".join(failures) + ".")  # fmt: skip
     return Table(

@@ -227,6 +227,7 @@ def test_table1_shows_both_picks(both_splits: Path) -> None:
     assert any(n.startswith(f"{QWEN}: {HELD_ROW} is lora_r16_lr1e-4, the highest mean pass@1 on held-out train "
                             "problems 64-79 of the 2 of 4 LoRA arms with runs (lora_r16_lr1e-4 55.7")
                for n in t1.notes)  # fmt: skip
+    assert "S0 − LoRA and its Welch test compare with the eval-selected row" in t1.full_caption
     csv = pd.read_csv(pd.io.common.StringIO(t1.to_csv()))
     assert {EVAL_ROW, HELD_ROW} <= set(csv.row)
     md = t1.to_markdown()
@@ -239,6 +240,7 @@ def test_without_heldout_runs_table1_has_one_lora_row(both_splits: Path) -> None
     t1 = build_tables(load_records(both_splits), only=["table1"])[0]
     assert EVAL_ROW in t1.rows and not any("held-out" in r for r in t1.rows)
     assert "held-out train problems" not in t1.full_caption
+    assert "Welch test compare with the eval-selected row" not in t1.full_caption
 
 
 def test_two_heldout_sizes_never_pool_in_one_row(both_splits: Path) -> None:
