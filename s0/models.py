@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,30 +94,29 @@ class RecurrentLayer:
     """One recurrent mixer of a hybrid model and the shape of its per-sequence state."""
 
     index: int  # decoder layer index (the cache's layer_idx)
-    kind: Literal["gdn", "mamba2"]
+    kind: str  # a key of s0.adapters.kinds.KINDS: "gdn", "mamba2", ...
     module: nn.Module
     # GDN: (value heads, key dim, value dim); Mamba-2: (heads, head dim, d_state). Batch dim excluded.
-    state_shape: tuple[int, int, int]
+    state_shape: tuple[int, ...]
 
     @property
     def numel(self) -> int:
-        return self.state_shape[0] * self.state_shape[1] * self.state_shape[2]
+        return math.prod(self.state_shape)
 
 
 def recurrent_layers(model: nn.Module) -> list[RecurrentLayer]:
-    """Every GatedDeltaNet or Mamba-2 mixer of `model`, in layer order.
+    """Every recurrent mixer of `model` of a registered kind (s0.adapters.kinds.KINDS), in layer order.
 
     Found by structure, not by model name, so Qwen3-Next style GDN layers and other Mamba-2 hybrids work too.
     """
+    # Imported here, not at the top: s0.adapters (the package holding the kinds) imports this module.
+    from s0.adapters.kinds import detect
+
     found = []
     for module in model.modules():
-        name = type(module).__name__
-        if name.endswith("GatedDeltaNet"):
-            shape = (module.num_v_heads, module.head_k_dim, module.head_v_dim)
-            found.append(RecurrentLayer(module.layer_idx, "gdn", module, shape))
-        elif hasattr(module, "ssm_state_size") and hasattr(module, "A_log") and hasattr(module, "head_dim"):
-            shape = (module.num_heads, module.head_dim, module.ssm_state_size)
-            found.append(RecurrentLayer(module.layer_idx, "mamba2", module, shape))
+        hit = detect(module)
+        if hit is not None:
+            found.append(RecurrentLayer(module.layer_idx, hit[0], module, hit[1]))
     return sorted(found, key=lambda r: r.index)
 
 
