@@ -20,7 +20,7 @@ PROTOCOLS = ("reference", "harness")
 HUMANEVAL_PROMPTS = ("reference", "harness")  # the templates in s0/tasks/humaneval.py
 PROMPT_TEMPLATES = HUMANEVAL_PROMPTS  # every task's PROMPTS has these keys (s0/tasks/<task>.py)
 TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
-FAMILIES = ("qwen3_5", "falcon_h1", "qwen2")
+FAMILIES = ("qwen3_5", "falcon_h1", "qwen2", "mamba")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
 # `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/plan.py,
 # apply_method_overrides), because a value nothing reads would change the run id and nothing else.
@@ -56,7 +56,7 @@ def _help(text: str, default: Any = None, factory: Any = None) -> Any:
 @dataclass
 class ModelConfig:
     name: str = _help("registry name, the file name in conf/model/", "")
-    family: str = _help("transformers family: qwen3_5, falcon_h1 or qwen2", "")
+    family: str = _help("transformers family: qwen3_5, falcon_h1, qwen2 or mamba", "")
     hub_id: str | None = _help("Hugging Face Hub id of the weights", None)
     revision: str | None = _help("hub revision (commit) to pin", None)
     weights: str = _help("hub (pretrained), random (real-size architecture, random weights) or meta", "hub")
@@ -138,6 +138,12 @@ class CollectConfig:
     top_p: float = _help("collection nucleus mass", 0.95)
     max_per_problem: int = _help("passing completions kept per problem (Sec 4.2: at most one)", 1)
     max_new_tokens: int = _help("token budget per collected sample", 512)
+    batch_size: int = _help(
+        "rows (problem x sample) per collection batch, apart from eval.batch_size: collection decodes 80 x 16 = "
+        "1,280 rows, so a large batch fills the GPU (assumption: 128; the static engine bounds prefill memory "
+        "by chunks, and a row's samples do not depend on it there, so only engine=hf collection keys its cache on it)",
+        128,
+    )
     fallback_to_reference: bool = _help(
         "if nothing passes, train on the task's execution-verified reference solutions (tiny-model demo only)",
         False,
@@ -459,7 +465,7 @@ def validate(cfg: RunConfig) -> None:
         _positive(f"eval.{key}", getattr(cfg.eval, key))
     if cfg.eval.mode == "sampled" and max(cfg.eval.ks) > cfg.eval.samples:
         raise ConfigError(f"eval.ks: pass@{max(cfg.eval.ks)} needs eval.samples >= {max(cfg.eval.ks)}")
-    for key in ("samples", "max_per_problem", "max_new_tokens"):
+    for key in ("samples", "max_per_problem", "max_new_tokens", "batch_size"):
         _positive(f"collect.{key}", getattr(cfg.collect, key))
     for key in ("n_train", "n_eval", "steps", "max_new_tokens", "samples"):
         _positive(f"limit.{key}", getattr(cfg.limit, key))

@@ -154,8 +154,8 @@ def _duration(seconds: float) -> str:
 
 def _oom_message(stage: str) -> str:
     return (
-        f"out of GPU memory during {stage}. Lower eval.batch_size, collect.samples or eval.max_new_tokens, "
-        "use method.batching=per_example for training, or pick a smaller model."
+        f"out of GPU memory during {stage}. Lower eval.batch_size, collect.batch_size, collect.samples or "
+        "eval.max_new_tokens, use method.batching=per_example for training, or pick a smaller model."
     )
 
 
@@ -204,19 +204,27 @@ class Pipeline:
         """Everything that changes a cached stage's content: a rerun with any of it changed misses the cache.
 
         collect: the frozen model's verified samples (shared by every method of a seed); eval: the frozen model's
-        evaluation (shared by every baseline arm). Both decode in batches of eval.batch_size cut to
-        eval.max_length, so those count even for collection.
+        evaluation (shared by every baseline arm). Both cut prompts to eval.max_length, so that counts even for
+        collection. Collection decodes in batches of collect.batch_size: with engine=hf that changes the samples
+        (`generate` draws every row of a batch from one torch.multinomial stream, so a row's tokens depend on its
+        batch), with the static engine it does not (each row draws from its own seed, s0.decode.row_seed; the
+        batch moves only the float noise of the forward, as any kernel schedule does), so only hf keys on it.
         """
+        engine = resolve_engine(self.model, self.cfg.eval.engine)
         key: dict[str, Any] = {
             "model": run.key()["model"],
             "task_version": task_version,
             "env": self._environment(),
             # the engine that decodes (auto resolved): static and hf draw different samples for one seed
-            "engine": resolve_engine(self.model, self.cfg.eval.engine),
+            "engine": engine,
         }
         if stage == "collect":
-            key.update(task=dataclasses.asdict(run.task), collect=dataclasses.asdict(run.collect), seed=run.seed,
-                       batch_size=self.cfg.eval.batch_size, max_length=self.cfg.eval.max_length)  # fmt: skip
+            collect = dataclasses.asdict(run.collect)
+            # per-row seeds: the batch size does not change a row's samples (test_pipeline)
+            if engine == "static":
+                del collect["batch_size"]
+            key.update(task=dataclasses.asdict(run.task), collect=collect, seed=run.seed,
+                       max_length=self.cfg.eval.max_length)  # fmt: skip
             if run.selection.heldout:  # collected without the held-out slice: never the split=eval cache
                 key["heldout"] = run.selection.heldout
         else:
@@ -226,14 +234,15 @@ class Pipeline:
         return key
 
     def _spec(self, sampling, seed: int, sampled: bool, samples: int, max_new_tokens: int) -> GenerationSpec:
-        """Decoding settings; `sampling` is the EvalConfig or CollectConfig whose temperature and top-p apply."""
+        """Decoding settings; `sampling` is the EvalConfig or CollectConfig whose temperature, top-p and batch
+        size apply (collection's 1,280 rows run at collect.batch_size, evaluation at eval.batch_size)."""
         return GenerationSpec(
             max_new_tokens=max_new_tokens,
             do_sample=sampled,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             samples=samples,
-            batch_size=self.cfg.eval.batch_size,
+            batch_size=sampling.batch_size,
             max_length=self.cfg.eval.max_length,
             seed=seed,
             engine=self.cfg.eval.engine,  # collection, evaluation and pass@k sampling share the run's engine

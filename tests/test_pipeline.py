@@ -112,9 +112,13 @@ def test_cache_keys_hold_everything_that_changes_a_cached_generation(compose, tm
 
     base = keys()
     assert keys() == base
-    for override in ("eval.batch_size=2", "eval.max_length=1024", "backend.gdn=torch"):
+    for override in ("eval.max_length=1024", "backend.gdn=torch"):
         collect, evaluate = keys(override)
         assert collect != base[0] and evaluate != base[1], override
+    # each stage keys on the batch size it decodes with (on CPU the engine is hf, where the batch matters)
+    eval_batch, collect_batch = keys("eval.batch_size=2"), keys("collect.batch_size=2")
+    assert eval_batch[0] == base[0] and eval_batch[1] != base[1]
+    assert collect_batch[0] != base[0] and collect_batch[1] == base[1]
 
     cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0")
     pipe = pipeline.Pipeline(cfg, progress=False)
@@ -160,3 +164,46 @@ def test_lora_merge_is_applied_at_evaluation(compose, tmp_path, monkeypatch):
     # r=24 on q (64->64), k and v (64->16), o (32->64) of the tiny model's 2 attention layers: r x (in + out)
     assert metrics["trainable_params"] == 2 * 24 * ((64 + 64) + 2 * (64 + 16) + (32 + 64))
     assert (tmp_path / "runs" / runs[0].run_id / "done").exists()
+
+
+class _Collected(Exception):
+    """Stops `collect` once it has decoded: the test compares samples, not the sandbox's verdicts."""
+
+
+def _collected_samples(compose, tmp_path, *overrides: str) -> tuple[GenerationSpec, list[list[str]], dict]:
+    cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0", *overrides)
+    pipe = pipeline.Pipeline(cfg, progress=False)
+    pipe._ensure_model(runs[0])
+    seen = {}
+
+    def spy(model, tokenizer, prompts, spec, progress=True, desc="generate"):
+        seen["spec"], seen["texts"] = spec, generate(model, tokenizer, prompts, spec, progress, desc=desc)
+        raise _Collected
+
+    pipe_generate, pipeline.generate = pipeline.generate, spy
+    try:
+        with pytest.raises(_Collected):
+            pipe.collect(runs[0], pipeline.task_for(runs[0].task))
+    finally:
+        pipeline.generate = pipe_generate
+    return seen["spec"], seen["texts"], pipe.cache_key("collect", runs[0], 1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_collection_decodes_at_collect_batch_size_and_static_samples_ignore_it(compose, tmp_path):
+    """Collection (80 x 16 rows in the paper's setup) decodes at collect.batch_size, not eval.batch_size. With the
+    static engine each row draws from its own seed, so batch 4 and batch 16 give the same samples and share one
+    collection cache entry; with engine=hf the batch changes the draws, so there the cache keys on it."""
+    small = _collected_samples(
+        compose, tmp_path, "eval.engine=static", "collect.batch_size=4", "eval.batch_size=3"
+    )
+    large = _collected_samples(compose, tmp_path, "eval.engine=static", "collect.batch_size=16")
+    assert (small[0].batch_size, large[0].batch_size) == (4, 16)  # collect.batch_size reaches the decoder
+    rows = sum(map(len, small[1]))
+    assert rows > small[0].batch_size, "one batch at either size: the comparison would be vacuous"
+    assert small[1] == large[1], "the static engine's samples depend on the batch size"
+    assert len({t for row in small[1] for t in row}) > 1, "every sample is the same text: vacuous"
+    assert pipeline.config_hash(small[2]) == pipeline.config_hash(large[2])
+    hf4 = _collected_samples(compose, tmp_path, "eval.engine=hf", "collect.batch_size=4")
+    hf16 = _collected_samples(compose, tmp_path, "eval.engine=hf", "collect.batch_size=16")
+    assert pipeline.config_hash(hf4[2]) != pipeline.config_hash(hf16[2])
