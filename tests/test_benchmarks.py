@@ -303,3 +303,18 @@ def test_cap_memory_accepts_cuda_without_an_index(monkeypatch):
     common.uncap_memory(torch.device("cuda"))
     common.cap_memory(20, torch.device("cuda:1"))
     assert cap["fraction"] == 0.25 and calls == [(0.25, 3), (1.0, 3), (0.25, 1)]
+
+
+def test_eval_throughput_returns_non_zero_with_the_error_in_its_json(tmp_path, monkeypatch):
+    """`python -m benchmarks.eval_throughput` exits with main's return value: a failed measurement is no success
+    (issue 13: a benchmark that failed and exited 0), and its error text lands in the JSON."""
+    from benchmarks import eval_throughput
+
+    def broken_build(*args, **kwargs):
+        raise RuntimeError("injected: the model cannot be built")
+
+    monkeypatch.setattr(eval_throughput, "build", broken_build)
+    assert eval_throughput.main(["--tiny", "--out", str(tmp_path)]) == 1
+    data = _load(tmp_path, "eval_throughput")
+    assert data["ok"] is False and [f["key"] for f in data["failures"]] == ["run"]
+    assert "injected: the model cannot be built" in data["run"]["error"]
