@@ -6,21 +6,18 @@ use, so `import s0` stays free of torch and transformers for the command-line to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 _API = ("S0Config", "S0Model", "get_s0_model", "supported_kinds")
 
-if TYPE_CHECKING:
-    from s0.api import S0Config, S0Model, get_s0_model, supported_kinds
-
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        from s0 import api
-
-        return getattr(api, name)
+        # imported by name at call time: the package itself does not import its submodules
+        return getattr(importlib.import_module("s0.api"), name)
     raise AttributeError(f"module 's0' has no attribute '{name}'")
 
 

@@ -36,8 +36,8 @@ from s0.models import recurrent_layers
 
 METHODS = ("s0", "state_offset")
 # Base-config keys that say nothing about the architecture a state was trained on (bookkeeping, token ids,
-# output switches, dtype): left out of the config hash, so the same network loaded from the hub, built with
-# random weights or cast to bf16 hashes the same.
+# output switches, dtype, tie flag): left out of the config hash, so one config hashes the same whatever the
+# dtype, the checkpoint's path or the tokenizer's special ids.
 NON_ARCH_KEYS = {
     "architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "return_dict",
     "output_hidden_states", "output_attentions", "id2label", "label2id", "problem_type", "tokenizer_class",

@@ -109,6 +109,8 @@ def test_save_pretrained_from_pretrained_is_bit_identical(tmp_path, family, meth
     # the harness's own loader reads it: one save format
     harness = load_adapter(tmp_path / "s0", tiny(family))
     assert type(harness) is {"s0": S0Adapter, "state_offset": StateOffsetAdapter}[method]
+    harness.save(tmp_path / "runner")  # and the reverse: a runner's adapter/ (no config hash) loads here
+    assert torch.equal(logits(S0Model.from_pretrained(tiny(family), tmp_path / "runner")), expected)
 
 
 def test_loading_onto_another_architecture_is_refused_in_one_line(tmp_path):
