@@ -2,11 +2,15 @@
 # The GPU measurements of issue 13 in steps that each fit one 10-minute device call; logs and results under $OUT.
 #
 #   bash benchmarks/fetch_wheels.sh                   # here, once: .whl/gpu (git-ignored, ~26 MiB)
-#   bash benchmarks/gpu_run.sh part1                  # device call 1 (carry [".whl"]): tests eval parity  (~9 min)
-#   bash benchmarks/gpu_run.sh part2                  # device call 2: train_qwen train_falcon          (~9 min)
-#   bash benchmarks/gpu_run.sh part3                  # device call 3: headline                         (~9.5 min)
-#   bash benchmarks/gpu_run.sh STEP ...               # any steps: tests eval parity train_qwen train_falcon
-#                                                     #   overhead headline
+#   bash benchmarks/gpu_run.sh part1                  # device call 1 (carry [".whl"]): test_decode test_rest (~8.5 min)
+#   bash benchmarks/gpu_run.sh part2                  # device call 2: test_parity eval parity         (~9.5 min)
+#   bash benchmarks/gpu_run.sh part3                  # device call 3: train_qwen train_falcon          (~9.5 min)
+#   bash benchmarks/gpu_run.sh part4                  # device call 4: headline                         (~9.5 min)
+#   bash benchmarks/gpu_run.sh STEP ...               # any steps: test_decode test_parity test_rest (tests: all
+#                                                     #   three) eval parity train_qwen train_falcon overhead headline
+#
+# The GPU tests run one pytest per step: the fp32 batched == one-at-a-time test alone needs ~3-5 minutes on an
+# H200 (it outran the single 200 s `tests` step that held all of them, and the others never ran).
 #
 # Every step runs under its own `timeout` and is guarded: a failing or timed-out step is logged with its exit
 # status and the next one runs; the script exits non-zero if any step failed. $OUT receives run.log (everything
@@ -28,13 +32,15 @@ LOG="$OUT/run.log"
 steps=()
 for a in "$@"; do
   case $a in
-    part1) steps+=(tests eval parity) ;;
-    part2) steps+=(train_qwen train_falcon) ;;
-    part3) steps+=(headline) ;;
+    part1) steps+=(test_decode test_rest) ;;
+    part2) steps+=(test_parity eval parity) ;;
+    part3) steps+=(train_qwen train_falcon) ;;
+    part4) steps+=(headline) ;;
+    tests) steps+=(test_decode test_parity test_rest) ;;
     *) steps+=("$a") ;;
   esac
 done
-[ ${#steps[@]} -eq 0 ] && { echo "usage: bash benchmarks/gpu_run.sh part1|part2|part3|STEP..." >&2; exit 2; }
+[ ${#steps[@]} -eq 0 ] && { echo "usage: bash benchmarks/gpu_run.sh part1|part2|part3|part4|STEP..." >&2; exit 2; }
 
 # The carried wheels go into a temporary prefix that shadows the box's own packages (never into its python).
 SITE=$(mktemp -d /tmp/s0-site.XXXX)
@@ -97,9 +103,13 @@ for s in "${steps[@]}"; do
   # results straight into $OUT/results/<step>/, never over the committed benchmarks/results
   B="--out $OUT/results/$s ${BENCH_ARGS:-}"
   TRAIN="python3 -m benchmarks.train_cost --cap-gib $CAP_GIB --modes per_example packed $B"
+  PYTEST="python3 -m pytest -m gpu -v -s -p no:cacheprovider"
   case $s in
-    # The GPU-marked tests (tests/test_gpu.py, tests/test_backends.py), with their printed counts (-s).
-    tests) run tests 200 python3 -m pytest -m gpu tests/test_gpu.py tests/test_backends.py -v -s -p no:cacheprovider ;;
+    # The GPU-marked tests (tests/test_gpu.py, tests/test_backends.py), with their printed counts (-s), one pytest
+    # per step so each gets its own time limit (the 4B model is rebuilt per step: ~1 s with random weights).
+    test_decode) run test_decode 360 $PYTEST "tests/test_gpu.py::test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32" ;;
+    test_parity) run test_parity 200 $PYTEST "tests/test_gpu.py::test_s0_fla_vs_torch_within_torchs_own_bf16_error" ;;
+    test_rest) run test_rest 150 $PYTEST "tests/test_gpu.py::test_decode_overhead_sanity" tests/test_backends.py ;;
     # s0.decode engine sweep at batch 1, 16, 84 and larger (helper D's benchmark; its own flags).
     eval) run eval 270 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" $B ;;
     parity) run parity 100 python3 -m benchmarks.kernel_parity --models qwen3_5_4b $B ;;
@@ -112,7 +122,7 @@ for s in "${steps[@]}"; do
     headline) run headline 560 python3 run.py experiment=main_qwen seed=42 model.weights=random \
       collect.fallback_to_reference=true "paths.results=$OUT/headline/runs" "paths.cache=$OUT/headline/cache" \
       "hydra.run.dir=$OUT/headline/hydra" ;;
-    *) echo "unknown step $s (tests eval parity train_qwen train_falcon overhead headline)" | tee -a "$LOG"; failed=1 ;;
+    *) echo "unknown step $s (test_decode test_parity test_rest eval parity train_qwen train_falcon overhead headline)" | tee -a "$LOG"; failed=1 ;;
   esac
 done
 collect
