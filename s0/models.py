@@ -32,6 +32,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
     "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mamba": ("MambaConfig", "MambaForCausalLM"),  # Mamba-1 (diagonal state), issue 15
 }
 
 # Tiny architectures for tests and the CPU demo. Key and value dims differ on purpose (16 vs 8), so a
@@ -81,6 +82,17 @@ TINY_ARCH: dict[str, dict[str, Any]] = {
         num_key_value_heads=1,
         tie_word_embeddings=True,
         max_position_embeddings=4096,
+    ),
+    # Mamba-1: d_inner = expand * hidden = 64 channels, d_state 8 (unequal, so a transposed state fails a shape check)
+    "mamba": dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        state_size=8,
+        num_hidden_layers=3,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+        tie_word_embeddings=True,
     ),
 }
 

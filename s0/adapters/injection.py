@@ -122,6 +122,11 @@ def install_known() -> list[str]:
     return done
 
 
+def kernel_notes(kinds: list[str]) -> dict[str, str]:
+    """How the state reaches each kind's kernel, for provenance (e.g. Mamba-1's scan takes no initial state)."""
+    return {k: KINDS[k].kernel_note for k in dict.fromkeys(kinds)}
+
+
 def original(module: ModuleType, name: str) -> Callable:
     """The kernel transformers resolved (fla / mamba-ssm / PyTorch), under any dispatcher."""
     fn = getattr(module, name)
@@ -207,7 +212,8 @@ def _pre_hook(inj: LayerInjection, tokens: list[Any], names: _MixerArgs) -> Call
             return None
         if mask is not None and mask.dim() != 2:
             mask = None  # a 4D custom mask carries no 2D padding signal; transformers ignores it here too
-        tokens.append(CURRENT.set(Call(inj, mask)))
+        fresh = cache is None or not cache.has_previous_state(module.layer_idx)
+        tokens.append(CURRENT.set(Call(inj, mask, fresh)))
         return None
 
     return hook

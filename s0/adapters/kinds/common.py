@@ -10,6 +10,7 @@ s0, so s0.models can consult the registry without an import circle through s0.ad
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ class Call:
 
     inj: LayerInjection
     mask: torch.Tensor | None  # (batch, seq) 1 = real token, 0 = pad; None = no padding
+    # No state in the cache for this layer yet (no cache, or an empty one). Kernels with an initial-state
+    # argument read this from the argument itself; a kind whose kernel has none (Mamba-1) reads it here.
+    fresh: bool = True
 
 
 CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("s0_injection_call", default=None)
@@ -107,6 +111,23 @@ def zero_at_pads(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`t` (B, T, ...) with every padded step set to 0."""
     keep = keep.reshape(*keep.shape, *([1] * (t.dim() - 2)))
     return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def declining(family: str) -> Callable[[str, Callable], Callable]:
+    """Dispatcher factory for a fused training kernel that takes no initial state (mamba-ssm's conv+scan): with
+    an adapter active it would silently drop S0, so it returns None, and the mixer takes its unfused path."""
+
+    def factory(name: str, orig: Callable) -> Callable:
+        @functools.wraps(orig)
+        def run(*args, **kwargs):
+            if CURRENT.get() is not None:
+                return None
+            return resolve(name, family, orig, *args[:1])(*args, **kwargs)
+
+        run._s0_original = orig
+        return run
+
+    return factory
 
 
 def heads(t: torch.Tensor, n_heads: int, dim: int) -> torch.Tensor:

@@ -22,7 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Kind, heads, keep_mask, resolve, states_for, zero_at_pads
+from s0.adapters.kinds.common import (
+    CURRENT,
+    Kind,
+    declining,
+    heads,
+    keep_mask,
+    resolve,
+    states_for,
+    zero_at_pads,
+)
 
 
 def chunk_dispatch(name: str, orig: Callable) -> Callable:
@@ -81,18 +90,8 @@ def decode_dispatch(name: str, orig: Callable) -> Callable:
     return run
 
 
-def fused_dispatch(name: str, orig: Callable) -> Callable:
-    """mamba-ssm's fused training kernels take no initial state: with an adapter active they would silently
-    drop S0. Returning None makes the mixer take its unfused path, which the other dispatchers handle."""
-
-    @functools.wraps(orig)
-    def run(*args, **kwargs):
-        if CURRENT.get() is not None:
-            return None
-        return resolve(name, "mamba", orig, *args[:1])(*args, **kwargs)
-
-    run._s0_original = orig
-    return run
+# mamba-ssm's fused conv+scan takes no initial state; FalconH1 takes its unfused path when this returns None.
+fused_dispatch = declining("mamba")
 
 
 def state_shape(module: nn.Module) -> tuple[int, int, int] | None:
