@@ -34,8 +34,8 @@ def tiny(init: float = 0.1):
     return build_model("mamba", {**TINY_ARCH["mamba"], "initializer_range": init}, dtype=torch.float64)
 
 
-def random_adapter(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, **kw):
-    adapter = cls(model, dtype=torch.float64, **kw)
+def random_adapter(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, dtype=torch.float64, **kw):
+    adapter = cls(model, dtype=dtype, **kw)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter.parameters():
@@ -346,3 +346,55 @@ def test_fused_training_path_declines_while_active(monkeypatch):
         model.eval()
     assert torch.equal(got, expected)
     assert sys.modules[type(recurrent_layers(model)[0].module).__module__] is mm
+
+
+def other_mamba1_model(name: str):
+    """Tiny FalconMamba (float64) and Jamba (float32: its MoE grouped matmul refuses float64) from transformers'
+    own classes: the same kernel names, found by structure, no family entry needed."""
+    import transformers
+
+    if name == "falcon_mamba":
+        cfg = transformers.FalconMambaConfig(
+            vocab_size=272, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, time_step_rank=4
+        )
+        dtype = torch.float64
+    else:
+        cfg = transformers.JambaConfig(
+            vocab_size=272, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=4, num_experts=2,
+            num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+            expert_layer_offset=1,
+        )  # fmt: skip
+        dtype = torch.float32
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    model.requires_grad_(False)
+    return model, dtype
+
+
+@pytest.mark.parametrize("name", ["falcon_mamba", "jamba"])
+def test_falcon_mamba_and_jamba_layers_take_s0_once_and_ignore_pads(name):
+    """The other transformers families with Mamba-1 mixers: detected as mamba1, S0 changes the logits, prefill +
+    decode equals one full forward (S0 entered once), and a left-padded row equals the prompt alone."""
+    from transformers import DynamicCache
+
+    model, dtype = other_mamba1_model(name)
+    assert {r.kind for r in recurrent_layers(model)} == {"mamba1"}
+    adapter = random_adapter(model, scale=3.0, alpha=1.0, dtype=dtype)
+    ids = torch.tensor([[5, 77, 130, 9, 201, 18, 66, 240]])
+    cache_arg = "cache" if name == "falcon_mamba" else "past_key_values"
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    with adapter.active(), torch.no_grad():
+        full = model(input_ids=ids).logits
+        cache = DynamicCache(config=model.config)
+        parts = [model(input_ids=ids[:, :5], use_cache=True, **{cache_arg: cache}).logits]
+        for t in range(5, ids.shape[1]):
+            parts.append(model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_arg: cache}).logits)
+        tok = tiny_tokenizer()
+        padded = model(**tok(["ab", "a longer prompt"], return_tensors="pt", padding=True)).logits[0, -1]
+        alone = model(**tok(["ab"], return_tensors="pt")).logits[0, -1]
+    assert rel_err(plain, full) > 1e-3
+    assert rel_err(torch.cat(parts, dim=1), full) < 1e-5
+    assert rel_err(padded, alone) < 1e-5

@@ -122,7 +122,13 @@ KIND = Kind(
         "mamba_selective_state_update": decode_dispatch,
         "mamba_inner_fn": declining("mamba"),
     },
-    modules=("transformers.models.mamba.modeling_mamba",),
+    # The same kernel names and mixer layout: FalconMamba (RMS-normed B, C, dt before the scan) and Jamba's
+    # Mamba layers (tests/test_kind_mamba1.py runs tiny ones of each).
+    modules=(
+        "transformers.models.mamba.modeling_mamba",
+        "transformers.models.falcon_mamba.modeling_falcon_mamba",
+        "transformers.models.jamba.modeling_jamba",
+    ),
     state_shape=state_shape,
     kernel_note=(
         "Mamba-1: the selective scan takes no initial state; the kernel (mamba-ssm or PyTorch) runs the zero-start "
