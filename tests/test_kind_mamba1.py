@@ -398,3 +398,24 @@ def test_falcon_mamba_and_jamba_layers_take_s0_once_and_ignore_pads(name):
     assert rel_err(plain, full) > 1e-3
     assert rel_err(torch.cat(parts, dim=1), full) < 1e-5
     assert rel_err(padded, alone) < 1e-5
+
+
+def test_kernel_gets_delta_in_the_input_dtype_in_half_precision():
+    """mamba-ssm's CUDA scan refuses a delta whose dtype differs from u's: with pads to zero, the dispatcher
+    hands the kernel its discretised dt in the input's dtype (bf16 here), not in float32."""
+    import transformers.models.mamba.modeling_mamba as mm
+
+    model = build_model("mamba", TINY_ARCH["mamba"], dtype=torch.bfloat16)
+    kernel = inj.pytorch_kernel(mm, "mamba_selective_scan")
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def like_mamba_ssm(u, delta, *args, **kwargs):
+        seen.append((u.dtype, delta.dtype))
+        return kernel(u, delta, *args, **kwargs)
+
+    tok = tiny_tokenizer()
+    enc = tok(["ab", "a longer prompt"], return_tensors="pt", padding=True)
+    adapter = S0Adapter(model, alpha=0.5)
+    with inj.override_kernel("mamba_selective_scan", like_mamba_ssm), adapter.active(), torch.no_grad():
+        model(**enc)
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3

@@ -50,18 +50,21 @@ def scan_dispatch(name: str, orig: Callable) -> Callable:
         seq_len = hidden_states.shape[-1]
         keep = keep_mask(call, seq_len)
         s0 = call.inj.initial_state() if call.inj.initial_state is not None and call.fresh else None
+        dt_eff = dt  # what the S0 term decays with: dt after bias and softplus, 0 at pads
         if keep is not None or s0 is not None:
             # Discretise here, exactly as the kernel would: the S0 term needs dt_eff, and pads need dt_eff = 0.
             work = torch.promote_types(dt.dtype, torch.float32)
-            dt = dt.to(work)
-            delta_bias = kwargs.pop("delta_bias", None)
-            if delta_bias is not None:
-                dt = dt + delta_bias.to(work)[..., None]
-            if kwargs.pop("delta_softplus", False):
-                dt = F.softplus(dt)
+            dt_eff = dt.to(work)
+            if kwargs.get("delta_bias") is not None:
+                dt_eff = dt_eff + kwargs["delta_bias"].to(work)[..., None]
+            if kwargs.get("delta_softplus", False):
+                dt_eff = F.softplus(dt_eff)
             if keep is not None:
-                dt = torch.where(keep[:, None, :], dt, torch.zeros((), dtype=dt.dtype, device=dt.device))
-            kwargs.update(delta_bias=None, delta_softplus=False)
+                dt_eff = torch.where(keep[:, None, :], dt_eff, torch.zeros((), dtype=work, device=dt.device))
+                # The kernel gets the discretised dt only when there are pads to zero, and in the input's dtype:
+                # mamba-ssm's CUDA scan requires delta to have u's dtype (selective_scan.cpp checks it).
+                dt = dt_eff.to(dt.dtype)
+                kwargs.update(delta_bias=None, delta_softplus=False)
         z = kwargs.pop("z", None)
         impl = resolve(name, "mamba", orig, hidden_states, dt, B, C)
         result = impl(hidden_states, dt, A, B, C, z=None, **kwargs)
@@ -70,7 +73,7 @@ def scan_dispatch(name: str, orig: Callable) -> Callable:
         if s0 is not None:
             work = torch.promote_types(out.dtype, s0.dtype)
             # P_t = exp(A * sum_{s<=t} dt_s), (B, D, T, N): what S0 has decayed to at each step
-            decay = torch.exp(A.to(work)[None, :, None, :] * torch.cumsum(dt.to(work), dim=-1)[..., None])
+            decay = torch.exp(A.to(work)[None, :, None, :] * torch.cumsum(dt_eff.to(work), dim=-1)[..., None])
             s0 = s0.to(work)
             out = out.to(work) + torch.einsum("bdtn,bnt,dn->bdt", decay, C.to(work), s0)
             if last is not None:
