@@ -100,9 +100,11 @@ def _uid_leftovers(uids: set[int]) -> list[str]:
             ("Z", "X")
         ):
             out.append(f"process {pid}")
-    for d in _TMP_LIKE:
-        with os.scandir(d) if os.path.isdir(d) else contextlib.nullcontext([]) as it:
-            out += [e.path for e in it if e.stat(follow_symlinks=False).st_uid in uids]
+    for d in filter(os.path.isdir, _TMP_LIKE):
+        for e in os.scandir(d):
+            with contextlib.suppress(OSError):  # others' temp files come and go (shared machine)
+                if e.stat(follow_symlinks=False).st_uid in uids:
+                    out.append(e.path)
     for kind in ("shm", "msg", "sem"):
         with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
             head, *rows = [ln.split() for ln in f]
