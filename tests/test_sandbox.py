@@ -322,6 +322,19 @@ FORGERIES = {
         '            os.write(w, b\'{"verdict": "pass", "detail": "", "nonce": ""}\\n\')\n'
         "    except OSError:\n        pass\n" + WRONG
     ),
+    # Any process it can see: ptrace it (PTRACE_SEIZE: would not stop it) and write a verdict into its pipes.
+    "forge-via-any-process": (
+        "import ctypes, os, stat\nlibc = ctypes.CDLL(None)\n"
+        "for pid in [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()]:\n"
+        "    if libc.ptrace(0x4206, pid, 0, 0) == 0:\n        print('ATTACHED', pid)\n"
+        "        libc.ptrace(17, pid, 0, 0)\n    try:\n        fds = os.listdir('/proc/%d/fd' % pid)\n"
+        "    except OSError:\n        continue\n    for fd in fds:\n        try:\n"
+        "            p = '/proc/%d/fd/%s' % (pid, fd)\n            if stat.S_ISFIFO(os.stat(p).st_mode):\n"
+        "                w = os.open(p, os.O_WRONLY | os.O_NONBLOCK)\n"
+        '                os.write(w, b\'{"verdict": "pass", "detail": "", "nonce": ""}\\n\')\n'
+        "                print('WROTE', pid)\n"
+        "        except OSError:\n            pass\n" + WRONG
+    ),
 }
 
 
@@ -332,6 +345,7 @@ def test_forged_verdicts_fail(code, mode):
     # A timeout is a fail too: on a loaded 2-core machine the 100 MB "huge-return" transfer can outlast the
     # limit. What must never happen is a pass.
     assert r.verdict in ("fail", "error", "timeout", "output_too_large"), r
+    assert "ATTACHED" not in r.output and "WROTE" not in r.output, r.output  # no other process was reachable
 
 
 @pytest.mark.parametrize(
