@@ -34,8 +34,16 @@ import numpy as np
 import pandas as pd
 
 from s0.reference import paper_rows, rounding_halfwidth
-from s0.stats import format_pvalue, stars
-from s0.table_data import DEFAULT_N_EVAL, MixedProtocolsError, protocol_by_run, weak_runs
+from s0.stats import TestResult, format_pvalue, stars
+from s0.table_data import (
+    DEFAULT_N_EVAL,
+    MixedProtocolsError,
+    models_of,
+    n_eval_of,
+    protocol_by_run,
+    run_ids_of,
+    weak_runs,
+)
 
 MARK = {"agree": "✓", "disagree": "✗"}
 DASH = "—"
@@ -448,3 +456,52 @@ def write_table(table: Table, out_dir: str | Path) -> list[Path]:
         path.write_text(text)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------------------------------- cell builders
+# Shared by tables.py, tables_appendix.py and tables_seeds.py.
+def data_cell(metrics: pd.DataFrame, frame: pd.DataFrame, row: str, column: str, kind: str,
+              paper: PaperRef | None, **kw) -> Cell:  # fmt: skip
+    """A cell of one arm's per-seed values (`select` / `deltas` rows), with their run ids and n_eval."""
+    ids = run_ids_of(frame)
+    return Cell(row, column, kind, paper, list(frame.value), ids, n_eval_of(metrics, ids), models=models_of(frame),
+                **kw)  # fmt: skip
+
+
+def derived_cell(row: str, column: str, kind: str, paper: PaperRef | None, value: float | None,
+                 frames: list[pd.DataFrame], n: int | None = None, **kw) -> Cell:  # fmt: skip
+    """A cell holding one statistic computed from other cells (a gap, a p-value, a share)."""
+    vals = [] if value is None or math.isnan(value) else [value]
+    ids = sorted({r for f in frames for r in run_ids_of(f)})
+    text = kw.pop("ours_text", None) or (fmt_value(value, kind) if vals else None)
+    if vals and n is not None and kind != "p":
+        text += f" (n={n})"
+    return Cell(row, column, kind, paper, vals, ids, ours_text=text, models=models_of(*frames), **kw)
+
+
+def gap_se(*frames: pd.DataFrame) -> float | None:
+    """Standard error of a difference of independent per-seed means (None without a spread on every side)."""
+    if any(len(f) < 2 for f in frames):
+        return None
+    return math.sqrt(sum(f.value.var(ddof=1) / len(f) for f in frames))
+
+
+def p_cell(row: str, column: str, paper: PaperRef | None, test: TestResult | None,
+           frames: list[pd.DataFrame]) -> Cell:  # fmt: skip
+    """A p-value cell: "—" without runs, "n/a (zero variance)" or "n/a (n=1)" where the test is undefined."""
+    if test is not None and test.reason:
+        ids = sorted({r for f in frames for r in run_ids_of(f)})
+        return Cell(row, column, "p", paper, [], ids, models=models_of(*frames), undefined=test.reason)
+    return derived_cell(row, column, "p", paper, test.pvalue if test else None, frames)
+
+
+def count_negatives(frame: pd.DataFrame, collapse: bool = False) -> tuple[list[float], str | None]:
+    """([number of seeds with a negative delta], "k/n" text), with the collapsed seeds when `collapse`."""
+    if frame.empty:
+        return [], None
+    neg = int((frame.value < 0).sum())
+    text = f"{neg}/{len(frame)}"
+    if collapse:  # a collapsed seed falls below half its baseline (Sec 5.2: seed 555 at 4.8%)
+        n_col = int(((frame.value + frame.baseline) < 0.5 * frame.baseline).sum())
+        text += f" ({n_col} collapsed)"
+    return [neg], text

@@ -18,14 +18,18 @@ unless told otherwise: scores on a held-out selection slice (`split="selection"`
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from s0.records import Results
+
 DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
 CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in
 SCOPE_COLUMNS = ("model", "weights", "smoke", "hub_id")
 SPLIT_COLUMNS = ("split", "selection_split")  # which problems a value is from; how its run's selection split
 
@@ -252,3 +256,51 @@ def mechanism_pairs(m: pd.DataFrame, experiment: str = "mechanism") -> list[tupl
     b, s = select(m, experiment, "baseline"), select(m, experiment, "s0")
     j = b.merge(s, on="seed", suffixes=("_b", "_s"))
     return [(r.run_id_b.split(";")[0], r.run_id_s.split(";")[0], int(r.seed)) for r in j.itertuples()]
+
+
+# ----------------------------------------------------------------- arms and the selection rule (issue 12)
+@functools.cache
+def experiment_arms(experiment: str) -> dict[str, dict]:
+    """The arms of conf/experiment/<experiment>.yaml ({} when the file is absent)."""
+    path = CONF / f"{experiment}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("arms", {}) if path.exists() else {}
+
+
+@functools.cache
+def selection_arms(experiment: str) -> list[str]:
+    """The arms the experiment's `selection` rule chooses among; without one, every LoRA arm."""
+    path = CONF / f"{experiment}.yaml"
+    doc = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if doc and doc.get("selection", {}).get("arms"):
+        return list(doc["selection"]["arms"])
+    return [a for a, f in experiment_arms(experiment).items() if f.get("method") == "lora"]
+
+
+def select_best(
+    metrics: pd.DataFrame, experiment: str, arms: list[str], metric: str = "pass@1", **where: str
+) -> str | None:
+    """`max_mean_over_seeds`: the arm with the highest mean `metric` over its seeds (None if none ran). `where`
+    (split, selection_split) goes to `select`: split="selection" picks on the held-out slice (issue 12)."""
+    means = {a: select(metrics, experiment, a, metric, **where).value.mean() for a in arms}
+    means = {a: v for a, v in means.items() if not math.isnan(v)}
+    return max(means, key=means.__getitem__) if means else None
+
+
+def best_lora(metrics: pd.DataFrame, experiment: str, rank: int | None = None) -> str | None:
+    arms = selection_arms(experiment)
+    if rank is not None:
+        arms = [a for a in arms if experiment_arms(experiment).get(a, {}).get("r") == rank]
+    return select_best(metrics, experiment, arms)
+
+
+def degraded_frame(res: Results, exp: str, arm: str, baseline_arm: str = "baseline", **kw) -> pd.DataFrame:
+    """Per-seed degraded counts: seed, value, run_id (seeds whose samples are missing are dropped)."""
+    a, b = select(res.metrics, exp, arm, **kw), select(res.metrics, exp, baseline_arm, **kw)
+    rows = []
+    for _, r in a.merge(b, on="seed", suffixes=("", "_b")).iterrows():
+        k = degraded(res.samples, r.run_id_b.split(";")[0], r.run_id.split(";")[0])
+        if k is not None:
+            rows.append(
+                {"seed": r.seed, "value": float(k), "run_id": f"{r.run_id};{r.run_id_b}", "model": r.model}
+            )
+    return pd.DataFrame(rows, columns=["seed", "value", "run_id", "model"])

@@ -34,31 +34,43 @@ Appendix and section tables (App D, E, H, Sec 5.6, 5.8, Sec 6) are in s0.tables_
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from s0 import stats
 from s0.records import Results, load_results
 from s0.reference import load_paper_values, paper_value
-from s0.table_core import Cell, PaperRef, Table, paper_ref, with_protocol
+from s0.table_core import (
+    Cell,
+    PaperRef,
+    Table,
+    count_negatives,
+    data_cell,
+    derived_cell,
+    gap_se,
+    p_cell,
+    paper_ref,
+    with_protocol,
+)
 from s0.table_data import (
     MixedRunsError,
-    degraded,
+    best_lora,
+    degraded_frame,
     deltas,
+    experiment_arms,
     models_of,
-    n_eval_of,
     run_ids_of,
     scope_label,
     select,
+    select_best,
+    selection_arms,
 )
+from s0.tables_appendix import APPENDIX_TABLES
+from s0.tables_seeds import SEED_TABLES
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
-MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in
 SELECTION_NOTE = (
     "LoRA (best config) is the LoRA arm with the highest mean pass@1 over seeds among those with runs, selected "
     "on the evaluation problems themselves, as in the paper (Sec 4.3); the notes say which arms ran"
@@ -68,40 +80,6 @@ HELDOUT_NOTE = (
     "The held-out row's runs trained without those problems (selection.split=heldout) and it shows the pick's "
     "pass@1 on 80–163; S0 − LoRA and its Welch test compare with the eval-selected row, as the paper does. "
 )
-
-
-@functools.cache
-def experiment_arms(experiment: str) -> dict[str, dict]:
-    """The arms of conf/experiment/<experiment>.yaml ({} when the file is absent)."""
-    path = CONF / f"{experiment}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("arms", {}) if path.exists() else {}
-
-
-@functools.cache
-def selection_arms(experiment: str) -> list[str]:
-    """The arms the experiment's `selection` rule chooses among; without one, every LoRA arm."""
-    path = CONF / f"{experiment}.yaml"
-    doc = yaml.safe_load(path.read_text()) if path.exists() else {}
-    if doc and doc.get("selection", {}).get("arms"):
-        return list(doc["selection"]["arms"])
-    return [a for a, f in experiment_arms(experiment).items() if f.get("method") == "lora"]
-
-
-def select_best(
-    metrics: pd.DataFrame, experiment: str, arms: list[str], metric: str = "pass@1", **where: str
-) -> str | None:
-    """`max_mean_over_seeds`: the arm with the highest mean `metric` over its seeds (None if none ran). `where`
-    (split, selection_split) goes to `select`: split="selection" picks on the held-out slice (issue 12)."""
-    means = {a: select(metrics, experiment, a, metric, **where).value.mean() for a in arms}
-    means = {a: v for a, v in means.items() if not math.isnan(v)}
-    return max(means, key=means.__getitem__) if means else None
-
-
-def best_lora(metrics: pd.DataFrame, experiment: str, rank: int | None = None) -> str | None:
-    arms = selection_arms(experiment)
-    if rank is not None:
-        arms = [a for a in arms if experiment_arms(experiment).get(a, {}).get("r") == rank]
-    return select_best(metrics, experiment, arms)
 
 
 def best_state_offset(metrics: pd.DataFrame) -> str | None:
@@ -193,49 +171,9 @@ def format_failure_text(metrics: pd.DataFrame, experiment: str, arms: dict[str, 
     return ", ".join(f"{label} {text}" for label, text in texts.items())
 
 
-def _cell(metrics: pd.DataFrame, frame: pd.DataFrame, row: str, column: str, kind: str,
-          paper: PaperRef | None, **kw) -> Cell:  # fmt: skip
-    ids = run_ids_of(frame)
-    return Cell(row, column, kind, paper, list(frame.value), ids, n_eval_of(metrics, ids), models=models_of(frame),
-                **kw)  # fmt: skip
-
-
-def _derived(row: str, column: str, kind: str, paper: PaperRef | None, value: float | None,
-             frames: list[pd.DataFrame], n: int | None = None, **kw) -> Cell:  # fmt: skip
-    """A cell holding one statistic computed from other cells (a gap, a p-value, a share)."""
-    vals = [] if value is None or math.isnan(value) else [value]
-    ids = sorted({r for f in frames for r in run_ids_of(f)})
-    text = kw.pop("ours_text", None) or (_fmt(value, kind) if vals else None)
-    if vals and n is not None and kind != "p":
-        text += f" (n={n})"
-    return Cell(row, column, kind, paper, vals, ids, ours_text=text, models=models_of(*frames), **kw)
-
-
-def gap_se(*frames: pd.DataFrame) -> float | None:
-    """Standard error of a difference of independent per-seed means (None without a spread on every side)."""
-    if any(len(f) < 2 for f in frames):
-        return None
-    return math.sqrt(sum(f.value.var(ddof=1) / len(f) for f in frames))
-
-
-def _fmt(x: float, kind: str) -> str:
-    from s0.table_core import fmt_value
-
-    return fmt_value(x, kind)
-
-
 def welch_test(a: pd.DataFrame, b: pd.DataFrame) -> stats.TestResult | None:
     """Welch's t-test of two arms' per-seed values; None when one has no runs (undefined tests say why)."""
     return stats.welch_ttest(a.value, b.value) if len(a) and len(b) else None
-
-
-def p_cell(row: str, column: str, paper: PaperRef | None, test: stats.TestResult | None,
-           frames: list[pd.DataFrame]) -> Cell:  # fmt: skip
-    """A p-value cell: "—" without runs, "n/a (zero variance)" or "n/a (n=1)" where the test is undefined."""
-    if test is not None and test.reason:
-        ids = sorted({r for f in frames for r in run_ids_of(f)})
-        return Cell(row, column, "p", paper, [], ids, models=models_of(*frames), undefined=test.reason)
-    return _derived(row, column, "p", paper, test.pvalue if test else None, frames)
 
 
 def _params(ref: pd.DataFrame, **filters: object) -> str:
@@ -243,17 +181,6 @@ def _params(ref: pd.DataFrame, **filters: object) -> str:
         return f"{paper_value(ref, metric='params', **filters):g}M"
     except LookupError:
         return "—"
-
-
-def _negatives(frame: pd.DataFrame, collapse: bool = False) -> tuple[list[float], str | None]:
-    if frame.empty:
-        return [], None
-    neg = int((frame.value < 0).sum())
-    text = f"{neg}/{len(frame)}"
-    if collapse:  # a collapsed seed falls below half its baseline (Sec 5.2: seed 555 at 4.8%)
-        n_col = int(((frame.value + frame.baseline) < 0.5 * frame.baseline).sum())
-        text += f" ({n_col} collapsed)"
-    return [neg], text
 
 
 # ---------------------------------------------------------------------------------------------- Table 1
@@ -280,35 +207,37 @@ def table1(res: Results, ref: pd.DataFrame | None = None) -> Table:
         lo = select(m, exp, lora) if lora else select(m, exp, "__none__")
         s0 = select(m, exp, "s0")
         cells.append(
-            _cell(m, base, "Baseline", col, "pct", paper_ref(ref, method="baseline", metric="pass@1", **p))
+            data_cell(
+                m, base, "Baseline", col, "pct", paper_ref(ref, method="baseline", metric="pass@1", **p)
+            )
         )
-        cells.append(_cell(m, lo, LORA_EVAL_ROW, col, "pct", paper_ref(ref, n=n, method="lora", metric="pass@1", **p)))  # fmt: skip
+        cells.append(data_cell(m, lo, LORA_EVAL_ROW, col, "pct", paper_ref(ref, n=n, method="lora", metric="pass@1", **p)))  # fmt: skip
         if (
             held
         ):  # the pick's pass@1 on 80-163 from the runs trained without the slice; the paper has no such row
             row = f"LoRA (best config, selected on held-out train problems {held})"
             held_rows.append(row)
             hl = select(m, exp, held_lora or "__none__", selection_split="heldout")
-            cells.append(_cell(m, hl, row, col, "pct", None))
+            cells.append(data_cell(m, hl, row, col, "pct", None))
             notes.append(f"{col}: " + selection_note(m, exp, best=row, **HELDOUT)
                          .replace("mean pass@1", f"mean pass@1 on held-out train problems {held}"))  # fmt: skip
         if exp == "main_qwen":
             so = select(m, "state_offset", best_state_offset(m) or "__none__")
             pr = paper_ref(ref, n=10, source="Table 1", experiment="state_offset", method="state_offset",
                            setting="", metric="pass@1")  # fmt: skip
-            cells.append(_cell(m, so, "State-offset", col, "pct", pr))
+            cells.append(data_cell(m, so, "State-offset", col, "pct", pr))
         else:
             cells.append(Cell("State-offset", col, not_applicable=True))
         cells.append(
-            _cell(m, s0, "S0 (ours)", col, "pct", paper_ref(ref, n=n, method="s0", metric="pass@1", **p))
+            data_cell(m, s0, "S0 (ours)", col, "pct", paper_ref(ref, n=n, method="s0", metric="pass@1", **p))
         )
         d_s0, d_lo = deltas(m, exp, "s0"), deltas(m, exp, lora) if lora else deltas(m, exp, "__none__")
         pd_s0 = (paper_ref(ref, "pp", n=10, source="Sec 5.1", metric="delta") if exp == "main_qwen"
                  else paper_ref(ref, "pp", n=3, source="Table 7", metric="delta"))  # fmt: skip
-        cells.append(_cell(m, d_s0, "S0 Δ vs baseline (pp)", col, "pp", pd_s0))
+        cells.append(data_cell(m, d_s0, "S0 Δ vs baseline (pp)", col, "pp", pd_s0))
         gap = d_s0.value.mean() - d_lo.value.mean() if len(d_s0) and len(d_lo) else None
         pg = paper_ref(ref, "pp", source="Sec 5.1", metric="gap_vs_lora") if exp == "main_qwen" else None
-        cells.append(_derived("S0 − LoRA (pp)", col, "pp", pg, gap, [d_s0, d_lo], se=gap_se(d_s0, d_lo)))
+        cells.append(derived_cell("S0 − LoRA (pp)", col, "pp", pg, gap, [d_s0, d_lo], se=gap_se(d_s0, d_lo)))
         pp = (paper_ref(ref, "p", source="Sec 5.1", metric="p_value") if exp == "main_qwen"
               else PaperRef(0.05, printed="n.s.", relation=">"))  # fmt: skip
         cells.append(p_cell("Welch p, S0 vs LoRA", col, pp, welch_test(d_s0, d_lo), [d_s0, d_lo]))
@@ -361,10 +290,12 @@ def table2(res: Results, ref: pd.DataFrame | None = None) -> Table:
     for row, (exp, arm, setting) in arms.items():
         d = deltas(m, exp, arm)
         p = dict(source="Table 2", setting=setting)
-        cells.append(_cell(m, d, row, "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, metric="delta", **p)))
+        cells.append(
+            data_cell(m, d, row, "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, metric="delta", **p))
+        )
         metric = "n_collapsed" if row == "LoRA r48" else "n_negative"
         pr = paper_ref(ref, "count", metric=metric, **p)
-        vals, text = _negatives(d, collapse=row == "LoRA r48")
+        vals, text = count_negatives(d, collapse=row == "LoRA r48")
         cells.append(Cell(row, "Seeds negative", "count", pr, vals, run_ids_of(d), ours_text=text,
                           models=models_of(d)))  # fmt: skip
     static = {"Params": {r: _params(ref, source="Table 2", setting=s) for r, (_, _, s) in arms.items()}}
@@ -386,26 +317,28 @@ def table3(res: Results, ref: pd.DataFrame | None = None) -> Table:
     d_so = deltas(m, "state_offset", so_arm or "__none__")
     p = dict(source="Table 3", metric="delta")
     cells = [
-        _cell(m, d_lo, "LoRA (best)", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="lora", **p)),
-        _cell(m, d_s0, "S0", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="s0", **p)),
-        _cell(m, d_so, "State-offset", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="state_offset", **p)),
+        data_cell(m, d_lo, "LoRA (best)", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="lora", **p)),
+        data_cell(m, d_s0, "S0", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="s0", **p)),
+        data_cell(m, d_so, "State-offset", "Mean Δ (pp)", "pp", paper_ref(ref, "pp", n=10, method="state_offset", **p)),
     ]  # fmt: skip
     lo_mean = d_lo.value.mean() if len(d_lo) else math.nan
     for row, d, meth in (("S0", d_s0, "s0"), ("State-offset", d_so, "state_offset")):
         gap = d.value.mean() - lo_mean if len(d) else math.nan
         pg = paper_ref(ref, "pp", source="Table 3", method=meth, metric="gap_vs_lora")
-        cells.append(_derived(row, "Gap vs. main LoRA (pp)", "pp", pg, gap, [d, d_lo], se=gap_se(d, d_lo)))
+        cells.append(
+            derived_cell(row, "Gap vs. main LoRA (pp)", "pp", pg, gap, [d, d_lo], se=gap_se(d, d_lo))
+        )
     po = paper_ref(ref, "p", source="Sec 7.2", metric="p_value")
     cells.append(p_cell("State-offset", "Welch p vs. main LoRA", po, welch_test(d_so, d_lo), [d_so, d_lo]))
     share = 100 * d_s0.value.mean() / d_so.value.mean() if len(d_s0) and len(d_so) else None
     ps = paper_ref(ref, "share", source="Sec 5.5", metric="share_of_offset_gain")
-    cells.append(_derived("S0", "Share of offset gain", "share", ps, share, [d_s0, d_so]))
+    cells.append(derived_cell("S0", "Share of offset gain", "share", ps, share, [d_s0, d_so]))
     paired = d_so.merge(d_s0, on="seed", suffixes=("_so", "_s0"))
     if len(paired):
         t = stats.paired_ttest(paired.value_so, paired.value_s0)
         p_text = f"p n/a ({t.reason})" if t.reason else t.format().split(", ")[1].split(";")[0]
         text = f"{t.estimate:+.1f} pp, {p_text}"
-        cells.append(_derived("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp", None, t.estimate,
+        cells.append(derived_cell("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp", None, t.estimate,
                               [d_so, d_s0], n=len(paired), ours_text=text))  # fmt: skip
     else:
         cells.append(Cell("State-offset − S0 (paired t)", "Mean Δ (pp)", "pp"))
@@ -429,19 +362,6 @@ LAYER_GROUPS = {"Early (0–7)": ("s0_early", "layers=0-7"), "Middle (8–15)": 
                 "Late (16–23)": ("s0_late", "layers=16-23"), "All (0–23)": ("s0_all", "layers=0-23")}  # fmt: skip
 
 
-def _degraded_frame(res: Results, exp: str, arm: str, baseline_arm: str = "baseline", **kw) -> pd.DataFrame:
-    """Per-seed degraded counts: seed, value, run_id (seeds whose samples are missing are dropped)."""
-    a, b = select(res.metrics, exp, arm, **kw), select(res.metrics, exp, baseline_arm, **kw)
-    rows = []
-    for _, r in a.merge(b, on="seed", suffixes=("", "_b")).iterrows():
-        k = degraded(res.samples, r.run_id_b.split(";")[0], r.run_id.split(";")[0])
-        if k is not None:
-            rows.append(
-                {"seed": r.seed, "value": float(k), "run_id": f"{r.run_id};{r.run_id_b}", "model": r.model}
-            )
-    return pd.DataFrame(rows, columns=["seed", "value", "run_id", "model"])
-
-
 @with_protocol
 def table5(res: Results, ref: pd.DataFrame | None = None) -> Table:
     """Layer sensitivity (Table 5): S0 on early, middle, late or all GDN layers, single seed."""
@@ -450,10 +370,10 @@ def table5(res: Results, ref: pd.DataFrame | None = None) -> Table:
     for row, (arm, setting) in LAYER_GROUPS.items():
         p = dict(source="Table 5", setting=setting)
         d = deltas(m, "layer_ablation", arm)
-        cells.append(_cell(m, d, row, "Greedy Δ (pp)", "pp", paper_ref(ref, "pp", metric="delta", **p)))
-        dg = _degraded_frame(res, "layer_ablation", arm)
+        cells.append(data_cell(m, d, row, "Greedy Δ (pp)", "pp", paper_ref(ref, "pp", metric="delta", **p)))
+        dg = degraded_frame(res, "layer_ablation", arm)
         cells.append(
-            _cell(m, dg, row, "Degraded", "count", paper_ref(ref, "count", metric="n_degraded", **p))
+            data_cell(m, dg, row, "Degraded", "count", paper_ref(ref, "count", metric="n_degraded", **p))
         )
     static = {
         "# Layers": {r: f"{paper_value(ref, source='Table 5', setting=s, metric='n_layers'):g}"
@@ -470,9 +390,6 @@ MAIN_TABLES: dict[str, TableFn] = {"table1": table1, "table2": table2, "table3":
 
 
 def all_tables() -> dict[str, TableFn]:
-    from s0.tables_appendix import APPENDIX_TABLES
-    from s0.tables_seeds import SEED_TABLES
-
     return {**MAIN_TABLES, **SEED_TABLES, **APPENDIX_TABLES}
 
 

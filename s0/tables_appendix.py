@@ -11,9 +11,28 @@ from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import authors_summary, load_authors_released, load_paper_values, paper_rows, paper_value
-from s0.table_core import Cell, PaperRef, Table, fmt_value, paper_ref, with_protocol
-from s0.table_data import deltas, mechanism_pairs, models_of, n_eval_of, run_ids_of, scope_label, select
-from s0.tables import _cell, _derived, experiment_arms, gap_se, p_cell
+from s0.table_core import (
+    Cell,
+    PaperRef,
+    Table,
+    data_cell,
+    derived_cell,
+    fmt_value,
+    gap_se,
+    p_cell,
+    paper_ref,
+    with_protocol,
+)
+from s0.table_data import (
+    deltas,
+    experiment_arms,
+    mechanism_pairs,
+    models_of,
+    n_eval_of,
+    run_ids_of,
+    scope_label,
+    select,
+)
 
 
 def _astr(alpha: float) -> str:
@@ -39,7 +58,7 @@ def table_app_d(res: Results, ref: pd.DataFrame | None = None) -> Table:
     for n in (10, 25, 50):
         d = deltas(m, "data_efficiency", f"s0_n{n}")
         pr = paper_ref(ref, "pp", n=3, source="App D", setting=f"n_solutions={n}", metric="delta")
-        cells.append(_cell(m, d, f"{n} solutions", "Δ (pp)", "pp", pr))
+        cells.append(data_cell(m, d, f"{n} solutions", "Δ (pp)", "pp", pr))
     caption = "S0 trained on a seeded random subset of the verified solutions, Qwen3.5-4B HumanEval, 3 seeds."
     return Table("table_app_d", "App D: Training data efficiency", caption, "Training solutions", cells)
 
@@ -61,7 +80,7 @@ def table_app_e_qwen(res: Results, ref: pd.DataFrame | None = None) -> Table:
         if pr is None and a_lo <= alpha <= a_hi:
             pr = PaperRef(printed=f"+{lo:g} to +{hi:g}", relation="range", lo=lo, hi=hi, halfwidth=0.5)
         cells.append(
-            _cell(m, deltas(m, "alpha_sweep_qwen", arm), f"α = {alpha:g}", "Sampled Δ (pp)", "pp", pr)
+            data_cell(m, deltas(m, "alpha_sweep_qwen", arm), f"α = {alpha:g}", "Sampled Δ (pp)", "pp", pr)
         )
     caption = ("Qwen3.5-4B HumanEval, sampled pass@1 at temperature 0.7, single seed. The paper gives the peak "
                "(+33.9 at α = 0.07) and a +30 to +34 pp range for α = 0.03–0.15.")  # fmt: skip
@@ -76,7 +95,7 @@ def table_app_e_falcon(res: Results, ref: pd.DataFrame | None = None) -> Table:
     exp = "alpha_sweep_falcon"
     base = select(m, exp, "baseline")
     pb = paper_ref(ref, source="Table 1", experiment="main_falcon", method="baseline", metric="pass@1")
-    cells = [_cell(m, base, "Baseline", "pass@1 (%)", "pct", pb), Cell("Baseline", "Δ (pp)", "pp")]
+    cells = [data_cell(m, base, "Baseline", "pass@1 (%)", "pct", pb), Cell("Baseline", "Δ (pp)", "pp")]
     plateau = paper_rows(ref, source="App E", experiment=exp, metric="pass@1")
     for arm, alpha in _alpha_arms(exp).items():
         pr = paper_ref(
@@ -85,11 +104,11 @@ def table_app_e_falcon(res: Results, ref: pd.DataFrame | None = None) -> Table:
         if pr is None and 0.6 <= alpha <= 0.7 and len(plateau):
             pr = PaperRef(float(plateau.value.iloc[0]), printed=f"{plateau.value.iloc[0]:.1f}")
         row = f"α = {alpha:g}"
-        cells.append(_cell(m, select(m, exp, arm), row, "pass@1 (%)", "pct", pr))
+        cells.append(data_cell(m, select(m, exp, arm), row, "pass@1 (%)", "pct", pr))
         pd_ = paper_ref(
             ref, "pp", source="App E", experiment=exp, setting=f"alpha={_astr(alpha)}", metric="delta"
         )
-        cells.append(_cell(m, deltas(m, exp, arm), row, "Δ (pp)", "pp", pd_))
+        cells.append(data_cell(m, deltas(m, exp, arm), row, "Δ (pp)", "pp", pd_))
     caption = ("FalconH1-7B HumanEval greedy pass@1, single seed. The paper gives +8.3 pp at α = 0.07, 71.8% on "
                "the α = 0.60–0.70 plateau, and accuracy below the baseline at α = 2.0.")  # fmt: skip
     return Table("table_app_e_falcon", "App E / Fig 3b: Alpha sweep, FalconH1-7B", caption, "Alpha", cells)
@@ -126,10 +145,10 @@ def table_app_h(res: Results, ref: pd.DataFrame | None = None) -> Table:
         n = SCALING.get(row, (None, None))[1]
         p = dict(source="App H", model=model)
         known = row in SCALING
-        cells.append(_cell(m, base, row, "Base (%)", "pct", paper_ref(ref, method="baseline", metric="pass@1", **p) if known else None))  # fmt: skip
-        cells.append(_cell(m, s0, row, "Tuned (%)", "pct", paper_ref(ref, n=n, method="s0", metric="pass@1", **p) if known else None))  # fmt: skip
+        cells.append(data_cell(m, base, row, "Base (%)", "pct", paper_ref(ref, method="baseline", metric="pass@1", **p) if known else None))  # fmt: skip
+        cells.append(data_cell(m, s0, row, "Tuned (%)", "pct", paper_ref(ref, n=n, method="s0", metric="pass@1", **p) if known else None))  # fmt: skip
         cells.append(
-            _cell(
+            data_cell(
                 m, d, row, "Δ (pp)", "pp", paper_ref(ref, "pp", n=n, metric="delta", **p) if known else None
             )
         )
@@ -157,13 +176,13 @@ def table_transfer(res: Results, ref: pd.DataFrame | None = None) -> Table:
         d = deltas(m, exp, "s0", eval_task=task)
         known = task is None
         pr = paper_ref(ref, "pp", n=n, source="Sec 5.6", experiment=exp, metric="delta") if known else None
-        cells.append(_cell(m, d, row, "Δ (pp)", "pp", pr))
+        cells.append(data_cell(m, d, row, "Δ (pp)", "pp", pr))
         pp = paper_ref(ref, "p", source="Sec 5.6", experiment=exp, metric="p_value") if known else None
         cells.append(p_cell(row, "p (one-sample t)", pp, _one_sample(d), [d]))
     ps = paper_ref(ref, "pp", source="Sec 5.6", experiment="spider_boundary", metric="delta")
     for arm, alpha in _alpha_arms("spider_boundary").items():
         d = deltas(m, "spider_boundary", arm)
-        cells.append(_cell(m, d, f"Spider α = {alpha:g}", "Δ (pp)", "pp", ps))
+        cells.append(data_cell(m, d, f"Spider α = {alpha:g}", "Δ (pp)", "pp", ps))
         cells.append(Cell(f"Spider α = {alpha:g}", "p (one-sample t)", "p"))
     caption = ("S0 on Qwen3.5-4B; Δ is execution/answer accuracy over the same seed's baseline. MATH-500 trains on "
                "its own 250 train problems (transfer_math500); HumanEval → rows train on HumanEval only "
@@ -206,11 +225,11 @@ def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
     arms = [a for a, f in experiment_arms(exp).items() if f.get("method") == "prefix"]
     frames = {a: deltas(m, exp, a) for a in arms}
     for arm, d in frames.items():
-        cells.append(_cell(m, d, f"lr {arm.split('_lr')[-1]}", "Δ (pp)", "pp", None))
+        cells.append(data_cell(m, d, f"lr {arm.split('_lr')[-1]}", "Δ (pp)", "pp", None))
     pooled = pd.concat(list(frames.values())) if frames else pd.DataFrame(columns=["value", "run_id"])
     row = f"All {len(pooled) or 9} configurations"
     p = dict(source="Sec 5.8", experiment=exp)
-    cells.append(_cell(m, pooled, row, "Δ (pp)", "pp", paper_ref(ref, "pp", metric="delta", **p)))
+    cells.append(data_cell(m, pooled, row, "Δ (pp)", "pp", paper_ref(ref, "pp", metric="delta", **p)))
     pc = paper_ref(ref, "pp", metric="delta", stat="ci95_high", **p)
     why = stats.degenerate(pooled.value) if len(pooled) else ""
     if why:  # a t interval needs a spread
@@ -219,13 +238,13 @@ def table_prefix(res: Results, ref: pd.DataFrame | None = None) -> Table:
     else:
         ci = stats.summarize(pooled.value).ci_high if len(pooled) else None
         se = pooled.value.std(ddof=1) / math.sqrt(len(pooled)) if len(pooled) else None
-        cells.append(_derived(row, "95% CI upper (pp)", "pp", pc, ci, [pooled], n=len(pooled), se=se))
+        cells.append(derived_cell(row, "95% CI upper (pp)", "pp", pc, ci, [pooled], n=len(pooled), se=se))
     neg = f"{int((pooled.value < 0).sum())}/{len(pooled)}" if len(pooled) else None
-    cells.append(_derived(row, "Negative", "count", paper_ref(ref, "count", metric="n_negative", **p),
+    cells.append(derived_cell(row, "Negative", "count", paper_ref(ref, "count", metric="n_negative", **p),
                           float((pooled.value < 0).sum()) if len(pooled) else None, [pooled], ours_text=neg))  # fmt: skip
     s0 = deltas(m, "main_qwen", "s0")
     gap = s0.value.mean() - pooled.value.mean() if len(s0) and len(pooled) else None
-    cells.append(_derived(row, "Gap to S0 (pp)", "pp", paper_ref(ref, "pp", metric="gap_vs_s0", **p), gap,
+    cells.append(derived_cell(row, "Gap to S0 (pp)", "pp", paper_ref(ref, "pp", metric="gap_vs_s0", **p), gap,
                           [pooled, s0], se=gap_se(pooled, s0)))  # fmt: skip
     caption = ("Prefix tuning (30 virtual tokens, prefix_projection) on the pure Transformer Qwen2.5-3B-Instruct; "
                "Δ over the same seed's baseline; the gap is main_qwen's S0 Δ minus the pooled prefix Δ.")  # fmt: skip

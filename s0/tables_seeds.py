@@ -10,9 +10,8 @@ import pandas as pd
 
 from s0.records import Results
 from s0.reference import load_paper_values
-from s0.table_core import Table, paper_ref, with_protocol
-from s0.table_data import deltas, select
-from s0.tables import MAIN_SEEDS, _cell, _degraded_frame, _negatives, best_lora
+from s0.table_core import Table, count_negatives, data_cell, paper_ref, with_protocol
+from s0.table_data import MAIN_SEEDS, best_lora, degraded_frame, deltas, select
 
 
 def _seed_rows(paper_seeds: list[int], *frames: pd.DataFrame) -> list[int]:
@@ -30,16 +29,18 @@ def table6(res: Results, ref: pd.DataFrame | None = None) -> Table:
     ref = load_paper_values() if ref is None else ref
     m = res.metrics
     arm = best_lora(m, "main_qwen", rank=24) or "__none__"
-    d, dg = deltas(m, "main_qwen", arm), _degraded_frame(res, "main_qwen", arm)
+    d, dg = deltas(m, "main_qwen", arm), degraded_frame(res, "main_qwen", arm)
     p = dict(source="Table 6", experiment="main_qwen")
     cells = []
     for seed in _seed_rows(MAIN_SEEDS, d, dg):
         pr = paper_ref(ref, "pp", stat="value", seed=seed, metric="delta", **p)
-        cells.append(_cell(m, _one_seed(d, seed), str(seed), "LoRA Δ (pp)", "pp", pr, judge=False))
+        cells.append(data_cell(m, _one_seed(d, seed), str(seed), "LoRA Δ (pp)", "pp", pr, judge=False))
         pg = paper_ref(ref, "count", stat="value", seed=seed, metric="n_degraded", **p)
-        cells.append(_cell(m, _one_seed(dg, seed), str(seed), "Degraded", "count", pg, judge=False))
-    cells.append(_cell(m, d, "Mean", "LoRA Δ (pp)", "pp", paper_ref(ref, "pp", n=10, metric="delta", **p)))
-    cells.append(_cell(m, dg, "Mean", "Degraded", "count", None))
+        cells.append(data_cell(m, _one_seed(dg, seed), str(seed), "Degraded", "count", pg, judge=False))
+    cells.append(
+        data_cell(m, d, "Mean", "LoRA Δ (pp)", "pp", paper_ref(ref, "pp", n=10, metric="delta", **p))
+    )
+    cells.append(data_cell(m, dg, "Mean", "Degraded", "count", None))
     caption = f"Qwen3.5-4B HumanEval, main_qwen arm {arm if arm != '__none__' else '— (none ran)'}."
     notes = ["Per-seed rows are shown side by side, not judged: a rerun's seed is not the paper's GPU run."]
     return Table("table6", "Table 6: Per-seed LoRA results", caption, "Seed", cells, notes=notes)
@@ -55,7 +56,7 @@ def table7(res: Results, ref: pd.DataFrame | None = None) -> Table:
         select(m, "main_falcon", "s0"),
         deltas(m, "main_falcon", "s0"),
     )
-    dg = _degraded_frame(res, "main_falcon", "s0")
+    dg = degraded_frame(res, "main_falcon", "s0")
     p = dict(source="Table 7")
     cols = {"Baseline": (base, "pct", dict(method="baseline", metric="pass@1")),
             "Tuned": (s0, "pct", dict(method="s0", metric="pass@1")),
@@ -64,10 +65,10 @@ def table7(res: Results, ref: pd.DataFrame | None = None) -> Table:
     for seed in _seed_rows([42, 7, 123], base, s0):
         for col, (f, kind, flt) in cols.items():
             pr = paper_ref(ref, kind, stat="value", seed=seed, **p, **flt) if flt else None
-            cells.append(_cell(m, _one_seed(f, seed), str(seed), col, kind, pr, judge=False))
+            cells.append(data_cell(m, _one_seed(f, seed), str(seed), col, kind, pr, judge=False))
     for col, (f, kind, flt) in cols.items():
         pr = paper_ref(ref, kind, n=3, **p, **flt) if flt else None
-        cells.append(_cell(m, f, "Mean", col, kind, pr))
+        cells.append(data_cell(m, f, "Mean", col, kind, pr))
     caption = "FalconH1-7B HumanEval held-out problems 80–163, S0 at alpha 0.65 (experiment main_falcon)."
     return Table("table7", "Table 7: FalconH1-7B per-seed results", caption, "Seed", cells)
 
@@ -85,14 +86,14 @@ def table8(res: Results, ref: pd.DataFrame | None = None) -> Table:
             pr = paper_ref(
                 ref, "pp", source="Table 8", setting=setting, seed=seed, stat="value", metric="delta"
             )
-            cells.append(_cell(m, _one_seed(f, seed), str(seed), col, "pp", pr, judge=False))
+            cells.append(data_cell(m, _one_seed(f, seed), str(seed), col, "pp", pr, judge=False))
     for col, (setting, f) in frames.items():
         pr = paper_ref(ref, "pp", n=10, source="Table 8", setting=setting, metric="delta")
-        cells.append(_cell(m, f, "Mean", col, "pp", pr))
+        cells.append(data_cell(m, f, "Mean", col, "pp", pr))
     notes = []
     for col, (_, f) in frames.items():
         if len(f):
-            _, text = _negatives(f, collapse=True)
+            _, text = count_negatives(f, collapse=True)
             notes.append(
                 f"{col.split(' Δ')[0]}: {text} seeds negative (collapsed = below half the baseline)."
             )
@@ -114,7 +115,9 @@ def table9(res: Results, ref: pd.DataFrame | None = None) -> Table:
     for row, (arm, flt) in PASSK_ROWS.items():
         for k in KS:
             f = select(m, "passk", arm, metric=k)
-            cells.append(_cell(m, f, row, k, "pct", paper_ref(ref, n=3, source="Table 9", metric=k, **flt)))
+            cells.append(
+                data_cell(m, f, row, k, "pct", paper_ref(ref, n=3, source="Table 9", metric=k, **flt))
+            )
     caption = "HumanEval held-out problems 80–163, sampled decoding, unbiased pass@k (experiment passk)."
     return Table("table9", "Table 9: HumanEval pass@k", caption, "Method", cells)
 
@@ -129,7 +132,7 @@ def table10(res: Results, ref: pd.DataFrame | None = None) -> Table:
         for seed in _seed_rows([7, 42, 123], *frames.values()):
             for k, f in frames.items():
                 pr = paper_ref(ref, source="Table 10", seed=seed, stat="value", metric=k, **flt)
-                cells.append(_cell(m, _one_seed(f, seed), f"{row.split(' (')[0]} {seed}", k, "pct", pr, judge=False))  # fmt: skip
+                cells.append(data_cell(m, _one_seed(f, seed), f"{row.split(' (')[0]} {seed}", k, "pct", pr, judge=False))  # fmt: skip
     caption = "Per-seed sampled pass@k estimates (experiment passk)."
     return Table("table10", "Table 10: Per-seed pass@k", caption, "Method, seed", cells)
 
