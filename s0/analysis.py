@@ -354,7 +354,7 @@ def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_pr
 
     from s0.adapters import load_adapter
     from s0.config import ModelConfig, TaskConfig
-    from s0.pipeline import load_model, resolve_device, task_for
+    from s0.loading import load_model, resolve_device, task_for
     from s0.table_data import mechanism_pairs
 
     results = Path(results_dir)

@@ -35,63 +35,13 @@ import torch
 from s0 import records
 from s0.config import RunConfig
 from s0.generation import GenerationSpec, GenerationStats, generate, resolve_engine
+from s0.loading import PipelineError, load_model, resolve_device, task_for
 from s0.plan import PlannedRun, config_hash
 from s0.preflight import PreflightError, check_generation, check_logit_change, check_prompts
 from s0.provenance import package_versions, provenance
 from s0.seeding import seed_everything
 
 log = logging.getLogger("s0")
-
-
-class PipelineError(RuntimeError):
-    """A run cannot go on; the message says why and which knob to turn."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def task_for(task_cfg, isolation: str | None = None):
-    """The s0.tasks object of a TaskConfig (no model code there); `isolation` (sandbox.isolation) sets the
-    sandbox policy its grading runs under: required (default) or weak."""
-    from s0 import sandbox
-    from s0.tasks import get_task
-
-    if isolation is not None:
-        sandbox.set_isolation(isolation)
-        if task_cfg.name in ("humaneval", "math500", "spider"):  # graded in the sandbox: refuse before any work
-            try:
-                sandbox.checked_isolation()
-            except sandbox.SandboxError as err:
-                raise PipelineError(str(err)) from None
-
-    options: dict[str, Any] = {
-        "data_root": task_cfg.data_root,
-        "n_train": task_cfg.n_train,
-        "n_eval": task_cfg.n_eval,
-    }
-    if task_cfg.name == "spider":
-        options["db_dir"] = task_cfg.db_dir
-    # the protocol's user message, every task (s0.plan.apply_protocol sets it)
-    options["prompt_template"] = task_cfg.prompt_template
-    return get_task(task_cfg.name, **{k: v for k, v in options.items() if v is not None or k == "data_root"})
-
-
-def load_model(run: PlannedRun, device: torch.device):
-    """The frozen base model and its tokenizer, in the run's dtype (fp32 on CPU, where bf16 is slow)."""
-    from s0.models import TINY_ARCH, build_model, build_tokenizer
-
-    m = run.model
-    tiny = m.name.startswith("tiny_")
-    dtype = m.dtype if device.type == "cuda" else "float32"
-    arch = m.arch or (TINY_ARCH[m.family] if tiny else None)
-    model = build_model(
-        m.family, arch, hub_id=m.hub_id, weights=m.weights, dtype=dtype, device=device, revision=m.revision
-    )
-    tokenizer = build_tokenizer(m.hub_id, tiny=tiny or m.weights != "hub", revision=m.revision)
-    return model, tokenizer
 
 
 @contextmanager
