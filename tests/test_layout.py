@@ -28,7 +28,13 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({
         "s0.adapters", "s0.adapters.base", "s0.adapters.injection", "s0.adapters.offset",
         "s0.adapters.peft_methods", "s0.adapters.state", "s0.models",
-    }): "s0.models.recurrent_layers imports s0.adapters.kinds, whose package imports s0.adapters.base -> s0.models",
+    }): (
+        "s0.models.recurrent_layers imports s0.adapters.kinds (inside the function), and importing any s0.adapters "
+        "submodule runs s0/adapters/__init__ -> base, state, offset, injection, which import s0.models. The fix "
+        "moves recurrent_layers/require_recurrent_layers beside kinds.detect and has every caller import them "
+        "from s0.adapters.kinds (tests included, s0.models then imports nothing of s0.adapters); left for when no "
+        "kind or family is being added, since in-flight tests import them from s0.models"
+    ),
 }  # fmt: skip
 # Modules still using private names of other modules: {path under the repo: why}; xfails, like the above.
 KNOWN_PRIVATE: dict[str, str] = {
