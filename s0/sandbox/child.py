@@ -308,12 +308,27 @@ def _keep_imports_reachable() -> None:
     sys.path_importer_cache.clear()
 
 
+def _cap_sysv_ipc() -> None:
+    """In our own IPC namespace, as its root, before / turns read-only: SysV shared memory and message
+    queues live in no process, so no rlimit or memory sum sees them; cap them as the jail's /dev/shm is."""
+    shm = 64 << 20
+    # msgmni: 16 queues of at most msgmnb (16 KiB) each.
+    for name, val in (("shmall", shm // os.sysconf("SC_PAGE_SIZE")), ("shmmax", shm), ("msgmni", 16)):
+        try:
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(str(val))
+        except OSError:
+            pass  # best effort: some kernels refuse these from a user namespace
+
+
 def _boot_setup(cfg: dict) -> dict:
     """Everything that happens before untrusted input is touched; returns what was achieved."""
     import resource
 
     report = {"pidns": os.getpid() == 1, "hidden": [], "ro_root": False, "uid": os.getuid(), "jail": False}
     report["netns"] = os.readlink("/proc/self/ns/net") != cfg["parent_netns"]
+    if cfg["mount"]:  # with namespaces: this IPC namespace is ours alone
+        _cap_sysv_ipc()
     if cfg["mount"] and cfg.get("jail"):
         _boot_jail(_libc(), cfg, report)
     elif cfg["mount"]:

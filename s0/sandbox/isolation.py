@@ -6,8 +6,10 @@ adversarial case in it, through the `_unshare_prefix` hook). What still holds wh
 process (program, judge, worker) runs as its own random unprivileged uid, also when the interpreter lives
 under a private home (the child imports through fds opened before the drop), so the verdict cannot be
 forged (the judge's pipe, nonce and process are another uid's) and the parent and other programs cannot be
-signalled or read; the process cap, the CPU and memory sums and the process sweep go by that uid; after
-each run its entries in /tmp, /var/tmp, /dev/shm and /run/lock and its SysV IPC objects are removed. When
+signalled or read; the process cap, the CPU and memory sums (SysV shared memory and queued messages of
+the uid included) and the process sweep go by that uid; after each run its entries in /tmp, /var/tmp,
+/dev/shm and /run/lock and its SysV IPC objects are removed. (With namespaces the IPC namespace is the
+program's own, capped at 64 MiB of SysV shared memory and 16 message queues, and gone with it.) When
 the caller is not root every process shares its uid and the parent is made non-dumpable (`_harden_parent`).
 What weak mode cannot stop (WEAK_LIMITS in the tests asserts each where it shows):
   - network: no network namespace. The guard replaces socket.socket only; `_socket` reaches localhost,
