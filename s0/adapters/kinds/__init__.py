@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from s0.adapters.kinds import gdn, kda, mamba1, mamba2
+from s0.adapters.kinds import gdn, mamba1, mamba2, rglru
 from s0.adapters.kinds.common import Kind
 
 KINDS: dict[str, Kind] = {
     "gdn": gdn.KIND,
     "mamba2": mamba2.KIND,
     "mamba1": mamba1.KIND,
-    "kda": kda.KIND,
+    "rglru": rglru.KIND,
 }
 
 
