@@ -34,6 +34,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "mamba": ("MambaConfig", "MambaForCausalLM"),  # Mamba-1 (diagonal state), issue 15
     "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM"),  # RG-LRU, issue 15
+    "kimi_linear": ("KimiLinearConfig", "KimiLinearForCausalLM"),  # Kimi Delta Attention, issue 15
 }
 
 # Tiny architectures for tests and the CPU demo. Key and value dims differ on purpose (16 vs 8), so a
@@ -110,6 +111,30 @@ TINY_ARCH: dict[str, dict[str, Any]] = {
         pad_token_id=257,  # the tiny tokenizer's pad id: its embedding row starts at zero (padding_idx)
         eos_token_id=256,
         bos_token_id=None,
+        tie_word_embeddings=True,
+    ),
+    # Kimi Delta Attention: 3 KDA layers (state 2 heads x 16 x 16) + 1 MLA attention layer; dense MLPs only (the
+    # MoE's grouped matmul refuses float64); token ids inside the tiny vocab (the defaults are Kimi's 163k ids)
+    "kimi_linear": dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        mlp_layer_types=["dense"] * 4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        linear_num_heads=2,
+        linear_head_dim=16,
+        linear_conv_kernel_dim=4,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
         tie_word_embeddings=True,
     ),
 }
@@ -496,6 +521,6 @@ def n_recurrent_layers(family: str, arch: dict[str, Any]) -> int:
         return 0
     arch = arch or TINY_ARCH[family]
     config = build_config(family, arch)
-    if family == "qwen3_5":
+    if family in ("qwen3_5", "kimi_linear"):
         return sum(t == "linear_attention" for t in config.layer_types)
     return config.num_hidden_layers  # FalconH1: a Mamba-2 mixer in every layer

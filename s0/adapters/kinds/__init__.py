@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from s0.adapters.kinds import gdn, mamba1, mamba2, rglru
+from s0.adapters.kinds import gdn, kda, mamba1, mamba2, rglru
 from s0.adapters.kinds.common import Kind
 
 KINDS: dict[str, Kind] = {
@@ -17,6 +17,7 @@ KINDS: dict[str, Kind] = {
     "mamba2": mamba2.KIND,
     "mamba1": mamba1.KIND,
     "rglru": rglru.KIND,
+    "kda": kda.KIND,
 }
 
 
