@@ -446,11 +446,13 @@ def test_sysv_ipc_objects_do_not_outlive_the_program(mode):
     code = (
         "import ctypes\nlibc = ctypes.CDLL(None)\nmem = libc.shmget(0, 1 << 20, 0o1600)\n"
         "print('IPC', mem, libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600))\n"
+        "print('MQ', ctypes.CDLL('librt.so.1').mq_open(b'/s0-sandbox-mq', 0o100 | 0o2, 0o600, None))\n"
         "libc.shmat.restype = ctypes.c_void_p\nctypes.memset(libc.shmat(mem, None, 0), 1, 1 << 20)\n" + WRONG
     )
     r = judged(code)
     assert r.verdict == "fail", r
-    assert "IPC " in r.output and " -1" not in r.output, r.output  # all three were created
+    assert "IPC " in r.output and " -1" not in r.output.split("MQ")[0], r.output  # all three were created
+    assert "MQ -1\n" in r.output, r.output  # a POSIX queue (none can be swept in weak mode) was refused
 
 
 def test_sysv_shared_memory_within_the_limit(mode):

