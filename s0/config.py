@@ -20,7 +20,7 @@ PROTOCOLS = ("reference", "harness")
 HUMANEVAL_PROMPTS = ("reference", "harness")  # the templates in s0/tasks/humaneval.py
 PROMPT_TEMPLATES = HUMANEVAL_PROMPTS  # every task's PROMPTS has these keys (s0/tasks/<task>.py)
 TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
-FAMILIES = ("qwen3_5", "falcon_h1", "qwen2", "mamba", "kimi_linear", "recurrent_gemma")
+FAMILIES = ("qwen3_5", "falcon_h1", "qwen2", "mamba", "falcon_mamba", "kimi_linear", "recurrent_gemma")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
 # `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/plan.py,
 # apply_method_overrides), because a value nothing reads would change the run id and nothing else.

@@ -33,6 +33,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
     "mamba": ("MambaConfig", "MambaForCausalLM"),  # Mamba-1 (diagonal state), issue 15
+    "falcon_mamba": ("FalconMambaConfig", "FalconMambaForCausalLM"),  # Mamba-1, normed B, C, dt
     "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM"),  # RG-LRU, issue 15
     "kimi_linear": ("KimiLinearConfig", "KimiLinearForCausalLM"),  # Kimi Delta Attention, issue 15
 }
@@ -173,6 +174,32 @@ def recurrent_layers(model: nn.Module) -> list[RecurrentLayer]:
         if hit is not None:
             found.append(RecurrentLayer(module.layer_idx, hit[0], module, hit[1]))
     return sorted(found, key=lambda r: r.index)
+
+
+@dataclass(frozen=True)
+class StateCount:
+    """What S0 learns in one architecture: its recurrent kinds, layers and state sizes (no weights needed)."""
+
+    kinds: tuple[str, ...]  # the recurrence kinds present, in layer order of first appearance
+    n_layers: int  # recurrent layers (each gets one S0)
+    shapes: tuple[tuple[int, ...], ...]  # the distinct per-layer state shapes
+    per_layer: tuple[int, ...]  # the distinct per-layer state entries
+    total: int  # S0 parameters in all: the sum over recurrent layers
+    model_params: int  # every parameter of the model, for the share
+
+
+def state_count(family: str, arch: dict[str, Any] | None) -> StateCount:
+    """S0's size for `family` with `arch` (None: the tiny one), read off the model built on the meta device."""
+    model = build_model(family, arch or TINY_ARCH[family], weights="meta")
+    layers = recurrent_layers(model)
+    return StateCount(
+        kinds=tuple(dict.fromkeys(r.kind for r in layers)),
+        n_layers=len(layers),
+        shapes=tuple(dict.fromkeys(r.state_shape for r in layers)),
+        per_layer=tuple(dict.fromkeys(r.numel for r in layers)),
+        total=sum(r.numel for r in layers),
+        model_params=count_parameters(model),
+    )
 
 
 def require_recurrent_layers(model: nn.Module, model_name: str = "this model") -> list[RecurrentLayer]:
