@@ -95,6 +95,11 @@ paper-fixtures: setup  ## the same from the paper's own values, into paper_figur
 mechanism: setup  ## Sec 6 analyses for finished mechanism runs (run.py experiment=mechanism does this itself)
 	$(PY) scripts/mechanism.py --results $(RESULTS)
 
+# What S0 learns in each conf/model entry, built on the meta device (no weights): NAMES="qwen3_5_4b mamba_2_8b" for some.
+.PHONY: state-counts
+state-counts: setup  ## S0 size per model: recurrence kind, layers, state shape and entries per layer, total (seconds)
+	@$(PY) scripts/state_counts.py $(NAMES)
+
 # Bundled already: GSM8K, MATH-500, Spider dev (s0/tasks/data). This adds Spider's train split and, from the
 # Spider release's zip, its databases. Needs `pip install -e '.[data]'` and the hub.
 DATA_DIR ?= data
