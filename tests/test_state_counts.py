@@ -91,19 +91,23 @@ def test_mamba1_mamba_2_8b():
 
 def test_mamba1_falcon_mamba_7b():
     a, c = arch("falcon_mamba_7b"), state_counts.count("falcon_mamba_7b")
-    hand = a["num_hidden_layers"] * (a["expand"] * a["hidden_size"]) * a["state_size"]  # 64 x (2 x 4096) x 16
+    # config.json gives intermediate_size 8192 beside expand 16: the explicit d_inner wins (16 x 4096 would be 65536)
+    assert a["intermediate_size"] == 8192 != a["expand"] * a["hidden_size"]
+    hand = a["num_hidden_layers"] * a["intermediate_size"] * a["state_size"]  # 64 x 8192 x 16
     assert hand == 8_388_608
     assert (c.kinds, c.n_layers, c.shapes, c.total) == (("mamba1",), 64, ((8192, 16),), hand)
 
 
 def test_kda_kimi_linear_48b():
     a, c = arch("kimi_linear_48b"), state_counts.count("kimi_linear_48b")
-    # 27 layers, 3 KDA : 1 MLA -> 21 KDA layers; state per layer: heads x head dim x head dim = 32 x 128 x 128
-    layers = a["layer_types"].count("linear_attention")
-    assert (len(a["layer_types"]), layers) == (a["num_hidden_layers"], 21)
+    # 27 layers; config.json's full_attn_layers (1-indexed) [4, 8, 12, 16, 20, 24, 27] are MLA -> 27 - 7 = 20 KDA
+    mla = [i + 1 for i, t in enumerate(a["layer_types"]) if t == "full_attention"]
+    assert mla == [4, 8, 12, 16, 20, 24, 27]
+    layers = a["num_hidden_layers"] - len(mla)
+    # KDA state per layer: heads x head dim (keys) x head dim (values) = 32 x 128 x 128 = 524,288
     per_layer = a["linear_num_heads"] * a["linear_head_dim"] * a["linear_head_dim"]
-    assert layers * per_layer == 11_010_048
-    assert (c.kinds, c.n_layers, c.shapes, c.total) == (("kda",), 21, ((32, 128, 128),), layers * per_layer)
+    assert (layers, per_layer, layers * per_layer) == (20, 524_288, 10_485_760)
+    assert (c.kinds, c.n_layers, c.shapes, c.total) == (("kda",), 20, ((32, 128, 128),), layers * per_layer)
 
 
 def test_rglru_recurrentgemma_2b():
