@@ -8,13 +8,13 @@ PY ?= $(VENV)/bin/python
 SETUP = $(PYTHON3) scripts/bootstrap.py --python $(PY)
 EXPERIMENTS_IN_ORDER := main_qwen main_falcon lora_rank_matched state_offset scaling alpha_sweep_qwen \
 	alpha_sweep_falcon layer_ablation data_efficiency passk prefix_control transfer_math500 transfer_gsm8k \
-	transfer_code_to_math spider_boundary mechanism
+	transfer_code_to_math spider_boundary mechanism expressiveness
 
 RESULTS ?= results/runs
 OUT ?= paper_figures
 TABLES := table1 table2 table3 table5 table6 table7 table8 table9 table10 table_app_d table_app_e_qwen \
-	table_app_e_falcon table_app_h table_transfer table_prefix table_sec6
-FIGURES := fig1 fig2 fig3 fig4
+	table_app_e_falcon table_app_h table_transfer table_prefix table_sec6 table_expressiveness
+FIGURES := fig1 fig2 fig3 fig4 fig_expressiveness
 
 .PHONY: help setup install install-cpu test-latest lint format test test-slow test-gpu demo plan reproduce-all tables figures \
 	report paper-fixtures mechanism $(TABLES) $(FIGURES)
@@ -131,7 +131,9 @@ table_app_h:  ## App H: scaling across Qwen3.5 sizes
 table_transfer:  ## Sec 5.6: transfer to MATH-500, GSM8K, Spider
 table_prefix:  ## Sec 5.8: prefix tuning on the pure Transformer Qwen2.5-3B
 table_sec6:  ## Sec 6: mechanism numbers (KL ratio, divergence, probe AUCs)
+table_expressiveness:  ## issue 15: S0 vs rank-matched LoRA by recurrence kind (Sec 8 hypothesis; no paper values)
 fig1:  ## Figure 1: cross-architecture comparison (a), first-character divergence (b)
 fig2:  ## Figure 2: the model's layer graph with S0 in each recurrent layer
 fig3:  ## Figure 3: scaling (a) and FalconH1 alpha sweep (b)
 fig4:  ## Figure 4: first-divergence positions (a) and their cumulative distribution (b)
+fig_expressiveness:  ## issue 15: S0 - LoRA gap vs state entries per layer, matrix vs diagonal

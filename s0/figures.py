@@ -28,6 +28,7 @@ from s0.analysis import divergence_from_samples
 from s0.records import Results
 from s0.reference import load_paper_values, paper_rows, paper_value
 from s0.table_data import deltas, mechanism_pairs, scope_label, select
+from s0.table_expressiveness import expressiveness_rows
 from s0.tables import best_lora, best_state_offset, experiment_arms, welch_test
 from s0.tables_appendix import SCALING, scaling_frames
 
@@ -338,4 +339,44 @@ def fig4(res: Results, ref: pd.DataFrame | None = None) -> Figure:
     return fig
 
 
-FIGURES = {"fig1": fig1, "fig3": fig3, "fig4": fig4}  # fig2 needs a model layout: s0.figures_graph.fig2
+# ------------------------------------------------------------------------------------ expressiveness
+STRUCTURE_STYLE = {"matrix": dict(marker="o", color=TEAL), "diagonal": dict(marker="s", color="#b8562e")}
+
+
+def fig_expressiveness(res: Results, ref: pd.DataFrame | None = None) -> Figure:
+    """Issue 15 (paper Sec 2 / Sec 8 hypothesis, no paper values): S0 − LoRA pass@1 gap (pp, ±1 standard error
+    of the difference) against state entries per recurrent layer, log x; matrix and diagonal states marked
+    apart. A model without both arms or without a per-layer count is listed as missing, never drawn at 0."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title("S0 − rank-matched LoRA vs state size (no paper values)", fontsize=10)
+    rows = expressiveness_rows(res.metrics)
+    drawn = [g for g in rows if g.gap is not None and g.entries_per_layer]
+    missing = [g.model for g in rows if g not in drawn]
+    if not drawn:
+        return _no_data(ax, "missing: no expressiveness runs with both S0 and LoRA") and fig
+    for structure, style in STRUCTURE_STYLE.items():
+        gs = [g for g in drawn if g.structure == structure]
+        if not gs:
+            continue
+        x, y = [g.entries_per_layer for g in gs], [g.gap for g in gs]
+        yerr = [g.gap_se or 0.0 for g in gs]
+        ax.errorbar(x, y, yerr=yerr, fmt=style["marker"], color=style["color"], capsize=3, ms=7, zorder=4,
+                    label=f"{structure} state")  # fmt: skip
+        for g in gs:
+            ax.annotate(f"{g.model}\n({g.kind})", (g.entries_per_layer, g.gap), fontsize=6,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(0, color="#999999", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("state entries per recurrent layer")
+    ax.set_ylabel("S0 − LoRA pass@1 (pp)")
+    if missing:
+        ax.text(
+            0.02, 0.02, f"missing: {', '.join(missing)}", transform=ax.transAxes, fontsize=6, color="#b00020"
+        )
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    return fig
+
+
+# fig2 needs a model layout: s0.figures_graph.fig2
+FIGURES = {"fig1": fig1, "fig3": fig3, "fig4": fig4, "fig_expressiveness": fig_expressiveness}

@@ -206,17 +206,23 @@ def method_override_targets(cfg: RunConfig, given: list[str]) -> dict[str, list[
     return targets
 
 
-def resolve_arms(cfg: RunConfig, methods: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
-    """Each arm's full method config: conf/method/<name>.yaml with the arm's fields on top."""
+def resolve_arms(
+    cfg: RunConfig, methods: dict[str, MethodConfig], model_name: str | None = None
+) -> dict[str, MethodConfig]:
+    """Each arm's full method config: conf/method/<name>.yaml with the arm's fields on top, then the arm's
+    `per_model: {<model>: {<field>: <value>}}` entry for `model_name` (a LoRA rank matched to each model's S0
+    count in a multi-model experiment, experiment=expressiveness; `expand` refuses a key that names no model in
+    conf/model/, so a misspelt name cannot silently leave the arm's default in place)."""
     if not cfg.arms:
         return {cfg.method.name: cfg.method}
     resolved = {}
     for arm, fields in cfg.arms.items():
         fields = dict(fields)
         name = fields.pop("method", None)
+        per_model = dict(fields.pop("per_model", None) or {})
         if name not in methods:
             raise ConfigError(f"arms.{arm}.method: '{name}' is not one of {', '.join(sorted(methods))}")
-        method = merge_typed(methods[name], fields, key=f"arms.{arm}")
+        method = merge_typed(methods[name], fields, dict(per_model.get(model_name) or {}), key=f"arms.{arm}")
         validate_method(method, key=f"arms.{arm}")
         resolved[arm] = method
     return resolved
@@ -354,14 +360,18 @@ def expand(
     `methods`, `models` and `tasks` are the conf/ group entries by name (the runner loads them).
     """
     arms = resolve_arms(cfg, methods)
-    if cfg.arm is not None:
-        if cfg.arm not in arms:
-            raise ConfigError(f"arm: '{cfg.arm}' is not an arm of this experiment ({', '.join(arms)})")
-        arms = {cfg.arm: arms[cfg.arm]}
+    if cfg.arm is not None and cfg.arm not in arms:
+        raise ConfigError(f"arm: '{cfg.arm}' is not an arm of this experiment ({', '.join(arms)})")
     model_names = cfg.models or [cfg.model.name]
     for name in model_names:
         if name not in models:
             raise ConfigError(f"models: unknown model '{name}'; known: {', '.join(sorted(models))}")
+    for arm, fields in cfg.arms.items():
+        for name in fields.get("per_model") or {}:
+            if name not in models:
+                raise ConfigError(
+                    f"arms.{arm}.per_model: unknown model '{name}'; known: {', '.join(sorted(models))}"
+                )
     eval_names = cfg.eval_tasks or [cfg.task.name]
     runs = []
     for model_name in model_names:
@@ -373,6 +383,9 @@ def expand(
         if cfg.seed is not None:
             seeds = [cfg.seed]
         n_rec = n_recurrent_layers(model.family, model.arch)
+        arms = resolve_arms(cfg, methods, model_name)  # with the arms' per_model fields for this model
+        if cfg.arm is not None:
+            arms = {cfg.arm: arms[cfg.arm]}
         for arm, method in arms.items():
             layers_key = f"arms.{arm}.layers" if cfg.arms else "method.layers"
             if cfg.smoke and method.layers and n_rec < n_full:

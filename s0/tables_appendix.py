@@ -33,6 +33,7 @@ from s0.table_data import (
     scope_label,
     select,
 )
+from s0.table_expressiveness import table_expressiveness
 
 
 def _astr(alpha: float) -> str:
@@ -323,6 +324,7 @@ APPENDIX_TABLES = {
     "table_app_d": table_app_d, "table_app_e_qwen": table_app_e_qwen, "table_app_e_falcon": table_app_e_falcon,
     "table_app_h": table_app_h, "table_transfer": table_transfer, "table_prefix": table_prefix,
     "table_sec6": table_sec6,
+    "table_expressiveness": table_expressiveness,  # issue 15, no paper values (s0/table_expressiveness.py)
 }  # fmt: skip
 
 __all__ = ["APPENDIX_TABLES", "n_eval_of", "run_ids_of"]

@@ -33,6 +33,7 @@ EXPECTED_RUNS = {
     "transfer_code_to_math": 2 * 10 * 2,  # evaluated on MATH-500 and GSM8K
     "spider_boundary": 1 + 5,
     "mechanism": 2,
+    "expressiveness": 3 * 3 * 6,  # baseline, S0, rank-matched LoRA x 3 seeds x 6 models
 }
 
 
