@@ -550,4 +550,6 @@ def n_recurrent_layers(family: str, arch: dict[str, Any]) -> int:
     config = build_config(family, arch)
     if family in ("qwen3_5", "kimi_linear"):
         return sum(t == "linear_attention" for t in config.layer_types)
-    return config.num_hidden_layers  # FalconH1: a Mamba-2 mixer in every layer
+    if family == "recurrent_gemma":  # the block pattern repeats past num_hidden_layers; RG-LRU blocks only
+        return sum(t == "linear_attention" for t in config.layers_block_type[: config.num_hidden_layers])
+    return config.num_hidden_layers  # FalconH1, Mamba, FalconMamba: a recurrent mixer in every layer

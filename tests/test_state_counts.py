@@ -148,3 +148,17 @@ def test_new_entries_point_to_their_kinds_tiny_model(name):
     tiny = yaml.safe_load((ROOT / "conf" / "model" / f"{cfg['tiny']}.yaml").read_text())
     assert state_counts.count(cfg["tiny"]).kinds == state_counts.count(name).kinds
     assert cfg["lora_targets"] and tiny["lora_targets"]
+
+
+@pytest.mark.parametrize(
+    "name", ["recurrentgemma_2b", "tiny_recurrent_gemma", "kimi_linear_48b", "mamba_2_8b"]
+)
+def test_config_layer_count_equals_the_built_model(name):
+    """`n_recurrent_layers` (config only, used to validate method.layers) agrees with the meta-device build; it
+    once counted every RecurrentGemma block (26) instead of its 18 RG-LRU blocks."""
+    from s0.models import TINY_ARCH, build_model, n_recurrent_layers, recurrent_layers
+
+    entry = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    spec = entry["arch"] or TINY_ARCH[entry["family"]]
+    built = recurrent_layers(build_model(entry["family"], spec, weights="meta"))
+    assert n_recurrent_layers(entry["family"], entry["arch"]) == len(built)
