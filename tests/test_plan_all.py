@@ -42,7 +42,7 @@ def plan_all(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_makefile_order_lists_every_experiment_once():
     order = makefile_order()
-    assert sorted(order) == EXPERIMENTS and len(EXPERIMENTS) == 16
+    assert sorted(order) == EXPERIMENTS and len(EXPERIMENTS) == 17  # the paper's 16 + expressiveness
 
 
 def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
@@ -57,14 +57,14 @@ def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
     assert "Traceback" not in out.stdout + out.stderr and out.stderr == ""
     headers = re.findall(r"^== (\w+) =+$", out.stdout, re.M)
     assert headers == makefile_order()
-    assert out.stdout.count("\nexperiment  ") + out.stdout.startswith("experiment  ") == 16
-    assert re.search(r"^16 plans, \d+ runs \(", out.stdout, re.M)
+    assert out.stdout.count("\nexperiment  ") + out.stdout.startswith("experiment  ") == 17
+    assert re.search(r"^17 plans, \d+ runs \(", out.stdout, re.M)
     # It ends with the GPU time of `make reproduce-all` (s0/cost.py): every distinct run once.
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"make reproduce-all: \d+ runs, [\d,.]+ h of GPU time on one [A-Z0-9]+.*", last), last
-    assert int(last.split()[2]) < int(re.search(r"^16 plans, (\d+) runs", out.stdout, re.M).group(1))
+    assert int(last.split()[2]) < int(re.search(r"^17 plans, (\d+) runs", out.stdout, re.M).group(1))
     # and every plan with its own total
-    assert len(re.findall(r"^experiment: \d+ runs, .* of GPU time on one [A-Z0-9]+", out.stdout, re.M)) == 16
+    assert len(re.findall(r"^experiment: \d+ runs, .* of GPU time on one [A-Z0-9]+", out.stdout, re.M)) == 17
     # A run listing per plan, e.g. main_qwen's 10 seeds x 6 arms.
     main_qwen = out.stdout.split("== main_qwen ", 1)[1].split("\n== ", 1)[0]
     assert (
