@@ -27,7 +27,7 @@ import pytest
 
 from s0 import sandbox
 from s0.sandbox import isolation, results_match, run_many, run_python, run_sql, sql_match
-from s0.sandbox.child import _TMP_LIKE
+from s0.sandbox.child import TMP_LIKE
 from tests.fixtures.spider.build import build_dbs
 
 ISO_MOD = importlib.import_module("s0.sandbox.isolation")  # the package attribute `isolation` is the function
@@ -100,7 +100,7 @@ def _uid_leftovers(uids: set[int]) -> list[str]:
             ("Z", "X")
         ):
             out.append(f"process {pid}")
-    for d in filter(os.path.isdir, _TMP_LIKE):
+    for d in filter(os.path.isdir, TMP_LIKE):
         for e in os.scandir(d):
             with contextlib.suppress(OSError):  # others' temp files come and go (shared machine)
                 if e.stat(follow_symlinks=False).st_uid in uids:

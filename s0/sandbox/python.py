@@ -11,8 +11,8 @@ import selectors
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from .child import _Lines, _send
-from .isolation import SandboxError, _Proc, checked_isolation
+from .child import Lines, send
+from .isolation import Proc, SandboxError, checked_isolation
 
 _OUTPUT_KEEP = 8 << 10  # tail of stdout+stderr kept in the result
 _OUTPUT_KILL = 32 << 20  # more output than this stops the program: verdict "output_too_large"
@@ -180,8 +180,8 @@ def run_python(code: str, *, setup: str = "", test: str = "", entry_point: str |
         if test:  # the judge first: it has read its nonce and is non-dumpable before the program starts
             judge = {"setup": setup, "test": test, "entry_point": entry_point, "req_fd": req_w,
                      "resp_fd": resp_r, "result_fd": res_w, "nonce": nonce}  # fmt: skip
-            procs.append(_Proc("judge", judge, pass_fds=(req_w, resp_r, res_w), out_fd=jout_w, **lim))
-        procs.append(_Proc("candidate", cand, pass_fds=(req_r, resp_w), out_fd=out_w, **lim))
+            procs.append(Proc("judge", judge, pass_fds=(req_w, resp_r, res_w), out_fd=jout_w, **lim))
+        procs.append(Proc("candidate", cand, pass_fds=(req_r, resp_w), out_fd=out_w, **lim))
         if test:
             close(req_r, req_w, resp_w, resp_r, res_w, out_w, jout_w)
             verdict_fd = res_r
@@ -250,7 +250,7 @@ class Worker:
         checked_isolation()
         r, w = os.pipe()
         try:
-            self._p = _Proc("server", {"target": self.target, "resp_fd": w}, memory_mb=self.memory_mb,
+            self._p = Proc("server", {"target": self.target, "resp_fd": w}, memory_mb=self.memory_mb,
                             cpu_s=86_400, watchdog_s=None, pass_fds=(w,), expose=self.expose,
                             drop_uid=self.drop_uid)  # fmt: skip
         except BaseException:
@@ -258,7 +258,7 @@ class Worker:
             raise
         finally:
             os.close(w)
-        self._lines = _Lines(r)
+        self._lines = Lines(r)
         try:
             ready = self._lines.get(time.monotonic() + self.start_timeout)
         except TimeoutError:
@@ -271,7 +271,7 @@ class Worker:
         if self._p is None:
             self._start()
         try:
-            _send(self._p.proc.stdin.fileno(), request)
+            send(self._p.proc.stdin.fileno(), request)
             line = self._lines.get(time.monotonic() + timeout)
         except TimeoutError:
             self.close()

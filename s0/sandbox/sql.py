@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from .child import _dec, _enc
+from .child import decode, encode
 from .python import Worker, WorkerTimeout, map_worker
 
 
@@ -80,7 +80,7 @@ def _sql_request(req: dict) -> dict:
             rows = conn.execute(q).fetchmany(req["max_rows"] + 1)
             if len(rows) > req["max_rows"]:
                 raise sqlite3.DatabaseError(f"result larger than {req['max_rows']} rows")
-            enc = _enc([tuple(r) for r in rows])
+            enc = encode([tuple(r) for r in rows])
             if len(json.dumps(enc)) > _SQL_RESULT_LIMIT:
                 out.append({"error": f"result over {_SQL_RESULT_LIMIT >> 20} MiB", "too_large": True})
                 continue
@@ -96,7 +96,7 @@ def _sql_results(resp: dict, n: int) -> list[SqlResult]:
         flags = {"timed_out": bool(resp.get("timeout")), "too_large": bool(resp.get("too_large")),
                  "crashed": bool(resp.get("crashed"))}  # fmt: skip
         return [SqlResult(error=resp.get("error", "unknown"), **flags)] * n
-    return [SqlResult(rows=[tuple(r) for r in _dec(x["rows"])]) if "rows" in x
+    return [SqlResult(rows=[tuple(r) for r in decode(x["rows"])]) if "rows" in x
             else SqlResult(error=x["error"], timed_out=x.get("timed_out", False),
                            too_large=x.get("too_large", False)) for x in resp["results"]]  # fmt: skip
 
