@@ -70,7 +70,7 @@ FULL_PROMPTS, FULL_TOKENS = 84, 512
 # ---------------------------------------------------------------- bandwidth bound
 def decode_bytes(model: torch.nn.Module, batch: int, context: float) -> dict[str, float]:
     """Minimum bytes one decode step of a Qwen3.5 model moves at `batch` rows and mean `context` tokens."""
-    from s0.models import recurrent_layers
+    from s0.adapters.kinds import recurrent_layers
 
     cfg = model.config
     seen, weights = set(), 0

@@ -222,7 +222,7 @@ def probe_features(model, tokenizer, prompts: list[str], adapter=None, max_lengt
 
 
 def _probe_features(model, tokenizer, prompts, adapter, max_length, dtype) -> ProbeFeatures:
-    from s0.models import recurrent_layers
+    from s0.adapters.kinds import recurrent_layers
 
     device = next(model.parameters()).device
     layers = [r.index for r in recurrent_layers(model)]

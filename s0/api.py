@@ -30,9 +30,8 @@ from torch import nn
 from s0.adapters import ADAPTERS
 from s0.adapters import S0Config as StateConfig
 from s0.adapters.base import CONFIG_FILE, AdapterError, check_identity, read_json
-from s0.adapters.kinds import KINDS
+from s0.adapters.kinds import KINDS, recurrent_layers
 from s0.adapters.state import StateAdapter
-from s0.models import recurrent_layers
 
 METHODS = ("s0", "state_offset")
 # Base-config keys that say nothing about the architecture a state was trained on (bookkeeping, token ids,

@@ -40,7 +40,7 @@ class LayerBox:
 
 def layout_from_model(model) -> list[LayerBox]:
     """One LayerBox per decoder layer, from `recurrent_layers` and the config's layer count."""
-    from s0.models import recurrent_layers
+    from s0.adapters.kinds import recurrent_layers
 
     rec = {r.index: r for r in recurrent_layers(model)}
     cfg = model.config

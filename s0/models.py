@@ -1,10 +1,11 @@
 """Model registry: build the paper's models (hub weights, random weights, meta device or tiny), their
-tokenizers, and find their recurrent layers with each layer's native state shape.
+tokenizers, and count their recurrent layers from the config alone.
 
-    from s0.models import build_model, build_tokenizer, recurrent_layers
+    from s0.models import build_model, build_tokenizer
     model = build_model(family="qwen3_5", arch=TINY_ARCH["qwen3_5"], weights="random")
-    [(r.index, r.kind, r.state_shape) for r in recurrent_layers(model)]
-    # [(0, 'gdn', (4, 16, 8)), (1, 'gdn', (4, 16, 8)), (2, 'gdn', (4, 16, 8))]
+
+Finding the recurrent layers of a built model (and their state shapes) is s0.adapters.kinds.recurrent_layers,
+beside the kind registry it reads: this module imports nothing of s0.adapters, so there is no circle.
 
 No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 """
@@ -14,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,74 +142,6 @@ TINY_ARCH: dict[str, dict[str, Any]] = {
 
 class ModelError(RuntimeError):
     """A model cannot be built or loaded; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class RecurrentLayer:
-    """One recurrent mixer of a hybrid model and the shape of its per-sequence state."""
-
-    index: int  # decoder layer index (the cache's layer_idx)
-    kind: str  # a key of s0.adapters.kinds.KINDS: "gdn", "mamba2", ...
-    module: nn.Module
-    # GDN: (value heads, key dim, value dim); Mamba-2: (heads, head dim, d_state). Batch dim excluded.
-    state_shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.state_shape)
-
-
-def recurrent_layers(model: nn.Module) -> list[RecurrentLayer]:
-    """Every recurrent mixer of `model` of a registered kind (s0.adapters.kinds.KINDS), in layer order.
-
-    Found by structure, not by model name, so Qwen3-Next style GDN layers and other Mamba-2 hybrids work too.
-    """
-    # Imported here, not at the top: s0.adapters (the package holding the kinds) imports this module.
-    from s0.adapters.kinds import detect
-
-    found = []
-    for module in model.modules():
-        hit = detect(module)
-        if hit is not None:
-            found.append(RecurrentLayer(module.layer_idx, hit[0], module, hit[1]))
-    return sorted(found, key=lambda r: r.index)
-
-
-@dataclass(frozen=True)
-class StateCount:
-    """What S0 learns in one architecture: its recurrent kinds, layers and state sizes (no weights needed)."""
-
-    kinds: tuple[str, ...]  # the recurrence kinds present, in layer order of first appearance
-    n_layers: int  # recurrent layers (each gets one S0)
-    shapes: tuple[tuple[int, ...], ...]  # the distinct per-layer state shapes
-    per_layer: tuple[int, ...]  # the distinct per-layer state entries
-    total: int  # S0 parameters in all: the sum over recurrent layers
-    model_params: int  # every parameter of the model, for the share
-
-
-def state_count(family: str, arch: dict[str, Any] | None) -> StateCount:
-    """S0's size for `family` with `arch` (None: the tiny one), read off the model built on the meta device."""
-    model = build_model(family, arch or TINY_ARCH[family], weights="meta")
-    layers = recurrent_layers(model)
-    return StateCount(
-        kinds=tuple(dict.fromkeys(r.kind for r in layers)),
-        n_layers=len(layers),
-        shapes=tuple(dict.fromkeys(r.state_shape for r in layers)),
-        per_layer=tuple(dict.fromkeys(r.numel for r in layers)),
-        total=sum(r.numel for r in layers),
-        model_params=count_parameters(model),
-    )
-
-
-def require_recurrent_layers(model: nn.Module, model_name: str = "this model") -> list[RecurrentLayer]:
-    """`recurrent_layers`, raising a clear error for a pure Transformer."""
-    layers = recurrent_layers(model)
-    if not layers:
-        raise ModelError(
-            f"{model_name} has no recurrent (GatedDeltaNet or Mamba-2) layers, so S0 and state-offset do not "
-            "apply; use method=prefix or method=lora for a pure Transformer (paper Sec 5.8)."
-        )
-    return layers
 
 
 def build_config(family: str, arch: dict[str, Any]):

@@ -18,7 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from s0.models import ModelError, StateCount, state_count  # noqa: E402
+from s0.adapters.kinds import StateCount, state_count  # noqa: E402
+from s0.models import ModelError  # noqa: E402
 
 MODELS = ROOT / "conf" / "model"
 HEADER = ("model", "family", "kind", "layers", "state/layer", "entries/layer", "S0 total", "share")

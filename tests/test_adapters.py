@@ -23,9 +23,10 @@ from s0.adapters import (
 )
 from s0.adapters import injection as inj
 from s0.adapters.base import weights_checksum
+from s0.adapters.kinds import recurrent_layers
 from s0.adapters.state import scaled_state
 from s0.config import MethodConfig
-from s0.models import TINY_ARCH, ModelError, build_model, recurrent_layers
+from s0.models import TINY_ARCH, ModelError, build_model
 
 inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 

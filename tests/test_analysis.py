@@ -13,7 +13,8 @@ import torch
 
 from s0 import analysis as an
 from s0.adapters import S0Adapter
-from s0.models import TINY_ARCH, build_model, recurrent_layers, tiny_tokenizer
+from s0.adapters.kinds import recurrent_layers
+from s0.models import TINY_ARCH, build_model, tiny_tokenizer
 
 PROMPTS = ["def add(a, b):\n", "Write a function that reverses a list.", "x = 1\ny ="]
 

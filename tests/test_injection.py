@@ -17,7 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from s0.adapters import S0Adapter, StateOffsetAdapter
 from s0.adapters import injection as inj
-from s0.models import TINY_ARCH, build_model, recurrent_layers, tiny_tokenizer
+from s0.adapters.kinds import recurrent_layers
+from s0.models import TINY_ARCH, build_model, tiny_tokenizer
 
 inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 

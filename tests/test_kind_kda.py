@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from s0.adapters import S0Adapter, StateOffsetAdapter, load_adapter
 from s0.adapters import injection as inj
-from s0.adapters.kinds import KINDS
-from s0.models import TINY_ARCH, build_model, n_recurrent_layers, recurrent_layers, tiny_tokenizer
+from s0.adapters.kinds import KINDS, recurrent_layers
+from s0.models import TINY_ARCH, build_model, n_recurrent_layers, tiny_tokenizer
 
 inj.install_known()  # on a machine with fla, CPU tensors must not reach its Triton kernels
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from s0.adapters import S0Adapter, StateOffsetAdapter, load_adapter
-from s0.adapters.kinds import KINDS
-from s0.models import TINY_ARCH, build_model, recurrent_layers, tiny_tokenizer
+from s0.adapters.kinds import KINDS, recurrent_layers
+from s0.models import TINY_ARCH, build_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # transformers' scan accumulates in float32 (`acc_dtype`, and the cached state is float32) even in a float64

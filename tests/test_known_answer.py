@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from s0.adapters import build_adapter
 from s0.adapters import injection as inj
-from s0.models import TINY_ARCH, build_model, recurrent_layers
+from s0.adapters.kinds import recurrent_layers
+from s0.models import TINY_ARCH, build_model
 from s0.train import TrainExample, train
 
 inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels

@@ -24,24 +24,9 @@ PACKAGE = ROOT / "s0"
 
 # Circles that are known and not yet broken: {frozenset of the modules in the circle: why it is still there}.
 # Each entry is an xfail while its circle is there and a failure once it is gone, so the list cannot go stale.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({
-        "s0.adapters", "s0.adapters.base", "s0.adapters.injection", "s0.adapters.offset",
-        "s0.adapters.peft_methods", "s0.adapters.state", "s0.models",
-    }): (
-        "s0.models.recurrent_layers imports s0.adapters.kinds (inside the function), and importing any s0.adapters "
-        "submodule runs s0/adapters/__init__ -> base, state, offset, injection, which import s0.models. The fix "
-        "moves recurrent_layers/require_recurrent_layers beside kinds.detect and has every caller import them "
-        "from s0.adapters.kinds (tests included, s0.models then imports nothing of s0.adapters); left for when no "
-        "kind or family is being added, since in-flight tests import them from s0.models"
-    ),
-}  # fmt: skip
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 # Modules still using private names of other modules: {path under the repo: why}; xfails, like the above.
-KNOWN_PRIVATE: dict[str, str] = {
-    "s0/sandbox/isolation.py": "s0/sandbox/ is reworked by another session (issue 14); its helpers go public there",
-    "s0/sandbox/python.py": "s0/sandbox/ is reworked by another session (issue 14); its helpers go public there",
-    "s0/sandbox/sql.py": "s0/sandbox/ is reworked by another session (issue 14); its helpers go public there",
-}
+KNOWN_PRIVATE: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

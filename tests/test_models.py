@@ -9,14 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from s0.adapters.kinds import recurrent_layers, require_recurrent_layers
 from s0.models import (
     TINY_ARCH,
     ModelError,
     build_model,
     count_parameters,
     n_recurrent_layers,
-    recurrent_layers,
-    require_recurrent_layers,
     tiny_tokenizer,
 )
 

@@ -1,5 +1,5 @@
 """S0's size per recurrence kind (issue 15): for one real architecture of each kind, the count read off the
-meta-device build (s0.models.state_count, printed by scripts/state_counts.py) equals the number worked out by
+meta-device build (s0.adapters.kinds.state_count, printed by scripts/state_counts.py) equals the number worked out by
 hand here from the fields of its conf/model/*.yaml; where the paper states a count, it is asserted too."""
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def test_new_entries_point_to_their_kinds_tiny_model(name):
 def test_config_layer_count_equals_the_built_model(name):
     """`n_recurrent_layers` (config only, used to validate method.layers) agrees with the meta-device build; it
     once counted every RecurrentGemma block (26) instead of its 18 RG-LRU blocks."""
-    from s0.models import TINY_ARCH, build_model, n_recurrent_layers, recurrent_layers
+    from s0.adapters.kinds import recurrent_layers
+    from s0.models import TINY_ARCH, build_model, n_recurrent_layers
 
     entry = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
     spec = entry["arch"] or TINY_ARCH[entry["family"]]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from s0.models import recurrent_layers
+from s0.adapters.kinds import recurrent_layers
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"

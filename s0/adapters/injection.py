@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from s0.adapters.kinds import KINDS, gdn, mamba2
+from s0.adapters.kinds import KINDS, RecurrentLayer, gdn, mamba2
 from s0.adapters.kinds.common import (
     CURRENT,
     OVERRIDE,
@@ -39,7 +39,6 @@ from s0.adapters.kinds.common import (
     Call,
     LayerInjection,
 )
-from s0.models import RecurrentLayer
 
 GDN_KERNELS = gdn.KIND.kernels
 MAMBA_KERNELS = mamba2.KIND.kernels

@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 
 from s0.adapters.injection import LayerInjection
+from s0.adapters.kinds import RecurrentLayer
 from s0.adapters.state import S0Config, StateAdapter
-from s0.models import RecurrentLayer
 
 
 @dataclasses.dataclass

@@ -42,7 +42,7 @@ from s0.adapters.base import (
     write_json,
 )
 from s0.adapters.injection import Attachment, LayerInjection
-from s0.models import RecurrentLayer, require_recurrent_layers
+from s0.adapters.kinds import RecurrentLayer, require_recurrent_layers
 
 ALPHA_MODES = ("inference", "train_and_inference", "normalized")
 DEFAULT_ALPHA_MODE = "inference"  # the reference implementation's practice (see module docstring)

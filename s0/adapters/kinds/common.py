@@ -4,7 +4,7 @@ A kind file (gdn.py, mamba2.py, mamba1.py) says which kernel names of a transfor
 and how (one dispatcher factory per name), which modeling modules use them, and how to recognise its mixer and
 read the state shape. s0/adapters/injection.py installs the dispatchers and sets `CURRENT` from forward hooks;
 a dispatcher reads `CURRENT` to know whether an adapter is active at this layer. Nothing here imports the rest of
-s0, so s0.models can consult the registry without an import circle through s0.adapters.
+s0, so every kind file stays a leaf of the import graph.
 """
 
 from __future__ import annotations
