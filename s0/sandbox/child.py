@@ -241,18 +241,24 @@ def _boot_jail(libc, cfg: dict, report: dict) -> None:
     by empty tmpfs, a fresh /tmp and /dev/shm; then pivot_root into it. The repo, data roots, homes and
     caches are simply not there."""
     new = "/tmp"
+    # Every source is opened before tmpfs covers /tmp: an interpreter or venv under /tmp (a CI checkout there,
+    # say) would otherwise vanish under the new root, and again under the program's fresh /tmp inside it.
+    paths = [*cfg["jail"]["binds"], "/proc", "/dev"]
+    links = {p: os.readlink(p) for p in paths if os.path.islink(p)}  # merged-usr /bin -> usr/bin
+    srcs = {p: os.open(p, os.O_PATH) for p in paths if p not in links and os.path.isdir(p)}
+    in_tmp = {p for p in srcs if p.startswith("/tmp/")}
     _mount(libc, "tmpfs", new, "tmpfs", 2 | 4, "size=1m,mode=755")  # nosuid, nodev
-    for p in [*cfg["jail"]["binds"], "/proc", "/dev"]:
-        dst = new + p
-        if os.path.islink(p):  # merged-usr /bin -> usr/bin: the same link inside
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.symlink(os.readlink(p), dst)
-        elif os.path.isdir(p):
-            os.makedirs(dst, exist_ok=True)
-            _mount(libc, p, dst, None, 4096 | 16384)  # MS_BIND | MS_REC
-    for m in cfg["jail"]["masks"]:
-        if os.path.isdir(new + m):
-            _mount(libc, "tmpfs", new + m, "tmpfs", 1 | 2 | 4 | 8, "size=4k,mode=000")  # ro, empty
+    for p, target in links.items():
+        os.makedirs(os.path.dirname(new + p), exist_ok=True)
+        os.symlink(target, new + p)
+
+    def bind(p: str) -> None:
+        os.makedirs(new + p, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{srcs[p]}", new + p, None, 4096 | 16384)  # MS_BIND | MS_REC
+        os.close(srcs[p])
+
+    for p in srcs.keys() - in_tmp:
+        bind(p)
     os.makedirs(new + "/tmp", exist_ok=True)
 
     class MountAttr(ctypes.Structure):
@@ -260,10 +266,18 @@ def _boot_jail(libc, cfg: dict, report: dict) -> None:
                     ("userns", ctypes.c_uint64)]  # fmt: skip
 
     attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY on the whole new tree (AT_RECURSIVE)
-    report["ro_root"] = (
-        libc.syscall(442, -100, new.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0
-    )
+
+    def read_only(path: str) -> bool:
+        return libc.syscall(442, -100, path.encode(), 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0
+
+    report["ro_root"] = read_only(new)
     _mount(libc, "tmpfs", new + "/tmp", "tmpfs", 2 | 4, "size=128m,mode=1777")
+    for p in sorted(in_tmp):  # inside the program's writable /tmp, each bound read-only on its own
+        bind(p)
+        report["ro_root"] = read_only(new + p) and report["ro_root"]
+    for m in cfg["jail"]["masks"]:
+        if os.path.isdir(new + m):
+            _mount(libc, "tmpfs", new + m, "tmpfs", 1 | 2 | 4 | 8, "size=4k,mode=000")  # ro, empty
     if os.path.isdir(new + "/dev/shm"):
         _mount(libc, "tmpfs", new + "/dev/shm", "tmpfs", 2 | 4 | 8, "size=64m,mode=1777")
     os.chdir(new)
