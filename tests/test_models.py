@@ -315,3 +315,16 @@ def test_weights_checksum_sees_one_ulp_and_a_swap_on_the_device_path(monkeypatch
     assert base.weights_checksum(model) == base.weights_checksum(
         build_model("qwen3_5", TINY_ARCH["qwen3_5"], dtype=torch.bfloat16)
     )
+
+
+def test_weights_checksum_reads_zero_dim_buffers():
+    """RecurrentGemma keeps a 0-dim buffer (model.normalizer); the host path once raised on it, failing every run
+    of that family. A changed 0-dim value must change the checksum."""
+    from s0.adapters.base import weights_checksum
+
+    model = build_model("recurrent_gemma", TINY_ARCH["recurrent_gemma"])
+    zero_dim = [b for _, b in model.named_buffers() if b.dim() == 0]
+    assert zero_dim, "the tiny RecurrentGemma no longer has a 0-dim buffer; pick another model for this test"
+    before = weights_checksum(model)
+    zero_dim[0].add_(1)
+    assert weights_checksum(model) != before

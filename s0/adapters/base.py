@@ -114,7 +114,7 @@ def weights_checksum(model: nn.Module) -> str:
         if name in host:
             h.update(f"{host[name][0]}|{host[name][1]};".encode())
         else:
-            h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
     return h.hexdigest()
 
 
