@@ -161,7 +161,8 @@ def apply_method_overrides(cfg: RunConfig, given: list[str]) -> dict[str, list[s
       - `method.<key>=v` sets <key> on every arm whose method reads it, over the arm's value in the experiment
         file (`method.alpha` goes to the s0 and state_offset arms, `method.lr` to every trained arm). The
         change is in `cfg.arms`, hence in the plan, the run id and the run's config.yaml. An `arms.<arm>.<key>`
-        (or a whole `arms.<arm>`) also given on the command line is more specific and wins for that arm.
+        (or a whole `arms.<arm>`) also given on the command line is more specific and wins for that arm. The
+        override also replaces the arm's `per_model` values of <key> (expressiveness' per-model LoRA ranks).
         A key that no arm reads is refused.
       - `method=<name>` is accepted only when every trained arm already uses <name> (it then changes nothing);
         otherwise it is refused with a pointer to `arm=<arm>` and `arms.<arm>.method=<name>`.
@@ -172,6 +173,8 @@ def apply_method_overrides(cfg: RunConfig, given: list[str]) -> dict[str, list[s
         for key, arms in targets.items():
             for arm in arms:
                 cfg.arms[arm][key] = copy.deepcopy(getattr(cfg.method, key))
+                for fields in (cfg.arms[arm].get("per_model") or {}).values():
+                    fields.pop(key, None)  # the file's per-model value would otherwise beat the command line
     return targets
 
 

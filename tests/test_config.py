@@ -224,3 +224,12 @@ def test_smoke_runs_have_their_own_folder(compose, overrides, results, cache):
     """Tiny-model runs in results/runs would be averaged with real ones; smoke mode keeps them apart."""
     run_cfg, _ = plan(compose, ["experiment=main_qwen", "seed=42", *overrides])
     assert (run_cfg.paths.results, run_cfg.paths.cache) == (results, cache)
+
+
+def test_method_override_beats_the_per_model_values_of_an_arm(compose):
+    """expressiveness sets LoRA's rank per model (`per_model`); `method.r=7` must reach every model's LoRA run
+    instead of being silently replaced by the file's per-model rank."""
+    _, before = plan(compose, ["experiment=expressiveness", "seed=42", "arm=lora"])
+    assert len({r.method.r for r in before}) > 1
+    _, runs = plan(compose, ["experiment=expressiveness", "seed=42", "arm=lora", "method.r=7"])
+    assert len(runs) == len(before) and {r.method.r for r in runs} == {7}
