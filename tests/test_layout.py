@@ -14,6 +14,7 @@ Edge rules, matching what Python executes:
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,3 +301,21 @@ def test_known_private_use_is_still_there(path: str) -> None:
     if any(f.split(":")[0] == path for f in private_imports()):
         pytest.xfail(KNOWN_PRIVATE[path])
     pytest.fail(f"{path} no longer uses private names of other modules: remove it from KNOWN_PRIVATE")
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """Every module and subpackage of s0/ is named in the README's layout block, and every file the block names
+    exists (issue 15: the layout section had drifted from the tree)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    s0_dir = ROOT / "s0"
+    missing = [p.name for p in sorted(s0_dir.glob("*.py")) if p.name != "__init__.py" and p.name not in block]
+    missing += [
+        p.name + "/"
+        for p in sorted(s0_dir.iterdir())
+        if (p / "__init__.py").exists() and p.name + "/" not in block
+    ]
+    assert not missing, f"README layout does not name: {missing}"
+    named = set(re.findall(r"\b(\w+\.py)\b", block))
+    existing = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    assert named <= existing, f"README layout names files that do not exist: {sorted(named - existing)}"
