@@ -33,7 +33,9 @@ from typing import Any
 import torch
 
 from s0 import records
-from s0.config import RunConfig
+from s0.adapters.injection import kernel_notes
+from s0.adapters.kinds import recurrent_layers
+from s0.config import STATE_METHODS, RunConfig
 from s0.generation import GenerationSpec, GenerationStats, generate, resolve_engine
 from s0.loading import PipelineError, load_model, resolve_device, task_for
 from s0.plan import PlannedRun, config_hash
@@ -432,6 +434,10 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         )
         records.atomic_write(run_dir / "config.yaml", run_config_yaml(run, pipe.resolved))
         prov = {**provenance(pipe.cfg.paths.root), "backends": pipe.backends, "model_load": pipe.load_report}
+        if (
+            run.method.name in STATE_METHODS
+        ):  # how the state reaches each kind's kernel (Mamba-1: not through it)
+            prov["state_injection"] = kernel_notes([r.kind for r in recurrent_layers(pipe.model)])
         records.write_json(run_dir / "provenance.json", prov)
         seed_everything(run.seed)
         # Once per model load (a load makes a new model object); every run still verifies it at its end.
