@@ -148,7 +148,9 @@ def test_runs_record_their_checks_and_a_broken_adapter_stops_the_run(compose, tm
     assert checks["adapter"]["logit_change"] > 0
     assert checks["generation"]["probes"] >= 1
     assert checks["eval_prompts"]["no_thinking"] is True
-    assert prov["state_injection"] == {"gdn": "GDN: the chunk kernel's initial_state argument (fla or PyTorch)"}
+    assert prov["state_injection"] == {
+        "gdn": "GDN: the chunk kernel's initial_state argument (fla or PyTorch)"
+    }
 
     from s0.adapters.state import StateAdapter
 
