@@ -32,6 +32,28 @@ def readout(query: torch.Tensor, offset: torch.Tensor, kwargs: dict[str, Any]) -
     return torch.einsum("bthk,hkv->bthv", q * scale, offset.to(q.dtype))  # (B, T, Hv, V)
 
 
+def with_state(
+    name: str, orig: Callable, call: Any, fresh_capable: bool, query, key, value, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, Any]:
+    """One delta-rule kernel call with an adapter active (GDN and KDA share it): g and beta zeroed at pads
+    (per head or per channel, whatever g's shape), S0 as `initial_state` when the chunk kernel starts a fresh
+    sequence, and the state-offset readout added to the output."""
+    batch, seq_len = query.shape[:2]
+    keep = keep_mask(call, seq_len)
+    if keep is not None:  # g (log-decay) and beta are (B, T, H[, K])
+        kwargs["g"] = zero_at_pads(kwargs["g"], keep)
+        kwargs["beta"] = zero_at_pads(kwargs["beta"], keep)
+    if fresh_capable and kwargs.get("initial_state") is None and call.inj.initial_state is not None:
+        cu = kwargs.get("cu_seqlens")
+        n_seq = batch if cu is None else cu.numel() - 1  # varlen packing: one state per sequence
+        kwargs["initial_state"] = states_for(call.inj.initial_state(), n_seq)
+    impl = resolve(name, "gdn", orig, query, key, value, kwargs.get("initial_state"))
+    out, final_state = impl(query, key, value, **kwargs)
+    if call.inj.readout_offset is not None:
+        out = out + readout(query, call.inj.readout_offset(), kwargs).to(out.dtype)
+    return out, final_state
+
+
 def dispatch(name: str, orig: Callable) -> Callable:
     """Dispatcher for both GDN kernels (chunk and recurrent); only the chunk kernel starts fresh sequences."""
     fresh_capable = name == "torch_chunk_gated_delta_rule"
@@ -45,20 +67,7 @@ def dispatch(name: str, orig: Callable) -> Callable:
             )
         if args:  # transformers passes g and beta by keyword; accept positional too
             kwargs.update(zip(("g", "beta"), args))
-        batch, seq_len = query.shape[:2]
-        keep = keep_mask(call, seq_len)
-        if keep is not None:  # g (log-decay) and beta are (B, T, Hv)
-            kwargs["g"] = zero_at_pads(kwargs["g"], keep)
-            kwargs["beta"] = zero_at_pads(kwargs["beta"], keep)
-        if fresh_capable and kwargs.get("initial_state") is None and call.inj.initial_state is not None:
-            cu = kwargs.get("cu_seqlens")
-            n_seq = batch if cu is None else cu.numel() - 1  # varlen packing: one state per sequence
-            kwargs["initial_state"] = states_for(call.inj.initial_state(), n_seq)
-        impl = resolve(name, "gdn", orig, query, key, value, kwargs.get("initial_state"))
-        out, final_state = impl(query, key, value, **kwargs)
-        if call.inj.readout_offset is not None:
-            out = out + readout(query, call.inj.readout_offset(), kwargs).to(out.dtype)
-        return out, final_state
+        return with_state(name, orig, call, fresh_capable, query, key, value, kwargs)
 
     run._s0_original = orig
     return run

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Kind, keep_mask, resolve, states_for, zero_at_pads
-from s0.adapters.kinds.gdn import readout  # same q preprocessing (L2 norm, K^-1/2), same (H, K, V) state
+from s0.adapters.kinds.common import CURRENT, Kind, resolve
+from s0.adapters.kinds.gdn import with_state  # same q preprocessing (L2 norm, K^-1/2), same (H, K, V) state
 
 MODULES = ("transformers.models.kimi_linear.modeling_kimi_linear",)
 CHUNK, RECURRENT = "chunk_kimi_delta_attention", "recurrent_kimi_delta_attention"
@@ -46,20 +46,8 @@ def dispatch(name: str, orig: Callable) -> Callable:
                 query, key, value, *args, **kwargs
             )
         kwargs.update(zip(POSITIONAL[name], args))
-        batch, seq_len = query.shape[:2]
-        keep = keep_mask(call, seq_len)
-        if keep is not None:  # g (B, T, H, K) per-channel log-decay, beta (B, T, H)
-            kwargs["g"] = zero_at_pads(kwargs["g"], keep)
-            kwargs["beta"] = zero_at_pads(kwargs["beta"], keep)
-        if fresh_capable and kwargs.get("initial_state") is None and call.inj.initial_state is not None:
-            cu = kwargs.get("cu_seqlens")
-            n_seq = batch if cu is None else cu.numel() - 1  # varlen packing: one state per sequence
-            kwargs["initial_state"] = states_for(call.inj.initial_state(), n_seq)
-        impl = resolve(name, "gdn", orig, query, key, value, kwargs.get("initial_state"))
-        out, final_state = impl(query, key, value, **kwargs)
-        if call.inj.readout_offset is not None:
-            out = out + readout(query, call.inj.readout_offset(), kwargs).to(out.dtype)
-        return out, final_state
+        # g (B, T, H, K) per-channel log-decay, beta (B, T, H): the GDN call with a finer decay
+        return with_state(name, orig, call, fresh_capable, query, key, value, kwargs)
 
     run._s0_original = orig
     return run
