@@ -40,9 +40,11 @@ def tiny(family: str, init: float = 0.02, rms_norm: bool = False):
     return build_model(family, arch, dtype=torch.float64)
 
 
-def random_s0(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, **kw) -> S0Adapter:
-    """An adapter with N(0, scale^2) states (float64), as if trained."""
-    adapter = cls(model, dtype=torch.float64, **kw)
+def random_s0(
+    model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, dtype=torch.float64, **kw
+) -> S0Adapter:
+    """An adapter with N(0, scale^2) states (float64 unless `dtype`), as if trained; the kind tests share it."""
+    adapter = cls(model, dtype=dtype, **kw)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter.parameters():

@@ -22,6 +22,8 @@ from s0.adapters import S0Adapter, StateOffsetAdapter, load_adapter
 from s0.adapters import injection as inj
 from s0.adapters.kinds import KINDS, recurrent_layers
 from s0.models import TINY_ARCH, build_model, n_recurrent_layers, tiny_tokenizer
+from tests.test_injection import random_s0 as random_adapter
+from tests.test_injection import rel_err
 
 inj.install_known()  # on a machine with fla, CPU tensors must not reach its Triton kernels
 
@@ -34,19 +36,6 @@ LOGITS_RTOL = 1e-5  # the cache keeps the state in float32 (`.to(torch.float32)`
 @functools.cache
 def tiny(init: float = 0.1):
     return build_model("kimi_linear", {**ARCH, "initializer_range": init}, dtype=torch.float64)
-
-
-def random_adapter(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, dtype=torch.float64, **kw):
-    adapter = cls(model, dtype=dtype, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return adapter
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 # ------------------------------------------------------------------ reference (KDA's equations)

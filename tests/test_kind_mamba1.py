@@ -21,6 +21,8 @@ from s0.adapters import S0Adapter, StateOffsetAdapter, load_adapter
 from s0.adapters import injection as inj
 from s0.adapters.kinds import KINDS, recurrent_layers
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
+from tests.test_injection import random_s0 as random_adapter
+from tests.test_injection import rel_err
 
 inj.install_known()  # on a machine with mamba-ssm, CPU tensors must not reach its CUDA kernels
 
@@ -32,19 +34,6 @@ LOGITS_RTOL = 1e-6  # MambaForCausalLM returns float32 logits (`.float()`), even
 @functools.cache
 def tiny(init: float = 0.1):
     return build_model("mamba", {**TINY_ARCH["mamba"], "initializer_range": init}, dtype=torch.float64)
-
-
-def random_adapter(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, dtype=torch.float64, **kw):
-    adapter = cls(model, dtype=dtype, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return adapter
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 # ------------------------------------------------------------------ reference (Mamba-1's equations)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from s0.adapters import S0Adapter, StateOffsetAdapter, load_adapter
 from s0.adapters.kinds import KINDS, recurrent_layers
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
+from tests.test_injection import random_s0 as random_adapter
+from tests.test_injection import rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # transformers' scan accumulates in float32 (`acc_dtype`, and the cached state is float32) even in a float64
@@ -32,19 +34,6 @@ WIDTH = TINY_ARCH["recurrent_gemma"]["hidden_size"]  # lru_width defaults to hid
 @functools.cache
 def tiny():
     return build_model("recurrent_gemma", TINY_ARCH["recurrent_gemma"], dtype=torch.float64)
-
-
-def random_adapter(model, scale: float = 1.0, seed: int = 0, cls=S0Adapter, dtype=torch.float64, **kw):
-    adapter = cls(model, dtype=dtype, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return adapter
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def pad_positions(mask: torch.Tensor) -> torch.Tensor:
