@@ -1,11 +1,13 @@
-"""Model registry: build the paper's models (hub weights, random weights, meta device or tiny), their
-tokenizers, and count their recurrent layers from the config alone.
+"""Build the registered model families (hub weights, random weights, meta device or tiny), load and verify their
+checkpoints, build their tokenizers, and count their recurrent layers from the config alone.
 
     from s0.models import build_model, build_tokenizer
     model = build_model(family="qwen3_5", arch=TINY_ARCH["qwen3_5"], weights="random")
 
-Finding the recurrent layers of a built model (and their state shapes) is s0.adapters.kinds.recurrent_layers,
-beside the kind registry it reads: this module imports nothing of s0.adapters, so there is no circle.
+What differs between families (transformers classes, tiny architecture, checkpoint prefixes to drop) is in their
+own files (s0/models/<family>.py), registered in s0/models/registry.py. Finding the recurrent layers of a built
+model (and their state shapes) is s0.adapters.kinds.recurrent_layers, beside the kind registry it reads: this
+package imports nothing of s0.adapters, so there is no circle.
 
 No Hydra here: the runner passes plain values from `conf/model/*.yaml`.
 """
@@ -22,135 +24,29 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from s0.models.family import TINY_VOCAB, Family
+from s0.models.registry import FAMILIES, TINY_ARCH
 from s0.seeding import forked_rng
 
 Weights = Literal["hub", "random", "meta"]
-
-# The transformers classes behind each family (the real ones: tiny models use them with small configs).
-FAMILIES: dict[str, tuple[str, str]] = {
-    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
-    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM"),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-    "mamba": ("MambaConfig", "MambaForCausalLM"),  # Mamba-1 (diagonal state), issue 15
-    "falcon_mamba": ("FalconMambaConfig", "FalconMambaForCausalLM"),  # Mamba-1, normed B, C, dt
-    "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM"),  # RG-LRU, issue 15
-    "kimi_linear": ("KimiLinearConfig", "KimiLinearForCausalLM"),  # Kimi Delta Attention, issue 15
-}
-
-# Tiny architectures for tests and the CPU demo. Key and value dims differ on purpose (16 vs 8), so a
-# transposed state cannot pass a shape check by accident; the Falcon chunk size (8) is smaller than a
-# prompt, so the chunked scan crosses chunk boundaries.
-TINY_VOCAB = 272
-TINY_ARCH: dict[str, dict[str, Any]] = {
-    "qwen3_5": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,  # 6 GDN + 2 attention, [GDN, GDN, GDN, attn] x 2, so layer groups can be ablated
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        linear_key_head_dim=16,
-        linear_value_head_dim=8,
-        linear_conv_kernel_dim=4,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
-    "falcon_h1": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        mamba_d_ssm=32,
-        mamba_n_heads=4,
-        mamba_d_head=8,
-        mamba_d_state=16,
-        mamba_n_groups=1,
-        mamba_chunk_size=8,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
-    "qwen2": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    ),
-    # Mamba-1: d_inner = expand * hidden = 64 channels, d_state 8 (unequal, so a transposed state fails a shape check)
-    "mamba": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        state_size=8,
-        num_hidden_layers=3,
-        expand=2,
-        conv_kernel=4,
-        time_step_rank=4,
-        tie_word_embeddings=True,
-    ),
-    # RG-LRU (recurrent_gemma): [recurrent, recurrent, attention]; state (lru_width,) = (32,) per recurrent layer,
-    # lru_width = hidden_size (transformers sizes the conv cache by hidden_size); 2 gate blocks of 16
-    "recurrent_gemma": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        block_types=["recurrent", "recurrent", "attention"],
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        attention_window_size=64,
-        conv1d_width=4,
-        pad_token_id=257,  # the tiny tokenizer's pad id: its embedding row starts at zero (padding_idx)
-        eos_token_id=256,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-    ),
-    # Kimi Delta Attention: 3 KDA layers (state 2 heads x 16 x 16) + 1 MLA attention layer; dense MLPs only (the
-    # MoE's grouped matmul refuses float64); token ids inside the tiny vocab (the defaults are Kimi's 163k ids)
-    "kimi_linear": dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
-        mlp_layer_types=["dense"] * 4,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        kv_lora_rank=16,
-        q_lora_rank=None,
-        qk_rope_head_dim=8,
-        qk_nope_head_dim=8,
-        v_head_dim=8,
-        linear_num_heads=2,
-        linear_head_dim=16,
-        linear_conv_kernel_dim=4,
-        pad_token_id=None,
-        bos_token_id=None,
-        eos_token_id=None,
-        tie_word_embeddings=True,
-    ),
-}
 
 
 class ModelError(RuntimeError):
     """A model cannot be built or loaded; the message says what to change."""
 
 
+def get_family(name: str) -> Family:
+    """The registered family `name`, or a ModelError listing the known ones."""
+    if name not in FAMILIES:
+        raise ModelError(f"unknown model family '{name}'; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
 def build_config(family: str, arch: dict[str, Any]):
     """The transformers config object for `family` with the architecture fields `arch`."""
-    if family not in FAMILIES:
-        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
     import transformers
 
-    config_cls = getattr(transformers, FAMILIES[family][0])
+    config_cls = getattr(transformers, get_family(family).config_class)
     return config_cls(**arch)
 
 
@@ -175,9 +71,7 @@ def build_model(
     import transformers
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    model_cls = getattr(transformers, FAMILIES[family][1]) if family in FAMILIES else None
-    if model_cls is None:
-        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
+    model_cls = getattr(transformers, get_family(family).model_class)
     if weights == "hub":
         if not hub_id:
             raise ModelError("weights=hub needs model.hub_id")
@@ -264,14 +158,6 @@ def hub_source(hub_id: str, revision: str | None = None) -> str:
         ) from err
 
 
-# Weights a checkpoint may hold that the text-only causal LM drops by design: listed in the load report,
-# never silently skipped. Anything else the model does not take is an error.
-IGNORED_PREFIXES: dict[str, dict[str, str]] = {
-    "qwen3_5": {
-        "model.visual.": "vision tower (the harness builds the text-only causal LM)",
-        "mtp.": "multi-token-prediction head (unused by generation)",
-    },
-}
 # Multimodal checkpoints (a `text_config` in config.json) keep the text weights under this prefix.
 TEXT_PREFIX = ("model.language_model.", "model.")
 
@@ -282,16 +168,19 @@ def load_checkpoint(
     """Load `hub_id` (hub id or local directory) as the family's causal LM, on the CPU, and prove it complete.
 
     Refuses (ModelError) a checkpoint with any missing or unexpected weight after the known layout mapping
-    (multimodal `model.language_model.*` -> `model.*`; `IGNORED_PREFIXES` dropped and listed), and checks every
+    (multimodal `model.language_model.*` -> `model.*`; the family's `ignored_prefixes` dropped and listed), and checks every
     loaded tensor bit for bit against the checkpoint. The tie flag is read wherever the checkpoint puts it
     (top level or `text_config`): any level saying true ties the head unless the checkpoint holds its own
     `lm_head.weight`, which then wins (as transformers does). Returns the model and a JSON-ready report.
     """
     import transformers
 
-    if family not in FAMILIES:
-        raise ModelError(f"unknown model family '{family}'; known: {', '.join(sorted(FAMILIES))}")
-    config_cls, model_cls = (getattr(transformers, name) for name in FAMILIES[family])
+    entry = get_family(family)
+    config_cls, model_cls = (
+        getattr(transformers, entry.config_class),
+        getattr(transformers, entry.model_class),
+    )
+    ignorable = entry.ignored_prefixes
     raw, _ = transformers.PreTrainedConfig.get_config_dict(hub_id, revision=revision)
     multimodal = isinstance(raw.get("text_config"), dict)
     flags = {"top": raw.get("tie_word_embeddings")}
@@ -320,7 +209,7 @@ def load_checkpoint(
     ignored: dict[str, list[str]] = {}
     unexpected: dict[str, str] = {}  # checkpoint key -> the name it would have in the model
     for key in sorted(stored):
-        prefix = next((p for p in IGNORED_PREFIXES.get(family, {}) if key.startswith(p)), None)
+        prefix = next((p for p in ignorable if key.startswith(p)), None)
         if prefix is not None:
             ignored.setdefault(prefix, []).append(key)
             continue
@@ -371,8 +260,7 @@ def load_checkpoint(
         "loaded_keys": len(mapped),
         "verified_bit_exact": len(mapped),
         "ignored": {
-            p: {"n": len(keys), "why": IGNORED_PREFIXES[family][p], "first": keys[:3]}
-            for p, keys in ignored.items()
+            p: {"n": len(keys), "why": ignorable[p], "first": keys[:3]} for p, keys in ignored.items()
         },
         "missing": missing,
         "unexpected": unexpected,
@@ -473,14 +361,13 @@ def build_tokenizer(hub_id: str | None, tiny: bool = False, revision: str | None
     return tok
 
 
-def n_recurrent_layers(family: str, arch: dict[str, Any]) -> int:
+# The config's layer types (transformers' common `layer_types`) that hold a recurrent mixer: alone
+# ("linear_attention": GDN, KDA, Mamba, RG-LRU layers) or beside attention ("hybrid": FalconH1, Zamba2's
+# shared-attention layers).
+RECURRENT_LAYER_TYPES = ("linear_attention", "hybrid")
+
+
+def n_recurrent_layers(family: str, arch: dict[str, Any] | None) -> int:
     """How many recurrent layers an architecture has, from its config alone (no weights built)."""
-    if family == "qwen2":
-        return 0
-    arch = arch or TINY_ARCH[family]
-    config = build_config(family, arch)
-    if family in ("qwen3_5", "kimi_linear"):
-        return sum(t == "linear_attention" for t in config.layer_types)
-    if family == "recurrent_gemma":  # the block pattern repeats past num_hidden_layers; RG-LRU blocks only
-        return sum(t == "linear_attention" for t in config.layers_block_type[: config.num_hidden_layers])
-    return config.num_hidden_layers  # FalconH1, Mamba, FalconMamba: a recurrent mixer in every layer
+    config = build_config(family, arch or TINY_ARCH[family])
+    return sum(t in RECURRENT_LAYER_TYPES for t in config.layer_types[: config.num_hidden_layers])
