@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s0 import records, stats
+from s0 import records
+from s0.report import stats
 
 EARLY_WINDOW = 0.10  # "within the first 10% of the completion" (Sec 6.3)
 
@@ -116,7 +117,7 @@ class Divergence:
     flips: one row per flip (a problem wrong under the baseline and right under S0, same seed): id, seed,
     position (first character where the two greedy completions differ), length (characters of the S0
     completion) and rel_position (position / length). sign_test: are positions concentrated inside the first
-    `window` of the completion (one-sided sign test against a median of `window`, s0.stats.sign_test)?
+    `window` of the completion (one-sided sign test against a median of `window`, s0.report.stats.sign_test)?
     """
 
     flips: pd.DataFrame
@@ -355,7 +356,7 @@ def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_pr
     from s0.adapters import load_adapter
     from s0.config import ModelConfig, TaskConfig
     from s0.loading import load_model, resolve_device, task_for
-    from s0.table_data import mechanism_pairs
+    from s0.report.table_data import mechanism_pairs
 
     results = Path(results_dir)
     res = records.load_results(results)

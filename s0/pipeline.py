@@ -392,7 +392,7 @@ def is_format_failure(row: dict) -> bool:
 def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, float]:
     """pass@k in percent: the unbiased estimator over samples; for greedy runs, the share correct. Also
     `format_failure`: the percent of evaluated completions (every sample) with no extractable code or answer."""
-    from s0.passk import pass_at_k_from_records
+    from s0.report.passk import pass_at_k_from_records
 
     metrics = {m: 100.0 * v for m, v in pass_at_k_from_records(rows, ks if sampled else [1]).items()}
     failures = 100.0 * sum(map(is_format_failure, rows)) / max(len(rows), 1)

@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: {experiment} failed", file=sys.stderr)
             return 1
 
-    from s0.figures import fig1
     from s0.records import load_results
-    from s0.reference import load_paper_values
-    from s0.table_core import write_table
-    from s0.tables import table1
+    from s0.report.figures import fig1
+    from s0.report.reference import load_paper_values
+    from s0.report.table_core import write_table
+    from s0.report.tables import table1
 
     res = load_results(out / "runs")
     print("\n" + res.report())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report import add_io_args, load_inputs, run_cli
+from s0.report.page import add_io_args, load_inputs, run_cli
 
 KEYS = ("fig1", "fig2", "fig3", "fig4")
 
@@ -25,8 +25,8 @@ def write_figures(
     res, out: Path, only=None, models=("qwen3_5_4b", "falcon_h1_7b"), dpi: int = 150
 ) -> list[Path]:
     """Render the figures into `out` as <key>.pdf and <key>.png; returns the PNG paths."""
-    from s0.figures import FIGURES
-    from s0.figures_graph import fig2, layout_from_conf
+    from s0.report.figures import FIGURES
+    from s0.report.figures_graph import fig2, layout_from_conf
 
     out.mkdir(parents=True, exist_ok=True)
     made = []

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report import add_io_args, judge_claims, load_inputs, run_cli, write_report
-from s0.table_core import write_table
-from s0.tables import build_tables
+from s0.report.page import add_io_args, judge_claims, load_inputs, run_cli, write_report
+from s0.report.table_core import write_table
+from s0.report.tables import build_tables
 
 
 def main(argv: list[str] | None = None) -> int:

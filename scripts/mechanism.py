@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s0.analysis import run_mechanism
 from s0.records import load_results
-from s0.table_data import mechanism_pairs
+from s0.report.table_data import mechanism_pairs
 
 
 def main(argv: list[str] | None = None) -> int:

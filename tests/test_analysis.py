@@ -204,7 +204,7 @@ def test_probe_finds_the_informative_layer_with_pca_fit_inside_each_fold() -> No
 # ---------------------------------------------------------------------------------- the whole mechanism
 def test_mechanism_on_tiny_model_writes_records_the_sec6_table_reads(tmp_path) -> None:
     from s0.records import Results, load_results
-    from s0.tables_appendix import table_sec6
+    from s0.report.tables_appendix import table_sec6
     from tests.test_tables import write_run
 
     model, tok = tiny("qwen3_5"), tiny_tokenizer()

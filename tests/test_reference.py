@@ -15,8 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s0 import stats as st
-from s0.reference import KEY, load_paper_values, paper_rows, paper_value, parse_printed, rounding_halfwidth
+from s0.report import stats as st
+from s0.report.reference import (
+    KEY,
+    load_paper_values,
+    paper_rows,
+    paper_value,
+    parse_printed,
+    rounding_halfwidth,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = {
@@ -252,7 +259,7 @@ def test_spot_checks_and_internal_arithmetic(ref: pd.DataFrame) -> None:
 
 def test_authors_released_results_file() -> None:
     """results/reference/authors_released.csv: one row per released file of JackYoung27/s0-tuning (issue 12)."""
-    from s0.reference import load_authors_released
+    from s0.report.reference import load_authors_released
 
     df = load_authors_released()
     assert set(df["repo"]) == {"JackYoung27/s0-tuning"}
@@ -274,7 +281,7 @@ def test_authors_released_results_file() -> None:
 def test_authors_released_summaries_match_sec_5_6() -> None:
     """One-sample t-tests (two-sided) of the released per-seed deltas; the paper prints +4.8 ± 1.4, p=0.00002 (8
     seeds) and +2.8 ± 1.6, p=0.0003 (10 seeds). GSM8K's released mean is 2.848, printed +2.8 (not +2.9)."""
-    from s0.reference import authors_summary
+    from s0.report.reference import authors_summary
 
     m, g = authors_summary("math500"), authors_summary("gsm8k")
     assert (

@@ -12,8 +12,16 @@ import pytest
 
 from s0.analysis import load_analyses
 from s0.records import Results
-from s0.report import CLAIMS, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge_claims, report_html, report_markdown
-from s0.tables import build_tables, load_records
+from s0.report.page import (
+    CLAIMS,
+    NOT_REPRODUCED,
+    NOT_RUN,
+    REPRODUCED,
+    judge_claims,
+    report_html,
+    report_markdown,
+)
+from s0.report.tables import build_tables, load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -89,7 +97,7 @@ def test_equal_deltas_render_in_the_report(tiny: bool, tmp_path: Path) -> None:
     """`make report` on smoke results used to end in ZeroDivisionError (every delta equal)."""
     import make_report
 
-    from s0.figures import fig1
+    from s0.report.figures import fig1
     from tests.test_tables import write_equal_deltas
 
     runs, out = write_equal_deltas(tmp_path / "runs", [42, 7, 123], tiny=tiny), tmp_path / "out"

@@ -16,8 +16,8 @@ import run
 from s0 import pipeline, records
 from s0.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
 from s0.plan import expand, format_plan
-from s0.table_data import select
-from s0.tables import build_tables, load_records
+from s0.report.table_data import select
+from s0.report.tables import build_tables, load_records
 
 LORA = "lora_r24_lr5e-4"
 QWEN = "Qwen3.5-4B (GatedDeltaNet)"
@@ -244,7 +244,7 @@ def test_without_heldout_runs_table1_has_one_lora_row(both_splits: Path) -> None
 
 
 def test_two_heldout_sizes_never_pool_in_one_row(both_splits: Path) -> None:
-    from s0.table_data import MixedRunsError
+    from s0.report.table_data import MixedRunsError
 
     run = json.loads((both_splits / "h-r24-42" / "run.json").read_text())
     run["selection"]["heldout"] = 8

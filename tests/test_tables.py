@@ -17,9 +17,9 @@ import pytest
 
 from s0.analysis import load_analyses
 from s0.records import Results
-from s0.reference import load_paper_values
-from s0.table_core import Cell, PaperRef, write_table
-from s0.tables import all_tables, build_tables, load_records, selection_arms
+from s0.report.reference import load_paper_values
+from s0.report.table_core import Cell, PaperRef, write_table
+from s0.report.tables import all_tables, build_tables, load_records, selection_arms
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -259,7 +259,7 @@ def test_only_tiny_runs_are_labelled_with_the_tiny_model(tmp_path: Path) -> None
 
 
 def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
-    from s0.table_data import MixedRunsError
+    from s0.report.table_data import MixedRunsError
 
     # neither is the paper's model with hub weights, so nothing selects them apart
     write_run(tmp_path, "tb", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, weights="random")
@@ -333,7 +333,7 @@ def test_equal_deltas_render_in_every_table_with_a_test(
 def test_transfer_table_shows_the_authors_released_runs(per_seed: Results, ref: pd.DataFrame) -> None:
     """Sec 5.6 beside the authors' released per-seed files (results/reference/authors_released.csv, issue 12):
     MATH-500 +4.8 ± 1.4 (n=8), p ≈ 2.1e-5; GSM8K +2.8 ± 1.6 (n=10, mean 2.848), p ≈ 0.00026."""
-    from s0.tables_appendix import table_transfer
+    from s0.report.tables_appendix import table_transfer
 
     t = table_transfer(per_seed, ref)
     d, p = t.static["Authors' released: Δ (pp)"], t.static["Authors' released: p (one-sample t)"]
@@ -426,7 +426,7 @@ def test_every_caption_names_the_protocol_of_its_runs(
 
 
 def test_a_cell_that_would_mix_protocols_stops_the_build(tmp_path: Path) -> None:
-    from s0.table_data import MixedProtocolsError
+    from s0.report.table_data import MixedProtocolsError
 
     write_run(tmp_path, "ref", "main_qwen", "baseline", "qwen3_5_4b", 50.0, protocol="reference")
     write_run(tmp_path, "har", "main_qwen", "baseline", "qwen3_5_4b", 40.0, protocol="harness")
@@ -446,7 +446,7 @@ def test_a_cell_that_would_mix_protocols_stops_the_build(tmp_path: Path) -> None
 def test_state_offset_alpha_is_selected_like_s0s(tmp_path: Path) -> None:
     """conf/experiment/state_offset.yaml sweeps alpha 0.07, 0.3, 1.0; Tables 1 and 3 use the arm with the highest
     mean pass@1 over seeds and Table 3's caption says which alpha and why."""
-    from s0.tables import experiment_arms
+    from s0.report.tables import experiment_arms
 
     assert selection_arms("state_offset") == ["state_offset_a0.07", "state_offset_a0.3", "state_offset_a1.0"]
     assert {a: experiment_arms("state_offset")[a]["alpha"] for a in selection_arms("state_offset")} == {

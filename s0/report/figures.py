@@ -1,11 +1,11 @@
 """The paper's figures as pure functions of the results records: `Results` in, matplotlib `Figure` out.
 
-    from s0.figures import fig1, fig3, fig4
+    from s0.report.figures import fig1, fig3, fig4
     fig1(res).savefig("paper_figures/fig1.pdf")
 
 Figure 1 (a) cross-architecture bars, ±1 std error bars and Welch significance stars (S0 vs LoRA);
          (b) first-character divergence positions of FAIL-to-PASS flips.
-Figure 2 the computation graph, drawn from a model's real layer layout (s0.figures_graph).
+Figure 2 the computation graph, drawn from a model's real layer layout (s0.report.figures_graph).
 Figure 3 (a) S0 gain vs Qwen3.5 size with ±1 std error bars; (b) the FalconH1 alpha sweep.
 Figure 4 (a) divergence positions; (b) their cumulative distribution relative to completion length.
 
@@ -23,14 +23,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
-from s0.reference import load_paper_values, paper_rows, paper_value
-from s0.table_data import deltas, mechanism_pairs, scope_label, select
-from s0.table_expressiveness import expressiveness_rows
-from s0.tables import best_lora, best_state_offset, experiment_arms, welch_test
-from s0.tables_appendix import SCALING, scaling_frames
+from s0.report import stats
+from s0.report.reference import load_paper_values, paper_rows, paper_value
+from s0.report.table_data import deltas, mechanism_pairs, scope_label, select
+from s0.report.table_expressiveness import expressiveness_rows
+from s0.report.tables import best_lora, best_state_offset, experiment_arms, welch_test
+from s0.report.tables_appendix import SCALING, scaling_frames
 
 TEAL = "#178f8f"  # S0, as in the paper
 COLORS = {"Baseline": "#a6a6a6", "LoRA": "#e6913c", "State-offset": "#7b68c8", "S0": TEAL}
@@ -378,5 +378,5 @@ def fig_expressiveness(res: Results, ref: pd.DataFrame | None = None) -> Figure:
     return fig
 
 
-# fig2 needs a model layout: s0.figures_graph.fig2
+# fig2 needs a model layout: s0.report.figures_graph.fig2
 FIGURES = {"fig1": fig1, "fig3": fig3, "fig4": fig4, "fig_expressiveness": fig_expressiveness}

@@ -3,7 +3,7 @@ kind. One row per model in the `expressiveness` records, read from the tidy reco
 the trainable counts each run recorded (`trainable_params`), the LoRA rank (`r` column) and the model family.
 The paper states the hypothesis but tests only two matrix-state families, so no cell has a paper value.
 
-    rows = expressiveness_rows(res.metrics)     # also drawn by s0.figures.fig_expressiveness
+    rows = expressiveness_rows(res.metrics)     # also drawn by s0.report.figures.fig_expressiveness
     table = table_expressiveness(res)
 """
 
@@ -17,14 +17,14 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from s0 import stats
 from s0.models import TINY_ARCH, build_config
 from s0.records import Results
-from s0.table_core import Cell, Table, data_cell, derived_cell, gap_se, p_cell, with_protocol
-from s0.table_data import select
+from s0.report import stats
+from s0.report.table_core import Cell, Table, data_cell, derived_cell, gap_se, p_cell, with_protocol
+from s0.report.table_data import select
 
 EXPERIMENT = "expressiveness"
-MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
+MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 # family (transformers model_type, records' `family` column) -> (recurrence kind, state structure); issue 15's table
 FAMILY_KIND: dict[str, tuple[str, str]] = {
     "qwen3_5": ("GatedDeltaNet", "matrix"),

@@ -7,7 +7,7 @@ the paper, and the runs behind each number.
 
 A claim is `reproduced` when our records meet its rule (stated beside it), `not reproduced` when they do not,
 and `not run` when a record it needs is missing. Rules follow the paper's own wording: a stated threshold
-(p < 0.001) is used as stated; a magnitude is compared with the agreement rule of s0.table_core.
+(p < 0.001) is used as stated; a magnitude is compared with the agreement rule of s0.report.table_core.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from s0.records import Results
-from s0.table_core import Cell, Table, esc
-from s0.table_data import MixedRunsError, scope_notes
+from s0.report.table_core import Cell, Table, esc
+from s0.report.table_data import MixedRunsError, scope_notes
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 Q, F = "Qwen3.5-4B (GatedDeltaNet)", "FalconH1-7B (Mamba-2)"
@@ -253,7 +253,7 @@ def write_report(out_dir: str | Path, tables: list[Table], verdicts: list[Verdic
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_DIRS = [
     ROOT / "tests" / "fixtures" / "paper_records",
     ROOT / "tests" / "fixtures" / "paper_summaries",
@@ -285,7 +285,7 @@ def add_io_args(parser) -> None:
 def load_inputs(args) -> tuple[Results, pd.DataFrame, list[str], Path]:
     """(records, analysis records, source names, output directory) for the parsed CLI arguments."""
     from s0.analysis import load_analyses
-    from s0.tables import load_records
+    from s0.report.tables import load_records
 
     dirs = FIXTURE_DIRS if args.paper_fixtures else [Path(d) for d in args.results]
     out = Path(args.out or ("paper_figures/paper_fixtures" if args.paper_fixtures else "paper_figures"))

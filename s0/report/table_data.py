@@ -28,7 +28,7 @@ import yaml
 from s0.records import Results
 
 DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
-CONF = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "experiment"
 MAIN_SEEDS = [42, 7, 123, 1337, 999, 314, 256, 777, 555, 2024]  # the order Tables 6 and 8 print them in
 SCOPE_COLUMNS = ("model", "weights", "smoke", "hub_id")
 SPLIT_COLUMNS = ("split", "selection_split")  # which problems a value is from; how its run's selection split

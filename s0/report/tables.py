@@ -1,12 +1,12 @@
 """The paper's tables as pure functions of the results records: `Results` in, `Table` out.
 
     from s0.records import load_results
-    from s0.tables import build_tables
+    from s0.report.tables import build_tables
     for t in build_tables(load_results("results/runs")):
         print(t.to_markdown())
 
 Every table puts the paper's number (results/reference/paper_values.csv) beside ours, with the seed count
-and a ✓/✗ where they agree or differ beyond the seed spread (rule: s0.table_core). Missing runs show "—".
+and a ✓/✗ where they agree or differ beyond the seed spread (rule: s0.report.table_core). Missing runs show "—".
 Semantics shared by all tables:
 
 - Δ is the mean of per-seed improvements over the baseline run of the same seed and experiment (footnote 1).
@@ -27,9 +27,9 @@ Semantics shared by all tables:
 - Every caption ends with the protocol of the runs behind it (table_core.stamp_protocol); Table 1's caption
   gives each arm's format failures (metric format_failure), "n/a (not recorded)" for records without it.
 - Tests: Welch two-sided for S0 vs LoRA, paired t for S0 vs state-offset (Table 3), one-sample t on
-  per-seed deltas for scaling and transfer (see s0.stats and tests/test_stats.py).
+  per-seed deltas for scaling and transfer (see s0.report.stats and tests/test_stats.py).
 
-Appendix and section tables (App D, E, H, Sec 5.6, 5.8, Sec 6) are in s0.tables_appendix.
+Appendix and section tables (App D, E, H, Sec 5.6, 5.8, Sec 6) are in s0.report.tables_appendix.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from s0 import stats
 from s0.records import Results, load_results
-from s0.reference import load_paper_values, paper_value
-from s0.table_core import (
+from s0.report import stats
+from s0.report.reference import load_paper_values, paper_value
+from s0.report.table_core import (
     Cell,
     PaperRef,
     Table,
@@ -55,7 +55,7 @@ from s0.table_core import (
     paper_ref,
     with_protocol,
 )
-from s0.table_data import (
+from s0.report.table_data import (
     MixedRunsError,
     best_lora,
     degraded_frame,
@@ -68,8 +68,8 @@ from s0.table_data import (
     select_best,
     selection_arms,
 )
-from s0.tables_appendix import APPENDIX_TABLES
-from s0.tables_seeds import SEED_TABLES
+from s0.report.tables_appendix import APPENDIX_TABLES
+from s0.report.tables_seeds import SEED_TABLES
 
 SELECTION_NOTE = (
     "LoRA (best config) is the LoRA arm with the highest mean pass@1 over seeds among those with runs, selected "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_VALUES = Path(__file__).resolve().parent.parent / "results" / "reference" / "paper_values.csv"
+PAPER_VALUES = Path(__file__).resolve().parents[2] / "results" / "reference" / "paper_values.csv"
 # The authors' released per-seed result files (github.com/JackYoung27/s0-tuning, experiments/results/), one row
 # per file, numbers as released (fractions); results/reference/README.md describes the columns.
 AUTHORS_RELEASED = PAPER_VALUES.parent / "authors_released.csv"
@@ -106,7 +106,7 @@ def authors_summary(
     """Mean and sample std of the released per-seed deltas (pp), their count, and the two-sided one-sample t-test
     p of 'delta = 0' (NaN for a single run, whose seed is given), for one task (and one alpha, for Spider's
     single-seed sweep)."""
-    from s0.stats import one_sample_ttest
+    from s0.report.stats import one_sample_ttest
 
     df = load_authors_released() if df is None else df
     rows = df[df["task"] == task]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from s0.figures import TEAL
+from s0.report.figures import TEAL
 
 GREY, FROZEN = "#d9d9d9", "#f2f2f2"
 
@@ -140,7 +140,7 @@ def layout_from_conf(name: str) -> tuple[list[LayerBox], str, int]:
 
     from s0.models import TINY_ARCH, build_model, count_parameters
 
-    path = Path(__file__).resolve().parent.parent / "conf" / "model" / f"{name}.yaml"
+    path = Path(__file__).resolve().parents[2] / "conf" / "model" / f"{name}.yaml"
     cfg = yaml.safe_load(path.read_text())
     arch = cfg.get("arch") or TINY_ARCH[cfg["family"]]
     model = build_model(cfg["family"], arch, weights="meta")

@@ -1,7 +1,7 @@
 """Per-seed and pass@k tables: Tables 6, 7, 8 (App C, F) and Tables 9, 10 (App G).
 
 Per-seed rows are shown beside the paper's but not judged (a rerun's seed 42 is not the paper's GPU run);
-the Mean rows are. Same conventions as s0.tables (its docstring).
+the Mean rows are. Same conventions as s0.report.tables (its docstring).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from s0.records import Results
-from s0.reference import load_paper_values
-from s0.table_core import Table, count_negatives, data_cell, paper_ref, with_protocol
-from s0.table_data import MAIN_SEEDS, best_lora, degraded_frame, deltas, select
+from s0.report.reference import load_paper_values
+from s0.report.table_core import Table, count_negatives, data_cell, paper_ref, with_protocol
+from s0.report.table_data import MAIN_SEEDS, best_lora, degraded_frame, deltas, select
 
 
 def _seed_rows(paper_seeds: list[int], *frames: pd.DataFrame) -> list[int]:

@@ -1,5 +1,5 @@
 """Appendix and section tables: App D data efficiency, App E alpha sweeps, App H scaling, Sec 5.6 transfer,
-Sec 5.8 prefix control and the Sec 6 mechanism numbers. Same conventions as s0.tables (its docstring)."""
+Sec 5.8 prefix control and the Sec 6 mechanism numbers. Same conventions as s0.report.tables (its docstring)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import math
 
 import pandas as pd
 
-from s0 import stats
 from s0.analysis import divergence_from_samples
 from s0.records import Results
-from s0.reference import authors_summary, load_authors_released, load_paper_values, paper_rows, paper_value
-from s0.table_core import (
+from s0.report import stats
+from s0.report.reference import (
+    authors_summary,
+    load_authors_released,
+    load_paper_values,
+    paper_rows,
+    paper_value,
+)
+from s0.report.table_core import (
     Cell,
     PaperRef,
     Table,
@@ -23,7 +29,7 @@ from s0.table_core import (
     paper_ref,
     with_protocol,
 )
-from s0.table_data import (
+from s0.report.table_data import (
     deltas,
     experiment_arms,
     mechanism_pairs,
@@ -33,7 +39,7 @@ from s0.table_data import (
     scope_label,
     select,
 )
-from s0.table_expressiveness import table_expressiveness
+from s0.report.table_expressiveness import table_expressiveness
 
 
 def _astr(alpha: float) -> str:
@@ -324,7 +330,7 @@ APPENDIX_TABLES = {
     "table_app_d": table_app_d, "table_app_e_qwen": table_app_e_qwen, "table_app_e_falcon": table_app_e_falcon,
     "table_app_h": table_app_h, "table_transfer": table_transfer, "table_prefix": table_prefix,
     "table_sec6": table_sec6,
-    "table_expressiveness": table_expressiveness,  # issue 15, no paper values (s0/table_expressiveness.py)
+    "table_expressiveness": table_expressiveness,  # issue 15, no paper values (s0/report/table_expressiveness.py)
 }  # fmt: skip
 
 __all__ = ["APPENDIX_TABLES", "n_eval_of", "run_ids_of"]
