@@ -55,6 +55,7 @@ transformers 5.24; `python -m benchmarks.eval_throughput --engine-batches 1,16,8
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -161,89 +162,145 @@ def sample_from(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(scores.shape[-1] - 1)
 
 
-def gdn_decode_inplace(query, key, value, g, beta, initial_state=None, output_final_state=False,
-                       use_qk_l2norm_in_kernel=False, **kwargs):  # fmt: skip
-    """transformers' `torch_recurrent_gated_delta_rule` for one cached decode token, updating the fp32 state in place.
+def _fallback(query, key, value, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, kwargs):
+    """The kernel transformers resolved, for any call the in-place decode step does not take (prefill, no state)."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
+
+    from s0.adapters.injection import original
+
+    return original(qm, "torch_recurrent_gated_delta_rule")(
+        query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kwargs,
+    )  # fmt: skip
+
+
+def _gdn_step_torch(q, k, v, g, beta, state, l2norm: bool) -> torch.Tensor:
+    """transformers' `torch_recurrent_gated_delta_rule` for one token, the fp32 state (B, Hv, K, V) updated in place.
 
     The reference materialises four state-sized temporaries per step (decayed state, k*S, k outer delta, S*q) and
     the cache then copies the new state into its buffer; here the state is decayed in place, the rank-1 update is
-    one in-place batched matmul (baddbmm_) and the readouts are batched matmuls, so a step moves the state about
-    4 times (read+write twice) plus two reads, and the cache's copy is of a tensor onto itself (a no-op). Anything
-    else (a prefill, no state yet, a non-fp32 or non-contiguous state) goes to the reference."""
-    state = initial_state
-    if state is None or query.shape[1] != 1 or state.dtype != torch.float32 or not state.is_contiguous():
-        from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
-
-        from s0.adapters.injection import pytorch_kernel
-
-        ref = pytorch_kernel(qm, "torch_recurrent_gated_delta_rule")
-        return ref(query, key, value, g=g, beta=beta, initial_state=initial_state,
-                   output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                   **kwargs)  # fmt: skip
-    b, _, n_k, k_dim = key.shape
-    n_v, v_dim = value.shape[-2:]
-    q, k = query[:, 0].float(), key[:, 0].float()  # (B, Hk, K)
+    one in-place batched matmul (baddbmm_) and the readouts are batched matmuls."""
+    b, _, n_k, k_dim = k.shape
+    n_v, v_dim = v.shape[-2:]
+    q, k = q[:, 0].float(), k[:, 0].float()  # (B, Hk, K)
     if n_k != n_v:  # grouped value attention, as the reference: each q/k head serves n_v // n_k value heads
         q, k = q.repeat_interleave(n_v // n_k, dim=1), k.repeat_interleave(n_v // n_k, dim=1)
-    if use_qk_l2norm_in_kernel:
+    if l2norm:
         q = q * torch.rsqrt((q * q).sum(dim=-1, keepdim=True) + 1e-6)
         k = k * torch.rsqrt((k * k).sum(dim=-1, keepdim=True) + 1e-6)
     q = q / (k_dim**0.5)
     flat = state.view(b * n_v, k_dim, v_dim)
     state.mul_(g[:, 0].float().exp()[..., None, None])
     kv_mem = torch.bmm(k.reshape(-1, 1, k_dim), flat).view(b, n_v, v_dim)
-    delta = (value[:, 0].float() - kv_mem) * beta[:, 0].float()[..., None]
+    delta = (v[:, 0].float() - kv_mem) * beta[:, 0].float()[..., None]
     flat.baddbmm_(k.reshape(-1, k_dim, 1), delta.reshape(-1, 1, v_dim))
-    out = torch.bmm(q.reshape(-1, 1, k_dim), flat).view(b, 1, n_v, v_dim)
-    return out.to(query.dtype), (state if output_final_state else None)
+    return torch.bmm(q.reshape(-1, 1, k_dim), flat).view(b, 1, n_v, v_dim).to(v.dtype)
 
 
-def gdn_decode_fla_inplace(query, key, value, g, beta, initial_state=None, output_final_state=False,
-                           use_qk_l2norm_in_kernel=False, **kwargs):  # fmt: skip
-    """fla's fused recurrent kernel for one cached decode token, writing the new state over the old one.
+# fla's tile (BV, num_warps) per decode shape, picked by timing on the first call (`_fla_tile`); benchmarks report it.
+FLA_TILES: dict[tuple[int, ...], tuple[int, int]] = {}
+FLA_TILE_CANDIDATES = ((8, 1), (16, 1), (16, 2), (32, 2), (32, 4), (64, 4))
+FLA_DEFAULT_TILE = (8, 1)  # what fla's own wrapper launches (fla 0.6)
+
+
+def _gdn_step_fla(q, k, v, g, beta, state, l2norm: bool) -> torch.Tensor:
+    """fla's fused recurrent kernel for one token, writing the new state over the old one (h0 = ht = state).
 
     fla's wrapper allocates a fresh final state and transformers' cache then copies it into its buffer: at batch
-    84 on the Qwen3.5-4B architecture that copy was 2 ms of a 14.6 ms step (one device-to-device memcpy per GDN
-    layer, H200 profile, issue 13). Each program of the kernel loads its (K, BV) tile of h0 before it stores the
-    same tile of ht, and tiles do not overlap, so ht = h0 is safe; the cache's copy is then of a tensor onto itself
-    (no-op). Calls fla's Triton kernel with the arguments its own `fused_recurrent_gated_delta_rule_fwd` passes
-    (fla 0.6); anything but a one-token CUDA step from an fp32 contiguous state goes to the resolved kernel."""
-    state = initial_state
-    if (
-        state is None
-        or query.shape[1] != 1
-        or not query.is_cuda
-        or state.dtype != torch.float32
-        or not state.is_contiguous()
-        or kwargs.get("cu_seqlens") is not None
-    ):
-        from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
-
-        from s0.adapters.injection import original
-
-        return original(qm, "torch_recurrent_gated_delta_rule")(
-            query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
-            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kwargs,
-        )  # fmt: skip
+    84 on the Qwen3.5-4B architecture that copy was 2 ms of a 14.6 ms step (H200 profile, issue 13). Each program
+    loads its (K, BV) tile of h0 before it stores the same tile of ht and tiles do not overlap, so ht = h0 is safe.
+    Called with the arguments fla's own `fused_recurrent_gated_delta_rule_fwd` passes (fla 0.6), except the tile."""
     import triton
     from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd_kernel as kernel
 
-    q, k, v, g, beta = (t.contiguous() for t in (query, key, value, g, beta))
     b, t, h, k_dim = k.shape
     hv, v_dim = v.shape[2], v.shape[-1]
-    bv = min(8, triton.next_power_of_2(v_dim))
+
+    def launch(tile: tuple[int, int], h_state: torch.Tensor, o: torch.Tensor) -> None:
+        bv, warps = tile
+        kernel[(triton.cdiv(v_dim, bv) * b * hv,)](
+            q=q, k=k, v=v, g=g, gk=None, gv=None, beta=beta, A_log=None, dt_bias=None, o=o, h0=h_state,
+            ht=h_state, cu_seqlens=None, scale=k_dim**-0.5, T=t, H=h, HV=hv, K=k_dim, V=v_dim,
+            BK=triton.next_power_of_2(k_dim), BV=bv, IS_BETA_HEADWISE=beta.ndim != v.ndim,
+            USE_QK_L2NORM_IN_KERNEL=l2norm, APPLY_BETA_SIGMOID=False, ALLOW_NEG_EIGVAL=False,
+            STATE_V_FIRST=False, num_warps=warps, num_stages=3,
+        )  # fmt: skip
+
     o = torch.empty_like(v)
-    kernel[(triton.cdiv(v_dim, bv) * b * hv,)](
-        q=q, k=k, v=v, g=g, gk=None, gv=None, beta=beta, A_log=None, dt_bias=None, o=o, h0=state, ht=state,
-        cu_seqlens=None, scale=k_dim**-0.5, T=t, H=h, HV=hv, K=k_dim, V=v_dim, BK=triton.next_power_of_2(k_dim),
-        BV=bv, IS_BETA_HEADWISE=beta.ndim != v.ndim, USE_QK_L2NORM_IN_KERNEL=use_qk_l2norm_in_kernel,
-        APPLY_BETA_SIGMOID=False, ALLOW_NEG_EIGVAL=False, STATE_V_FIRST=False, num_warps=1, num_stages=3,
-    )  # fmt: skip
-    return o, (state if output_final_state else None)
+    launch(_fla_tile((b, h, hv, k_dim, v_dim, int(l2norm)), launch, state, o), state, o)
+    return o
 
 
+def _fla_tile(key: tuple[int, ...], launch, state: torch.Tensor, o: torch.Tensor) -> tuple[int, int]:
+    """The fastest tile for this shape, timed once on a scratch copy of the state (never inside a CUDA graph
+    capture: there, an untimed shape takes fla's default). The kernel moves the fp32 state, 2.9 ms of a 12.6 ms
+    batch-84 step with fla's tile (H200, issue 13); the tile decides how many bytes are in flight."""
+    if key in FLA_TILES:
+        return FLA_TILES[key]
+    if torch.cuda.is_current_stream_capturing():
+        return FLA_DEFAULT_TILE
+    scratch, scratch_o = state.clone(), torch.empty_like(o)
+    v_dim = key[-2]
+    times = {}
+    for tile in [c for c in FLA_TILE_CANDIDATES if c[0] <= max(8, 1 << (v_dim - 1).bit_length())]:
+        launch(tile, scratch, scratch_o)  # compiles
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            launch(tile, scratch, scratch_o)
+        stop.record()
+        stop.synchronize()
+        times[tile] = start.elapsed_time(stop)
+    FLA_TILES[key] = min(times, key=times.get)
+    return FLA_TILES[key]
+
+
+@torch.library.custom_op("s0::gdn_decode_step", mutates_args=("state",))
+def gdn_decode_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+    l2norm: bool, fla: bool,
+) -> torch.Tensor:  # fmt: skip
+    """One GatedDeltaNet decode token from an fp32 contiguous state (B, Hv, K, V), updated in place; returns the
+    output (B, 1, Hv, V). A custom op, so torch.compile keeps it whole (dynamo would otherwise trace into fla's
+    launcher) and knows it mutates only `state`. `fla`: fla's Triton kernel (CUDA), else PyTorch batched matmuls."""
+    step = _gdn_step_fla if fla else _gdn_step_torch
+    return step(q, k, v, g, beta, state, l2norm)
+
+
+@gdn_decode_step.register_fake
+def _(q, k, v, g, beta, state, l2norm, fla):
+    return torch.empty_like(v)
+
+
+def _gdn_decode(fla: bool):
+    """A drop-in for transformers' `torch_recurrent_gated_delta_rule` that sends one-token steps from an fp32
+    contiguous state to `gdn_decode_step`; anything else (a prefill, no state yet, varlen) to the resolved kernel."""
+
+    def kernel(query, key, value, g, beta, initial_state=None, output_final_state=False,
+               use_qk_l2norm_in_kernel=False, **kwargs):  # fmt: skip
+        state = initial_state
+        if (
+            state is None
+            or query.shape[1] != 1
+            or state.dtype != torch.float32
+            or not state.is_contiguous()
+            or (fla and not query.is_cuda)
+            or kwargs.get("cu_seqlens") is not None
+        ):
+            return _fallback(query, key, value, g, beta, initial_state, output_final_state,
+                             use_qk_l2norm_in_kernel, kwargs)  # fmt: skip
+        q, k, v, g, beta = (t.contiguous() for t in (query, key, value, g, beta))
+        out = torch.ops.s0.gdn_decode_step(q, k, v, g, beta, state, use_qk_l2norm_in_kernel, fla)
+        return out, (state if output_final_state else None)
+
+    kernel.__name__ = "gdn_decode_" + ("fla_inplace" if fla else "inplace")
+    return kernel
+
+
+gdn_decode_inplace = _gdn_decode(fla=False)
+gdn_decode_fla_inplace = _gdn_decode(fla=True)
 GDN_DECODE = {"inplace": gdn_decode_inplace, "fla_inplace": gdn_decode_fla_inplace}
-# The argument names gdn_decode_fla_inplace passes to fla's kernel (fla 0.6); "auto" uses it only when they match.
+# The argument names _gdn_step_fla passes to fla's kernel (fla 0.6); "auto" uses it only when they match.
 _FLA_KERNEL_ARGS = {"q", "k", "v", "g", "gk", "gv", "beta", "A_log", "dt_bias", "o", "h0", "ht", "cu_seqlens", "scale",
                     "T", "H", "HV", "K", "V", "BK", "BV", "IS_BETA_HEADWISE", "USE_QK_L2NORM_IN_KERNEL",
                     "APPLY_BETA_SIGMOID", "ALLOW_NEG_EIGVAL", "STATE_V_FIRST"}  # fmt: skip
@@ -279,13 +336,39 @@ def _chunk_bounds(p: int, chunk: int) -> list[tuple[int, int]]:
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+COMPILE_BACKEND = (
+    "inductor"  # tests use "eager": dynamo's tracing (graph breaks, guards) without code generation
+)
+# One compiled graph per (batch, cache length); dynamo's default limit of 8 per code object would, once reached,
+# run every later shape eager without a word. Cache lengths are rounded up to CACHE_BUCKET to keep shapes few.
+RECOMPILE_LIMIT = 64
+CACHE_BUCKET = 256
 
 
 def _compiled(base: nn.Module) -> nn.Module:
-    """One torch.compile wrapper per model, kept outside the module tree (not a submodule, not in state_dict)."""
-    if base not in _COMPILED:
-        _COMPILED[base] = torch.compile(base, dynamic=False)
-    return _COMPILED[base]
+    """One torch.compile wrapper per model and backend, kept outside the module tree (not a submodule, not in
+    state_dict)."""
+    per_model = _COMPILED.setdefault(base, {})
+    if COMPILE_BACKEND not in per_model:
+        per_model[COMPILE_BACKEND] = torch.compile(base, dynamic=False, backend=COMPILE_BACKEND)
+    return per_model[COMPILE_BACKEND]
+
+
+def resolve_compile(choice: bool | None, model: nn.Module, device: torch.device, keep_scores: bool) -> bool:
+    """Whether the decode step's forward runs through torch.compile. None (auto): on CUDA, unless an adapter acts at
+    every decode step (state-offset's readout: a compiled dispatcher cannot see it, `current_call`) or scores are
+    kept (an eager, per-step path). True with such an adapter is refused in one line rather than dropping it."""
+    from s0.adapters.injection import per_step_layers
+
+    per_step = per_step_layers(_unwrap(model)[0])
+    if choice is None:
+        return device.type == "cuda" and not per_step and not keep_scores
+    if choice and per_step:
+        raise ValueError(
+            f"compile_step=True: an active adapter acts at every decode step ({per_step[0]}, ...: a state-offset "
+            "readout), which a compiled step cannot see; use compile_step=False (or None: auto)"
+        )
+    return bool(choice)
 
 
 class _Clock:
@@ -326,7 +409,7 @@ def decode(
     keep_scores: bool = False,
     gdn_decode: str = "auto",
     timings: dict | None = None,
-    compile_step: bool = False,
+    compile_step: bool | None = None,
 ) -> Decoded:
     """New tokens (B, <= max_new_tokens) of one left-padded batch; `temperature=None` decodes greedily.
 
@@ -337,24 +420,31 @@ def decode(
     adapter can never replay a stale graph). `gdn_decode` picks the GatedDeltaNet decode-step kernel: "native"
     (whatever transformers resolved, fla or PyTorch), "inplace" (`gdn_decode_inplace`, PyTorch), "fla_inplace"
     (`gdn_decode_fla_inplace`, CUDA with fla) or "auto" (`resolve_gdn_decode`: fla_inplace where it applies). A `timings` dict receives
-    prefill_s, capture_s, decode_s, steps and step_s (three device syncs in all, for benchmarks). `compile_step`
-    runs the decode step's model forward through `torch.compile` (experimental, for the GPU measurements: fewer,
-    fused kernels per layer; compiled once per model and batch shape)."""
+    prefill_s, capture_s, decode_s, steps, step_s (three device syncs in all, for benchmarks), gdn_decode and
+    compiled. `compile_step` runs the decode step's model forward through `torch.compile` (fewer, fused kernels per
+    layer; compiled once per model, batch and cache length, which is then rounded up to CACHE_BUCKET): None is
+    `resolve_compile`'s choice (on CUDA unless an adapter acts at every step)."""
     gdn_decode = resolve_gdn_decode(gdn_decode, input_ids.device)
+    compile_step = resolve_compile(compile_step, model, input_ids.device, keep_scores)
+    if timings is not None:
+        timings.update(gdn_decode=gdn_decode, compiled=compile_step)
     if gdn_decode not in ("native", *GDN_DECODE):
         raise ValueError(f"gdn_decode '{gdn_decode}' is not one of native, {', '.join(GDN_DECODE)}")
-    if gdn_decode == "native":
-        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
-                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings,
-                       compile_step)  # fmt: skip
     from s0.adapters.injection import install_known, override_kernel
 
-    install_known()  # the kernel names go through s0's dispatchers, which honour the override
-    kernel = gdn_decode_inplace if gdn_decode == "inplace" else GDN_DECODE[gdn_decode]  # tests patch the name
-    with override_kernel("torch_recurrent_gated_delta_rule", kernel):
-        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p,
-                       row_seeds, cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings,
-                       compile_step)  # fmt: skip
+    args = (model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p, row_seeds,
+            cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings, compile_step)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if compile_step:
+            stack.enter_context(torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT))
+        if gdn_decode == "native":
+            return _decode(*args)
+        install_known()  # the kernel names go through s0's dispatchers, which honour the override
+        kernel = (
+            gdn_decode_inplace if gdn_decode == "inplace" else GDN_DECODE[gdn_decode]
+        )  # tests patch the name
+        stack.enter_context(override_kernel("torch_recurrent_gated_delta_rule", kernel))
+        return _decode(*args)
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, temperature, top_p, row_seeds,
@@ -372,6 +462,8 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
     n = max_new_tokens
     nv = prefix[0] if prefix else 0
     max_len = nv + p + n
+    if compile_step:  # few distinct shapes, few compiles; the extra cache slots stay masked
+        max_len = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
     sampled = temperature is not None
     seeds = torch.as_tensor(
         row_seeds if row_seeds is not None else list(range(b)), dtype=torch.long, device=dev

@@ -193,7 +193,7 @@ def test_engine_selection():
     "family,method", [("qwen3_5", "state_offset"), ("falcon_h1", "s0"), ("qwen2", "prefix")]
 )
 def test_preflight_checks_the_static_engine(family, method):
-    from s0.preflight import check_generation
+    from s0.run.preflight import check_generation
 
     tok = tiny_tokenizer()
     adapter = with_adapter(family, method)
@@ -256,3 +256,63 @@ def test_gdn_decode_auto_is_native_on_cpu():
         tok = tiny_tokenizer()
         ids, mask = batch(tok)
         decode(tiny("qwen3_5"), ids, mask, 2, [], tok.pad_token_id, gdn_decode="fast")
+
+
+@pytest.mark.parametrize(
+    "family,gdn_decode", [("qwen3_5", "inplace"), ("qwen3_5", "native"), ("falcon_h1", "native")]
+)
+def test_compiled_step_is_one_graph_equal_to_eager(family, gdn_decode, monkeypatch):
+    """The compiled decode step (CUDA's default) traces the whole model forward as ONE graph and equals the eager
+    step. A graph break per dispatcher (ContextVar.get) gave one resumed frame per layer: past dynamo's recompile
+    limit the H200 ran them eager without a word (issue 13). Backend "eager": dynamo's tracing, no code generation."""
+    from torch._dynamo.utils import counters
+
+    import s0.decode
+
+    monkeypatch.setattr(s0.decode, "COMPILE_BACKEND", "eager")
+    tok = tiny_tokenizer()
+    adapter = with_adapter(family, "s0")
+    ids, mask = batch(tok)
+    with adapter.active():
+        eager = decode(
+            adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode, compile_step=False
+        )
+        counters.clear()
+        timings = {}
+        compiled = decode(adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode,
+                          compile_step=True, timings=timings)  # fmt: skip
+        assert timings["compiled"]
+        assert not counters["graph_break"], f"graph breaks: {dict(counters['graph_break'])}"
+        assert counters["stats"]["unique_graphs"] == 1
+        again = decode(
+            adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode, compile_step=True
+        )
+        assert counters["stats"]["unique_graphs"] == 1, "the same shapes compiled again"
+    assert torch.equal(compiled.tokens, eager.tokens) and torch.equal(again.tokens, eager.tokens)
+    plain = decode(
+        adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode, compile_step=True
+    )
+    assert not torch.equal(plain.tokens, eager.tokens), "S0 did not change the tokens: the test shows nothing"
+
+
+def test_compile_is_refused_where_an_adapter_acts_at_every_step():
+    """A compiled dispatcher cannot see the active call, so state-offset (a readout at every step) must never run
+    compiled: auto turns compilation off for it, and an explicit compile_step=True stops in one line."""
+    from s0.adapters.injection import per_step_layers
+    from s0.decode import resolve_compile
+
+    cuda = torch.device("cuda")  # resolve_compile only reads the device type
+    offset, s0 = with_adapter("qwen3_5", "state_offset"), with_adapter("qwen3_5", "s0")
+    assert per_step_layers(offset.model) == [] and resolve_compile(None, offset.model, cuda, False)
+    with offset.active():
+        assert len(per_step_layers(offset.model)) == 6  # the tiny model's GDN layers
+        assert not resolve_compile(None, offset.model, cuda, False)
+        with pytest.raises(ValueError, match="every decode step"):
+            tok = tiny_tokenizer()
+            ids, mask = batch(tok)
+            decode(offset.model, ids, mask, 2, [], tok.pad_token_id, compile_step=True)
+    assert per_step_layers(offset.model) == []
+    with s0.active():
+        assert per_step_layers(s0.model) == [] and resolve_compile(None, s0.model, cuda, False)
+        assert not resolve_compile(None, s0.model, torch.device("cpu"), False)
+        assert not resolve_compile(None, s0.model, cuda, True)  # kept scores: the eager path

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -139,11 +140,25 @@ def pytorch_kernel(module: ModuleType, name: str) -> Callable:
 
 
 # ---------------------------------------------------------------- hooks
+# mixer -> the injection attached to it now (while its adapter is active): what per_step_layers reads.
+ATTACHED: weakref.WeakKeyDictionary[nn.Module, LayerInjection] = weakref.WeakKeyDictionary()
+
+
+def per_step_layers(model: nn.Module) -> list[str]:
+    """Names of `model`'s mixers whose attached injection acts at every cached decode step (a readout offset:
+    state-offset). S0 alone acts only when a sequence starts, so its hooks skip decode steps; s0.decode compiles a
+    decode step only when this list is empty, because a compiled dispatcher cannot read the call (current_call)."""
+    return [
+        name for name, m in model.named_modules() if m in ATTACHED and ATTACHED[m].readout_offset is not None
+    ]
+
+
 class Attachment:
     """Forward hooks on the selected mixers; `remove()` leaves the model exactly as it was."""
 
     def __init__(self, layers: list[RecurrentLayer], injections: dict[int, LayerInjection]):
         self.handles: list[Any] = []
+        self.modules: list[nn.Module] = []
         for layer in layers:
             if layer.index not in injections:
                 continue
@@ -153,11 +168,16 @@ class Attachment:
             hook = _pre_hook(inj, tokens, _mixer_args(layer.module))
             self.handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
             self.handles.append(layer.module.register_forward_hook(_post_hook(tokens), always_call=True))
+            ATTACHED[layer.module] = inj
+            self.modules.append(layer.module)
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        for m in self.modules:
+            ATTACHED.pop(m, None)
+        self.modules.clear()
 
 
 # The mixer argument that carries the cache: `cache` from transformers 5.24, `cache_params` before.

@@ -43,6 +43,20 @@ class Call:
 
 CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("s0_injection_call", default=None)
 
+
+def current_call() -> Call | None:
+    """The active call, which a dispatcher reads; None inside a torch.compile trace.
+
+    dynamo cannot trace ContextVar.get: every dispatcher would break the compiled graph, and the per-layer resumed
+    frames (one per layer_idx) exhaust its recompile limit, after which it runs eager without a word (issue 13).
+    A trace reads None, so s0.decode compiles only decode steps in which no hook sets a call: it checks
+    `s0.adapters.injection.per_step_layers` first and refuses a compiled step when an adapter acts at every step
+    (state-offset's readout); S0's hooks skip cached one-token steps, so S0 decode steps have no call anyway."""
+    if torch.compiler.is_compiling():
+        return None
+    return CURRENT.get()
+
+
 # kernel family -> "native" (whatever transformers resolved: fla / mamba-ssm / torch), "torch" (always the
 # PyTorch reference), "torch_when_grad" (PyTorch only when a backward will run through the call). Mamba-1 and
 # Mamba-2 share "mamba": both come from the mamba-ssm package.
@@ -120,7 +134,7 @@ def declining(family: str) -> Callable[[str, Callable], Callable]:
     def factory(name: str, orig: Callable) -> Callable:
         @functools.wraps(orig)
         def run(*args, **kwargs):
-            if CURRENT.get() is not None:
+            if current_call() is not None:
                 return None
             return resolve(name, family, orig, *args[:1])(*args, **kwargs)
 

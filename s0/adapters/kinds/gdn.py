@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Kind, keep_mask, resolve, states_for, zero_at_pads
+from s0.adapters.kinds.common import Kind, current_call, keep_mask, resolve, states_for, zero_at_pads
 
 
 def readout(query: torch.Tensor, offset: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -60,7 +60,7 @@ def dispatch(name: str, orig: Callable) -> Callable:
 
     @functools.wraps(orig)
     def run(query, key, value, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         if call is None:
             return resolve(name, "gdn", orig, query, key, value, kwargs.get("initial_state"))(
                 query, key, value, *args, **kwargs

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Kind, resolve
+from s0.adapters.kinds.common import Kind, current_call, resolve
 from s0.adapters.kinds.gdn import with_state  # same q preprocessing (L2 norm, K^-1/2), same (H, K, V) state
 
 MODULES = ("transformers.models.kimi_linear.modeling_kimi_linear",)
@@ -40,7 +40,7 @@ def dispatch(name: str, orig: Callable) -> Callable:
 
     @functools.wraps(orig)
     def run(query, key, value, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         if call is None:
             return resolve(name, "gdn", orig, query, key, value, kwargs.get("initial_state"))(
                 query, key, value, *args, **kwargs

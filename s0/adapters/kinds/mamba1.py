@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Kind, declining, keep_mask, resolve
+from s0.adapters.kinds.common import Kind, current_call, declining, keep_mask, resolve
 
 
 def scan_dispatch(name: str, orig: Callable) -> Callable:
     @functools.wraps(orig)
     def run(hidden_states, dt, A, B, C, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         if call is None:
             return resolve(name, "mamba", orig, hidden_states, dt, B, C)(
                 hidden_states, dt, A, B, C, *args, **kwargs
@@ -93,7 +93,7 @@ def scan_dispatch(name: str, orig: Callable) -> Callable:
 def decode_dispatch(name: str, orig: Callable) -> Callable:
     @functools.wraps(orig)
     def run(state, hidden_states, dt, A, B, C, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         impl = resolve(name, "mamba", orig, hidden_states, B, C)
         if call is None or call.inj.readout_offset is None:
             return impl(state, hidden_states, dt, A, B, C, *args, **kwargs)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from s0.adapters.kinds.common import (
-    CURRENT,
     Kind,
+    current_call,
     declining,
     heads,
     keep_mask,
@@ -37,7 +37,7 @@ from s0.adapters.kinds.common import (
 def chunk_dispatch(name: str, orig: Callable) -> Callable:
     @functools.wraps(orig)
     def run(hidden_states, dt, A, B, C, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         if call is None:
             impl = resolve(name, "mamba", orig, hidden_states, dt, B, C, kwargs.get("initial_states"))
             return impl(hidden_states, dt, A, B, C, *args, **kwargs)
@@ -73,7 +73,7 @@ def chunk_dispatch(name: str, orig: Callable) -> Callable:
 def decode_dispatch(name: str, orig: Callable) -> Callable:
     @functools.wraps(orig)
     def run(state, hidden_states, dt, A, B, C, *args, **kwargs):
-        call = CURRENT.get()
+        call = current_call()
         impl = resolve(name, "mamba", orig, hidden_states, B, C)
         if call is None or call.inj.readout_offset is None:
             return impl(state, hidden_states, dt, A, B, C, *args, **kwargs)

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from s0.adapters.kinds.common import CURRENT, Call, Kind
+from s0.adapters.kinds.common import CURRENT, Call, Kind, current_call
 
 MODULE = "transformers.models.recurrent_gemma.modeling_recurrent_gemma"
 
@@ -52,7 +52,7 @@ def scan_with_state(orig_scan):
 
     @functools.wraps(orig_scan)
     def _rnn_scan(self, hidden_states, recurrent_gate, reset, recurrent_states, acc_dtype=torch.float32):
-        call = CURRENT.get()
+        call = current_call()
         if call is None:
             return orig_scan(self, hidden_states, recurrent_gate, reset, recurrent_states, acc_dtype)
         if call.inj.initial_state is not None:
@@ -76,7 +76,7 @@ def block_with_hook_signature(orig_forward):
 
     # No functools.wraps: inspect.signature would follow __wrapped__ back to `input_states`.
     def forward(self, hidden_states, position_ids, attention_mask, use_cache=True, cache=None, **kwargs: Any):
-        call = CURRENT.get()
+        call = current_call()
         token = None
         # A cache holding past tokens means this call continues a sequence: transformers' own position ids then
         # do not start at 0, so there is no reset and S0 has nothing to enter. An S0-only layer runs the base
