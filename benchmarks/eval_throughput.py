@@ -61,7 +61,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.decode_loop import IdTokenizer, StaticGreedyDecoder, left_pad
-from s0.decode import decode
+from s0.decode import FLA_TILES, decode
 
 NAME = "eval_throughput"
 FULL_PROMPTS, FULL_TOKENS = 84, 512
@@ -160,13 +160,16 @@ def engine_result(
 
 def time_engine(model, ids, mask, n: int, vocab: int, temperature: float | None, gdn_decode: str, device,
                 top_p: float = 0.95) -> dict[str, Any]:  # fmt: skip
-    """One warm-up call, then one timed call of s0.decode with its phase timings (EOS out of vocab: full length)."""
-    kernel, _, compiled = gdn_decode.partition(
-        "+"
-    )  # "native+compile": the step's forward under torch.compile
+    """One warm-up call of the same shape (compiles, primes the allocator), then one timed call of s0.decode with
+    its phase timings (EOS out of vocab: full length). `gdn_decode` is a kernel name (or "auto", the engine's
+    default), optionally with "+compile" or "+eager" to force the compiled or the eager step (default: the
+    engine's choice, compiled on CUDA)."""
+    kernel, _, mode = gdn_decode.partition("+")
+    compile_step = {"compile": True, "eager": False, "": None}[mode]
     run = dict(temperature=temperature, top_p=top_p, gdn_decode=kernel, cuda_graph=device.type == "cuda",
-               compile_step=compiled == "compile")  # fmt: skip
-    decode(model, ids, mask, min(n, 8), [vocab], 0, **run)  # warm-up: kernels compiled, allocator primed
+               compile_step=compile_step)  # fmt: skip
+    warm: dict[str, Any] = {}
+    decode(model, ids, mask, n, [vocab], 0, timings=warm, **run)
     free_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -178,6 +181,10 @@ def time_engine(model, ids, mask, n: int, vocab: int, temperature: float | None,
         "new_tokens": n,
         "t_1_token_s": t["prefill_s"],
         "capture_s": t["capture_s"],
+        "first_call_capture_s": warm["capture_s"],  # with torch.compile's tracing and code generation
+        "gdn_decode": t["gdn_decode"],
+        "compiled": t["compiled"],
+        "fla_tiles": {"x".join(map(str, k)): list(v) for k, v in FLA_TILES.items()},
         "step_s": t["step_s"],
         "decode_tokens_per_s": rows / t["step_s"] if t["step_s"] > 0 else None,
         "measured_tokens_per_s": rows * n / (t["prefill_s"] + t["capture_s"] + t["decode_s"]),
@@ -554,13 +561,13 @@ def markdown(payload: dict[str, Any], args) -> str:
                                "rows_identical_to_hf", "error"])]  # fmt: skip
     md += ["", "Summary: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in (payload.get("summary") or {}).items())]  # fmt: skip
-    sweep = [{"config": k, **{c: v.get(c) for c in ("rows", "step_s", "bound_fraction", "capture_s", "peak_gib")},
+    sweep = [{"config": k, **{c: v.get(c) for c in ("rows", "step_s", "bound_fraction", "compiled", "capture_s", "first_call_capture_s", "peak_gib")},
               "note": v.get("out_of_memory") or v.get("error", "")[:120]}
              for k, v in (res.get("engine_sweep") or {}).items() if v]  # fmt: skip
     for row in sweep:
         row["step_ms"] = row.pop("step_s") * 1e3 if row.get("step_s") else None
     md += ["", "s0.decode sweep (per-step time from the engine's own timings; bound_fraction = bound / step):", "",
-           md_table(sweep, ["config", "rows", "step_ms", "bound_fraction", "capture_s", "peak_gib", "note"])]  # fmt: skip
+           md_table(sweep, ["config", "rows", "step_ms", "bound_fraction", "compiled", "capture_s", "first_call_capture_s", "peak_gib", "note"])]  # fmt: skip
     bare_rows = [{"variant": k, "median_ms": v["median"] * 1e3, "spread": v["spread"]}
                  for k, v in (res.get("bare_step") or {}).items() if v and "median" in v]  # fmt: skip
     md += ["", "Bare decode step:", "", md_table(bare_rows, ["variant", "median_ms", "spread"])]

@@ -339,10 +339,10 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 COMPILE_BACKEND = (
     "inductor"  # tests use "eager": dynamo's tracing (graph breaks, guards) without code generation
 )
-# One compiled graph per (batch, cache length); dynamo's default limit of 8 per code object would, once reached,
-# run every later shape eager without a word. Cache lengths are rounded up to CACHE_BUCKET to keep shapes few.
+# dynamo compiles the first shape static and, when a batch size or cache length changes, once more with that
+# dimension symbolic (automatic dynamic shapes), so a run compiles two or three graphs. Its default limit of 8
+# per code object would, once reached, run every later shape eager without a word: raised while decoding.
 RECOMPILE_LIMIT = 64
-CACHE_BUCKET = 256
 
 
 def _compiled(base: nn.Module) -> nn.Module:
@@ -350,7 +350,7 @@ def _compiled(base: nn.Module) -> nn.Module:
     state_dict)."""
     per_model = _COMPILED.setdefault(base, {})
     if COMPILE_BACKEND not in per_model:
-        per_model[COMPILE_BACKEND] = torch.compile(base, dynamic=False, backend=COMPILE_BACKEND)
+        per_model[COMPILE_BACKEND] = torch.compile(base, backend=COMPILE_BACKEND)
     return per_model[COMPILE_BACKEND]
 
 
@@ -422,8 +422,8 @@ def decode(
     (`gdn_decode_fla_inplace`, CUDA with fla) or "auto" (`resolve_gdn_decode`: fla_inplace where it applies). A `timings` dict receives
     prefill_s, capture_s, decode_s, steps, step_s (three device syncs in all, for benchmarks), gdn_decode and
     compiled. `compile_step` runs the decode step's model forward through `torch.compile` (fewer, fused kernels per
-    layer; compiled once per model, batch and cache length, which is then rounded up to CACHE_BUCKET): None is
-    `resolve_compile`'s choice (on CUDA unless an adapter acts at every step)."""
+    layer; see RECOMPILE_LIMIT for how often it compiles): None is `resolve_compile`'s choice (on CUDA unless an
+    adapter acts at every step)."""
     gdn_decode = resolve_gdn_decode(gdn_decode, input_ids.device)
     compile_step = resolve_compile(compile_step, model, input_ids.device, keep_scores)
     if timings is not None:
@@ -462,8 +462,6 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, t
     n = max_new_tokens
     nv = prefix[0] if prefix else 0
     max_len = nv + p + n
-    if compile_step:  # few distinct shapes, few compiles; the extra cache slots stay masked
-        max_len = -(-max_len // CACHE_BUCKET) * CACHE_BUCKET
     sampled = temperature is not None
     seeds = torch.as_tensor(
         row_seeds if row_seeds is not None else list(range(b)), dtype=torch.long, device=dev

@@ -36,6 +36,8 @@ class GenerationSpec:
     # "auto": s0.decode on CUDA, transformers' generate on CPU; "static": s0.decode anywhere; "hf": generate
     engine: str = "auto"
     prefill_chunk: int = 1024  # static engine: prompt tokens per prefill forward (bounds prefill memory)
+    # static engine: torch.compile the decode step; None: on CUDA unless an adapter acts at every step
+    compile: bool | None = None
 
 
 @dataclass
@@ -156,7 +158,7 @@ def _static(
     seeds = [row_seed(spec.seed, i, s) for i, s in rows] if spec.do_sample else None
     return decode(model, input_ids, attention_mask, spec.max_new_tokens, eos_ids, pad_id,
                   temperature=spec.temperature if spec.do_sample else None, top_p=spec.top_p, row_seeds=seeds,
-                  prefill_chunk=spec.prefill_chunk).tokens  # fmt: skip
+                  prefill_chunk=spec.prefill_chunk, compile_step=spec.compile).tokens  # fmt: skip
 
 
 def resolve_engine(model: torch.nn.Module, engine: str, device: torch.device | None = None) -> str:

@@ -288,6 +288,13 @@ def test_compiled_step_is_one_graph_equal_to_eager(family, gdn_decode, monkeypat
             adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode, compile_step=True
         )
         assert counters["stats"]["unique_graphs"] == 1, "the same shapes compiled again"
+        for prompts in (
+            PROMPTS[1:4],
+            PROMPTS[:6],
+        ):  # other batch sizes and widths: one dynamic recompile at most
+            decode(adapter.model, *batch(tok, prompts), 4, [], tok.pad_token_id, gdn_decode=gdn_decode,
+                   compile_step=True)  # fmt: skip
+        assert counters["stats"]["unique_graphs"] <= 2, "a graph per shape: long runs would hit the limit"
     assert torch.equal(compiled.tokens, eager.tokens) and torch.equal(again.tokens, eager.tokens)
     plain = decode(
         adapter.model, ids, mask, 8, [], tok.pad_token_id, gdn_decode=gdn_decode, compile_step=True

@@ -5,7 +5,8 @@
 Skipped cleanly without CUDA; CI (CPU) deselects them (`-m 'not gpu'` in pyproject). Sizes can be raised with
 S0_GPU_PROMPTS / S0_GPU_TOKENS.
 
-* batched greedy decoding through s0.generation.generate equals one-at-a-time decoding with S0 active, in fp32
+* batched greedy decoding through s0.generation.generate (compiled step) equals one-at-a-time decoding (eager
+  step) with S0 active, in fp32
   (the bf16 weights upcast, TF32 off in PyTorch): token-identical, and equal to the argmax of a PyTorch-kernel
   teacher-forced forward, at every position where that reference's top-2 logit gap exceeds a noise floor measured
   from the fla-vs-PyTorch logit difference (`SAFETY` x); it prints the measured noise, the decode path's own error
@@ -29,7 +30,7 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-PROMPTS = int(os.environ.get("S0_GPU_PROMPTS", "20"))
+PROMPTS = int(os.environ.get("S0_GPU_PROMPTS", "8"))
 TOKENS = int(os.environ.get("S0_GPU_TOKENS", "16"))
 # The batched == one-at-a-time test's noise floor is measured, not assumed: SAFETY x the largest |logit difference|
 # of PyTorch's teacher-forced fp32 forward (TF32 off) from the decoding route's (fla on CUDA: Triton dots in TF32
@@ -132,7 +133,11 @@ def test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32(qwen4b):
             batched = generate(
                 model, tok, texts, GenerationSpec(**spec, batch_size=len(texts)), progress=False
             )
-            single = generate(model, tok, texts, GenerationSpec(**spec, batch_size=1), progress=False)
+            # one at a time with the eager step, batched with the engine's default (compiled on CUDA): equal
+            # tokens also say that the compiled step computes what the eager one does
+            single = generate(
+                model, tok, texts, GenerationSpec(**spec, batch_size=1, compile=False), progress=False
+            )
             for i, (b, s) in enumerate(zip(batched, single)):
                 bt, st = [int(x) for x in b[0].split()], [int(x) for x in s[0].split()]
                 assert len(bt) == len(st) == TOKENS
