@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from s0.adapters.kinds import recurrent_layers, require_recurrent_layers
 from s0.models import (
+    FAMILIES,
     TINY_ARCH,
     ModelError,
     build_model,
@@ -91,6 +92,16 @@ def test_tiny_models_run_forward_and_generate(family):
     assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
     out = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape == (2, batch["input_ids"].shape[1] + 5)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_ARCH))
+def test_tiny_model_has_its_familys_kind_and_config_layer_count(family):
+    """Each family file's `kind` is what the kind registry finds in its tiny model (no recurrent layer for a pure
+    Transformer), and the config-only count (n_recurrent_layers, which validates method.layers) equals the build's."""
+    layers = recurrent_layers(build_model(family, TINY_ARCH[family], weights="meta"))
+    kind = FAMILIES[family].kind
+    assert {r.kind for r in layers} == ({kind} if kind else set())
+    assert n_recurrent_layers(family, TINY_ARCH[family]) == len(layers) > (0 if kind else -1)
 
 
 def test_tiny_recurrent_layers():

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from s0.models import falcon_h1, falcon_mamba, kimi_linear, mamba, qwen2, qwen3_5, recurrent_gemma
+from s0.models import (
+    bamba,
+    falcon_h1,
+    falcon_mamba,
+    granitemoehybrid,
+    jamba,
+    kimi_linear,
+    mamba,
+    mamba2,
+    nemotron_h,
+    qwen2,
+    qwen3_5,
+    qwen3_next,
+    recurrent_gemma,
+    zamba2,
+)
 from s0.models.family import Family
 
 FAMILIES: dict[str, Family] = {
@@ -17,6 +32,13 @@ FAMILIES: dict[str, Family] = {
         falcon_mamba,
         recurrent_gemma,
         kimi_linear,
+        qwen3_next,
+        bamba,
+        granitemoehybrid,
+        nemotron_h,
+        zamba2,
+        mamba2,
+        jamba,
     )
 }
 
