@@ -107,11 +107,13 @@ for s in "${steps[@]}"; do
   case $s in
     # The GPU-marked tests (tests/test_gpu.py, tests/test_backends.py), with their printed counts (-s), one pytest
     # per step so each gets its own time limit (the 4B model is rebuilt per step: ~1 s with random weights).
-    test_decode) run test_decode 360 $PYTEST "tests/test_gpu.py::test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32" ;;
+    test_decode) run test_decode 240 $PYTEST "tests/test_gpu.py::test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32" ;;
     test_parity) run test_parity 200 $PYTEST "tests/test_gpu.py::test_s0_fla_vs_torch_within_torchs_own_bf16_error" ;;
     test_rest) run test_rest 150 $PYTEST "tests/test_gpu.py::test_decode_overhead_sanity" tests/test_backends.py ;;
     # s0.decode engine sweep at batch 1, 16, 84 and larger (helper D's benchmark; its own flags).
-    eval) run eval 270 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" $B ;;
+    # auto: the engine's defaults (compiled step, fla_inplace); fla_inplace+eager: the same kernels, step not compiled
+    eval) run eval 300 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" \
+      --gdn-decode auto,fla_inplace+eager --new-tokens 64 $B ;;
     parity) run parity 100 python3 -m benchmarks.kernel_parity --models qwen3_5_4b $B ;;
     # S0 and LoRA r24, packed vs per-example, under the cap; the token budget is auto (measured under the cap).
     train_qwen) run train_qwen 270 $TRAIN --configs s0_qwen3_5_4b lora_r24_qwen3_5_4b ;;
