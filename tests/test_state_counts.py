@@ -98,6 +98,18 @@ def test_mamba1_falcon_mamba_7b():
     assert (c.kinds, c.n_layers, c.shapes, c.total) == (("mamba1",), 64, ((8192, 16),), hand)
 
 
+def test_gdn_qwen3_next_80b_a3b():
+    a, c = arch("qwen3_next_80b_a3b"), state_counts.count("qwen3_next_80b_a3b")
+    # Qwen3-Next repeats [GDN, GDN, GDN, attention] (full_attention_interval 4): 48 layers -> 48 * 3 / 4 = 36 GDN.
+    layers = a["num_hidden_layers"] * 3 // 4
+    # GDN state per layer: value heads x key head dim x value head dim = 32 x 128 x 128 = 524,288, as Qwen3.5-4B's
+    per_layer = a["linear_num_value_heads"] * a["linear_key_head_dim"] * a["linear_value_head_dim"]
+    assert (layers, per_layer, layers * per_layer) == (36, 524_288, 18_874_368)
+    assert (c.kinds, c.n_layers, c.shapes, c.total) == (("gdn",), 36, ((32, 128, 128),), layers * per_layer)
+    # 80B parameters in all (the name's), so S0 is 0.02% of the model
+    assert round(c.model_params / 1e9) == 80 and round(100 * c.total / c.model_params, 2) == 0.02
+
+
 def test_kda_kimi_linear_48b():
     a, c = arch("kimi_linear_48b"), state_counts.count("kimi_linear_48b")
     # 27 layers; config.json's full_attn_layers (1-indexed) [4, 8, 12, 16, 20, 24, 27] are MLA -> 27 - 7 = 20 KDA
@@ -141,7 +153,15 @@ def test_command_unknown_name_is_one_line(capsys):
 
 
 @pytest.mark.parametrize(
-    "name", ["mamba_2_8b", "falcon_mamba_7b", "recurrentgemma_2b", "kimi_linear_48b", "falcon_h1_1_5b"]
+    "name",
+    [
+        "mamba_2_8b",
+        "falcon_mamba_7b",
+        "recurrentgemma_2b",
+        "kimi_linear_48b",
+        "falcon_h1_1_5b",
+        "qwen3_next_80b_a3b",
+    ],
 )
 def test_new_entries_point_to_their_kinds_tiny_model(name):
     cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
@@ -151,7 +171,8 @@ def test_new_entries_point_to_their_kinds_tiny_model(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["recurrentgemma_2b", "tiny_recurrent_gemma", "kimi_linear_48b", "mamba_2_8b"]
+    "name",
+    ["recurrentgemma_2b", "tiny_recurrent_gemma", "kimi_linear_48b", "mamba_2_8b", "qwen3_next_80b_a3b"],
 )
 def test_config_layer_count_equals_the_built_model(name):
     """`n_recurrent_layers` (config only, used to validate method.layers) agrees with the meta-device build; it
