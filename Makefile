@@ -73,7 +73,7 @@ test-gpu:  ## GPU tests, on a CUDA machine (after make install)
 demo: setup  ## the whole pipeline on tiny models, offline, CPU, a few minutes
 	$(PY) scripts/demo.py
 
-plan: setup  ## every experiment's plan (summary, runs, GPU time: s0/cost.py), then make reproduce-all's GPU time
+plan: setup  ## every experiment's plan (summary, runs, GPU time: s0/run/cost.py), then make reproduce-all's GPU time
 	@$(PY) scripts/plan_all.py $(EXPERIMENTS_IN_ORDER)
 
 reproduce-all:  ## every experiment of the paper, in dependency order (GPU, days)

@@ -7,7 +7,7 @@
     python run.py -m experiment=main_qwen hydra/launcher=ray   # the sweep through Ray, one job per GPU
     python run.py --help                                # this text; --hydra-help for Hydra's own
 
-Composes conf/, checks types and values against s0/config.py, expands the experiment into runs (s0/plan.py)
+Composes conf/, checks types and values against s0/run/config.py, expands the experiment into runs (s0/run/plan.py)
 and hands them to the pipeline. A mistake (config, device, launcher, an unreachable hub) ends in one line on
 stderr and exit code 2; Ctrl-C ends in one line saying how to resume, exit code 130. Rerunning a command skips
 its finished runs and redoes interrupted ones (from the saved adapter if training had finished).
@@ -59,7 +59,7 @@ def usage() -> str:
             "Config groups (conf/<group>/<choice>.yaml):",
             *groups,
             "",
-            "Keys: every field of RunConfig in s0/config.py, each with its help text and default; the common protocol",
+            "Keys: every field of RunConfig in s0/run/config.py, each with its help text and default; the common protocol",
             "is conf/config.yaml, each experiment conf/experiment/<name>.yaml. `-m` sweeps comma-separated values",
             "(seed=42,7). Show a composed config without running: python run.py <overrides> --cfg job.",
             "Hydra's own help: python run.py --hydra-help",
@@ -104,7 +104,7 @@ def check_keys(argv: list[str]) -> None:
     import dataclasses
     import typing
 
-    from s0.config import RunConfig
+    from s0.run.config import RunConfig
 
     for arg in argv:
         m = re.fullmatch(r"([\w.]+)=.*", arg)
@@ -155,12 +155,12 @@ def check_ray(argv: list[str]) -> None:
 
 def register_schema() -> None:
     """Every key of RunConfig exists before composition, so `plan=true` needs no `+`. Types are checked later,
-    by s0/config.py, so that a wrong value gets one line rather than Hydra's report."""
+    by s0/run/config.py, so that a wrong value gets one line rather than Hydra's report."""
     import dataclasses
 
     from hydra.core.config_store import ConfigStore
 
-    from s0.config import RunConfig
+    from s0.run.config import RunConfig
 
     ConfigStore.instance().store(name="run_schema", node=dataclasses.asdict(RunConfig()))
 
@@ -180,9 +180,9 @@ def main() -> None:
     def hydra_entry(cfg: DictConfig) -> None:
         from s0.adapters import AdapterError
         from s0.backends import BackendError
-        from s0.config import ConfigError
         from s0.models import ModelError
-        from s0.pipeline import PipelineError
+        from s0.run.config import ConfigError
+        from s0.run.pipeline import PipelineError
         from s0.tasks import TaskDataError
 
         try:
@@ -197,7 +197,7 @@ def load_group(group: str, schema: type, resolve_with: dict | None = None) -> di
     """Every entry of a conf/ group as a typed dataclass, by file name."""
     from omegaconf import OmegaConf
 
-    from s0.plan import merge_typed
+    from s0.run.plan import merge_typed
 
     entries = {}
     for path in sorted((CONF / group).glob("*.yaml")):
@@ -218,12 +218,12 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
 
 def to_run_config(cfg, overrides: Sequence[str] = ()):
     """The composed Hydra config as a validated `RunConfig`, with the command line's `method.*` overrides
-    applied to the experiment's arms (s0.plan.apply_method_overrides). `overrides` are the command-line
+    applied to the experiment's arms (s0.run.plan.apply_method_overrides). `overrides` are the command-line
     overrides this config was composed with; `plain` (written as each run's config.yaml) gets the same arms."""
     from omegaconf import OmegaConf
 
-    from s0.config import RunConfig, validate
-    from s0.plan import apply_method_overrides, merge_typed
+    from s0.run.config import RunConfig, validate
+    from s0.run.plan import apply_method_overrides, merge_typed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     run_cfg = merge_typed(RunConfig(), plain, key="")
@@ -243,8 +243,8 @@ def command_line() -> list[str]:
 
 
 def execute(cfg) -> None:
-    from s0.config import MethodConfig, ModelConfig, TaskConfig
-    from s0.plan import expand, format_plan
+    from s0.run.config import MethodConfig, ModelConfig, TaskConfig
+    from s0.run.plan import expand, format_plan
 
     overrides = command_line()
     run_cfg, plain = to_run_config(cfg, overrides)
@@ -259,7 +259,7 @@ def execute(cfg) -> None:
         print(format_plan(runs, run_cfg.gpu))
         return
     warn_cpu(run_cfg, runs)
-    from s0.pipeline import run_all
+    from s0.run.pipeline import run_all
 
     run_all(runs, run_cfg, resolved=plain)
 
@@ -278,7 +278,7 @@ EVAL_PROBLEMS = {
 def cpu_hours(runs, results: str) -> float:
     """Hours the unfinished `runs` would take on a CPU: 2 x params FLOPs per generated token (collection and
     evaluation), 6 x params per trained token (forward and backward), at CPU_FLOPS."""
-    from s0 import records
+    from s0.run import records
 
     flops, collected = 0.0, set()
     for r in runs:
@@ -323,7 +323,7 @@ def warn_cpu(cfg, runs) -> None:
 
 def summary(cfg, runs, overrides: Sequence[str] = ()) -> str:
     """One screen: what will run, where results go, and the protocol knobs that matter most."""
-    from s0.plan import method_override_targets
+    from s0.run.plan import method_override_targets
 
     # Read from the runs, not from cfg: smoke mode swaps the models and caps the budgets after composition.
     models = ", ".join(sorted({f"{r.model.name} ({r.model.weights} weights)" for r in runs}))

@@ -95,13 +95,13 @@ def up_to_date(out: Path, print_: str) -> bool:
 
 def planned_run_ids(out: Path, seeds: list[int]) -> dict[str, list[tuple[str, str, int]]]:
     """(run id, arm, seed) of each run the runner would plan, per experiment, computed in this process as
-    run.py does (Hydra composition, then s0.plan.expand), without starting it or loading any model."""
+    run.py does (Hydra composition, then s0.run.plan.expand), without starting it or loading any model."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     import run as runner
-    from s0.config import MethodConfig, ModelConfig, TaskConfig
-    from s0.plan import expand
+    from s0.run.config import MethodConfig, ModelConfig, TaskConfig
+    from s0.run.plan import expand
 
     runner.register_schema()
     GlobalHydra.instance().clear()
@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: {experiment} failed", file=sys.stderr)
             return 1
 
-    from s0.records import load_results
     from s0.report.figures import fig1
     from s0.report.reference import load_paper_values
     from s0.report.table_core import write_table
     from s0.report.tables import table1
+    from s0.run.records import load_results
 
     res = load_results(out / "runs")
     print("\n" + res.report())

@@ -10,7 +10,7 @@ its evaluation split. Persistence runs the first --max-prompts prompts with the 
 probe reads every recurrent state and the residual stream at the last prompt token of every prompt, labelled by
 the baseline's greedy correctness (base model by default: the paper does not say which; --probe-model tuned
 probes with S0 active); divergence comes from the two runs' greedy completions. Tables and the report read the
-results through s0.analysis.load_analyses.
+results through s0.run.mechanism.load_analyses.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.analysis import run_mechanism
-from s0.records import load_results
 from s0.report.table_data import mechanism_pairs
+from s0.run.mechanism import run_mechanism
+from s0.run.records import load_results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@
     python scripts/plan_all.py --summary                # only each plan's summary
 
 Each plan is what `python run.py experiment=NAME plan=true` prints (its summary, one line per run, each run's
-estimated GPU time: s0/cost.py), but
+estimated GPU time: s0/run/cost.py), but
 the configs are composed with Hydra's compose API: no job is launched, so no outputs/ folder is written, and
 the package is imported once rather than once per experiment. A config mistake ends in one line (exit 2). The
 last line is the GPU time of `make reproduce-all`: every distinct run of the plans (experiments share runs), on
@@ -36,8 +36,8 @@ def plans(names: list[str], overrides: list[str], summary_only: bool = False):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from s0.config import MethodConfig, ModelConfig, TaskConfig
-    from s0.plan import expand, format_plan
+    from s0.run.config import MethodConfig, ModelConfig, TaskConfig
+    from s0.run.plan import expand, format_plan
 
     run.register_schema()
     methods = run.load_group("method", MethodConfig)
@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    # The errors a plan can raise; not the pipeline's (importing it loads transformers and peft).
-    from s0.config import ConfigError
-    from s0.cost import NoMeasurement, estimate, total_line
     from s0.models import ModelError
+
+    # The errors a plan can raise; not the pipeline's (importing it loads transformers and peft).
+    from s0.run.config import ConfigError
+    from s0.run.cost import NoMeasurement, estimate, total_line
     from s0.tasks import TaskDataError
 
     start, total, distinct, chosen = time.time(), 0, {}, None

@@ -25,8 +25,8 @@ from s0.adapters import injection as inj
 from s0.adapters.base import weights_checksum
 from s0.adapters.kinds import recurrent_layers
 from s0.adapters.state import scaled_state
-from s0.config import MethodConfig
 from s0.models import TINY_ARCH, ModelError, build_model
+from s0.run.config import MethodConfig
 
 inj.install_known()  # on a machine with fla / mamba-ssm, CPU tensors must not reach their CUDA kernels
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from s0 import analysis as an
 from s0.adapters import S0Adapter
 from s0.adapters.kinds import recurrent_layers
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
+from s0.run import mechanism as an
 
 PROMPTS = ["def add(a, b):\n", "Write a function that reverses a list.", "x = 1\ny ="]
 
@@ -203,8 +203,8 @@ def test_probe_finds_the_informative_layer_with_pca_fit_inside_each_fold() -> No
 
 # ---------------------------------------------------------------------------------- the whole mechanism
 def test_mechanism_on_tiny_model_writes_records_the_sec6_table_reads(tmp_path) -> None:
-    from s0.records import Results, load_results
     from s0.report.tables_appendix import table_sec6
+    from s0.run.records import Results, load_results
     from tests.test_tables import write_run
 
     model, tok = tiny("qwen3_5"), tiny_tokenizer()

@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 import run
-from s0.config import METHOD_KEYS, ConfigError, MethodConfig, ModelConfig, TaskConfig
-from s0.plan import expand
+from s0.run.config import METHOD_KEYS, ConfigError, MethodConfig, ModelConfig, TaskConfig
+from s0.run.plan import expand
 
 EXPERIMENTS = sorted(p.stem for p in run.CONF.glob("experiment/*.yaml"))
 

@@ -1,4 +1,4 @@
-"""s0/cost.py: plan=true's GPU-time estimate follows the plan's token counts and the measured throughputs in
+"""s0/run/cost.py: plan=true's GPU-time estimate follows the plan's token counts and the measured throughputs in
 benchmarks/results, scales to GPU classes not measured (and says so), and a wrong gpu name gets one line."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from s0 import cost
-from s0.config import CollectConfig, ConfigError, EvalConfig, MethodConfig, ModelConfig, TaskConfig
-from s0.plan import PlannedRun
+from s0.run import cost
+from s0.run.config import CollectConfig, ConfigError, EvalConfig, MethodConfig, ModelConfig, TaskConfig
+from s0.run.plan import PlannedRun
 
 MEASURED = json.loads((cost.RESULTS / "eval_throughput.json").read_text())
 

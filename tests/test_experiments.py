@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import run
-from s0 import records
-from s0.config import MethodConfig, ModelConfig, TaskConfig
-from s0.pipeline import run_all
-from s0.plan import expand
+from s0.run import records
+from s0.run.config import MethodConfig, ModelConfig, TaskConfig
+from s0.run.pipeline import run_all
+from s0.run.plan import expand
 from s0.tasks.base import BUNDLED_DATA, read_data
 
 EXPERIMENTS = sorted(p.stem for p in run.CONF.glob("experiment/*.yaml"))

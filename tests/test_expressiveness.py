@@ -13,16 +13,16 @@ import torch
 import yaml
 
 import run
-from s0 import records
 from s0.adapters.kinds import recurrent_layers
-from s0.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
 from s0.models import build_model
-from s0.pipeline import run_all
-from s0.plan import expand, format_plan
-from s0.records import Results
 from s0.report.figures import FIGURES, fig_expressiveness
 from s0.report.table_expressiveness import expressiveness_rows, n_state_layers, table_expressiveness
 from s0.report.tables import all_tables
+from s0.run import records
+from s0.run.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
+from s0.run.pipeline import run_all
+from s0.run.plan import expand, format_plan
+from s0.run.records import Results
 
 EXP = run.CONF / "experiment" / "expressiveness.yaml"
 DOC = yaml.safe_load(EXP.read_text())

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from s0 import records
-from s0.records import Results
 from s0.report.figures import FIGURES, fig1, fig3, fig4
 from s0.report.figures_graph import fig2, layout_from_conf
 from s0.report.tables import load_records
+from s0.run import records
+from s0.run.records import Results
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

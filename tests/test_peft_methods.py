@@ -231,7 +231,7 @@ def test_prefix_control_is_parameter_matched_to_s0(compose):
 
 
 def test_prefix_encoder_hidden_size_reaches_peft_and_is_validated():
-    from s0.config import ConfigError, MethodConfig, validate_method
+    from s0.run.config import ConfigError, MethodConfig, validate_method
 
     adapter = build_adapter("prefix", tiny("qwen2"), encoder_hidden_size=16, seed=0)
     assert adapter.model.peft_config["default"].encoder_hidden_size == 16

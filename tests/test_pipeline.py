@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import run
-from s0 import pipeline
 from s0.adapters import build_adapter
-from s0.config import MethodConfig, ModelConfig, TaskConfig
 from s0.generation import GenerationSpec, generate
 from s0.models import ModelError
-from s0.pipeline import PipelineError, run_all
-from s0.plan import expand
+from s0.run import pipeline
+from s0.run.config import MethodConfig, ModelConfig, TaskConfig
+from s0.run.pipeline import PipelineError, run_all
+from s0.run.plan import expand
 from s0.tasks import TaskDataError
 from tests.test_injection import PROMPTS
 

@@ -59,7 +59,7 @@ def test_make_plan_prints_every_plan_in_seconds_writing_nothing(tmp_path):
     assert headers == makefile_order()
     assert out.stdout.count("\nexperiment  ") + out.stdout.startswith("experiment  ") == 17
     assert re.search(r"^17 plans, \d+ runs \(", out.stdout, re.M)
-    # It ends with the GPU time of `make reproduce-all` (s0/cost.py): every distinct run once.
+    # It ends with the GPU time of `make reproduce-all` (s0/run/cost.py): every distinct run once.
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"make reproduce-all: \d+ runs, [\d,.]+ h of GPU time on one [A-Z0-9]+.*", last), last
     assert int(last.split()[2]) < int(re.search(r"^17 plans, (\d+) runs", out.stdout, re.M).group(1))

@@ -1,4 +1,4 @@
-"""Run-time checks (s0/preflight.py): each passes on a working path and stops a broken one.
+"""Run-time checks (s0/run/preflight.py): each passes on a working path and stops a broken one.
 
 The broken paths are the silent failures the checks exist for: an adapter that is never wired in, a generation
 path that drops the adapter (zeroed) or applies it differently from training (reversed), and a thinking model
@@ -13,11 +13,11 @@ import json
 import pytest
 import torch
 
-from s0 import preflight
 from s0.adapters import build_adapter
 from s0.generation import GenerationSpec
 from s0.models import TINY_ARCH, build_model, tiny_tokenizer
-from s0.preflight import PreflightError, check_generation, check_logit_change, check_prompts
+from s0.run import preflight
+from s0.run.preflight import PreflightError, check_generation, check_logit_change, check_prompts
 from tests.test_injection import PROMPTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,7 +138,7 @@ def test_near_ties_within_the_bf16_noise_are_counted_not_failed():
 
 # ------------------------------------------------------------------------------------------- in the runner
 def test_runs_record_their_checks_and_a_broken_adapter_stops_the_run(compose, tmp_path, monkeypatch):
-    from s0.pipeline import PipelineError, run_all
+    from s0.run.pipeline import PipelineError, run_all
     from tests.test_pipeline import no_run_dirs, planned
 
     cfg, runs = planned(compose, tmp_path, "experiment=main_qwen", "seed=42", "arm=s0")

@@ -14,9 +14,9 @@ import yaml
 from omegaconf import OmegaConf
 
 import run
-from s0 import pipeline, records
-from s0.config import ConfigError, MethodConfig, ModelConfig, ProtocolConfig, TaskConfig
-from s0.plan import expand, format_plan
+from s0.run import pipeline, records
+from s0.run.config import ConfigError, MethodConfig, ModelConfig, ProtocolConfig, TaskConfig
+from s0.run.plan import expand, format_plan
 from s0.tasks.base import read_data
 from s0.tasks.humaneval import PROMPTS
 from s0.train import clean_target
@@ -253,7 +253,7 @@ def test_bad_protocol_values_name_the_key(compose, override, message):
 
 
 def test_plan_shows_the_protocol(compose):
-    """`python run.py experiment=X plan=true` prints run.summary and s0.plan.format_plan of the runs."""
+    """`python run.py experiment=X plan=true` prints run.summary and s0.run.plan.format_plan of the runs."""
 
     def plan(*overrides: str) -> str:
         cfg, _, runs = planned(compose, "experiment=transfer_math500", "seed=42", *overrides)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from s0 import sandbox
-from s0.provenance import provenance
+from s0.run.provenance import provenance
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def test_weak_run_is_marked(monkeypatch, restore_policy):
     iso_mod = importlib.import_module("s0.sandbox.isolation")
     monkeypatch.setattr(iso_mod, "isolation", lambda: {"mount": False, "uid_drop": True, "pidns": False,
                                                        "netns": False, "jail": False, "ro_root": False})  # fmt: skip
-    from s0.config import TaskConfig
-    from s0.pipeline import task_for
+    from s0.run.config import TaskConfig
+    from s0.run.pipeline import task_for
 
     task_for(TaskConfig(name="humaneval"), "weak")  # the pipeline passes sandbox.isolation down here
     state = provenance(".")["sandbox"]
@@ -38,8 +38,8 @@ def test_weak_run_is_marked(monkeypatch, restore_policy):
 
 
 def test_pipeline_refuses_before_any_work_without_isolation(monkeypatch, restore_policy):
-    from s0.config import TaskConfig
-    from s0.pipeline import PipelineError, task_for
+    from s0.run.config import TaskConfig
+    from s0.run.pipeline import PipelineError, task_for
 
     iso_mod = importlib.import_module("s0.sandbox.isolation")
     monkeypatch.setattr(iso_mod, "isolation", lambda: {"mount": False, "uid_drop": True, "pidns": False,

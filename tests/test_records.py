@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from s0 import records
+from s0.run import records
 
 
 def make_run(root, run_id: str, done: bool = True, metrics: dict | None = None, arm: str = "s0") -> None:
@@ -135,7 +135,7 @@ def test_the_protocol_a_run_was_made_under_is_a_column(tmp_path):
 
 
 def test_weak_sandbox_runs_are_a_column(tmp_path):
-    """provenance.json's sandbox.weak (s0.provenance, issue 14) reaches every metrics row of the run; runs without
+    """provenance.json's sandbox.weak (s0.run.provenance, issue 14) reaches every metrics row of the run; runs without
     the field (older runs, fixtures) are not weak."""
     make_run(tmp_path, "weak")
     records.write_json(

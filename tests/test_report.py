@@ -10,8 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from s0.analysis import load_analyses
-from s0.records import Results
 from s0.report.page import (
     CLAIMS,
     NOT_REPRODUCED,
@@ -22,6 +20,8 @@ from s0.report.page import (
     report_markdown,
 )
 from s0.report.tables import build_tables, load_records
+from s0.run.mechanism import load_analyses
+from s0.run.records import Results
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -184,7 +184,7 @@ def write_demo_runs(out: Path) -> None:
     """Finished records under the run ids the demo plans (as if `make demo` had run), without running."""
     import demo
 
-    from s0 import records
+    from s0.run import records
 
     planned = demo.planned_run_ids(out, [42, 7])
     models = {"main_qwen": "tiny_qwen3_5", "main_falcon": "tiny_falcon_h1"}

@@ -137,7 +137,7 @@ def test_help_is_our_usage(root):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: python run.py")
     assert "python run.py experiment=main_qwen plan=true" in out.stdout
-    assert "s0/config.py" in out.stdout and "main_qwen" in out.stdout and "ray, slurm" in out.stdout
+    assert "s0/run/config.py" in out.stdout and "main_qwen" in out.stdout and "ray, slurm" in out.stdout
     assert "Powered by Hydra" not in out.stdout and "--hydra-help" in out.stdout
 
 

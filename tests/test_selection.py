@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import run
-from s0 import pipeline, records
-from s0.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
-from s0.plan import expand, format_plan
 from s0.report.table_data import select
 from s0.report.tables import build_tables, load_records
+from s0.run import pipeline, records
+from s0.run.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
+from s0.run.plan import expand, format_plan
 
 LORA = "lora_r24_lr5e-4"
 QWEN = "Qwen3.5-4B (GatedDeltaNet)"

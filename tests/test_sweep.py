@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from s0 import records
+from s0.run import records
 
 
 def cli(root: Path, tmp: Path, *args: str) -> list[str]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from s0.analysis import load_analyses
-from s0.records import Results
 from s0.report.reference import load_paper_values
 from s0.report.table_core import Cell, PaperRef, write_table
 from s0.report.tables import all_tables, build_tables, load_records, selection_arms
+from s0.run.mechanism import load_analyses
+from s0.run.records import Results
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -212,9 +212,9 @@ def test_golden(key: str, fixtures: Results, ref: pd.DataFrame) -> None:
 # ------------------------------------------------------------------------ runs of different models (issue 10)
 def write_run(root: Path, run_id: str, experiment: str, arm: str, model: str, value: float, seed: int = 42,
               weights: str = "hub", metrics: dict | None = None, protocol: str | None = None) -> None:  # fmt: skip
-    """A finished run in the layout s0.pipeline writes; tiny models are what `debug=smoke` runs. `metrics`
+    """A finished run in the layout s0.run.pipeline writes; tiny models are what `debug=smoke` runs. `metrics`
     replaces metrics.json (pass@1 = value otherwise); `protocol` goes into run.json as the pipeline writes it."""
-    from s0 import records
+    from s0.run import records
 
     d = root / run_id
     records.write_json(d / "run.json", {
@@ -351,7 +351,7 @@ QWEN = "Qwen3.5-4B (GatedDeltaNet)"
 def test_format_failures_from_completions_to_table1(tmp_path: Path) -> None:
     """Completions without the fence (prose where the body should be) or the box are format failures: the
     run's metrics record a nonzero format_failure and Table 1's caption shows it per arm."""
-    from s0.pipeline import metrics_from
+    from s0.run.pipeline import metrics_from
     from s0.tasks import get_task
 
     he = get_task("humaneval")
@@ -478,7 +478,7 @@ def test_state_offset_alpha_is_selected_like_s0s(tmp_path: Path) -> None:
 def test_weak_sandbox_runs_are_marked_in_every_table_built_from_them(tmp_path: Path) -> None:
     """A run graded in weak isolation (provenance.json sandbox.weak, issue 14) is counted in the caption of each
     table it reaches, and in the CSV's cells; tables without such runs say nothing."""
-    from s0 import records
+    from s0.run import records
 
     for seed in (42, 7):
         write_run(tmp_path, f"b{seed}", "main_qwen", "baseline", "qwen3_5_4b", 50.0, seed)

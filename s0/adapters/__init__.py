@@ -28,7 +28,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "lora": LoraAdapter,
     "prefix": PrefixAdapter,
 }
-# Training-loop and runner fields of s0.config.MethodConfig that are not adapter fields: accepted and ignored,
+# Training-loop and runner fields of s0.run.config.MethodConfig that are not adapter fields: accepted and ignored,
 # so the runner can pass a whole method config.
 _LOOP_FIELDS = {
     "name", "lr", "steps", "l2", "grad_clip", "batching", "micro_batch_size", "max_tokens", "max_train_examples", "merge",

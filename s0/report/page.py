@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from s0.records import Results
 from s0.report.table_core import Cell, Table, esc
 from s0.report.table_data import MixedRunsError, scope_notes
+from s0.run.records import Results
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"
 Q, F = "Qwen3.5-4B (GatedDeltaNet)", "FalconH1-7B (Mamba-2)"
@@ -284,8 +284,8 @@ def add_io_args(parser) -> None:
 
 def load_inputs(args) -> tuple[Results, pd.DataFrame, list[str], Path]:
     """(records, analysis records, source names, output directory) for the parsed CLI arguments."""
-    from s0.analysis import load_analyses
     from s0.report.tables import load_records
+    from s0.run.mechanism import load_analyses
 
     dirs = FIXTURE_DIRS if args.paper_fixtures else [Path(d) for d in args.results]
     out = Path(args.out or ("paper_figures/paper_fixtures" if args.paper_fixtures else "paper_figures"))

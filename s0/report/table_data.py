@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from s0.records import Results
+from s0.run.records import Results
 
 DEFAULT_N_EVAL = 84  # HumanEval problems 80-163 (Sec 4.2), when the records carry no n_eval
 CONF = Path(__file__).resolve().parents[2] / "conf" / "experiment"

@@ -1,6 +1,6 @@
 """The paper's tables as pure functions of the results records: `Results` in, `Table` out.
 
-    from s0.records import load_results
+    from s0.run.records import load_results
     from s0.report.tables import build_tables
     for t in build_tables(load_results("results/runs")):
         print(t.to_markdown())
@@ -40,7 +40,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from s0.records import Results, load_results
 from s0.report import stats
 from s0.report.reference import load_paper_values, paper_value
 from s0.report.table_core import (
@@ -70,6 +69,7 @@ from s0.report.table_data import (
 )
 from s0.report.tables_appendix import APPENDIX_TABLES
 from s0.report.tables_seeds import SEED_TABLES
+from s0.run.records import Results, load_results
 
 SELECTION_NOTE = (
     "LoRA (best config) is the LoRA arm with the highest mean pass@1 over seeds among those with runs, selected "

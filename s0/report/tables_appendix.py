@@ -7,8 +7,6 @@ import math
 
 import pandas as pd
 
-from s0.analysis import divergence_from_samples
-from s0.records import Results
 from s0.report import stats
 from s0.report.reference import (
     authors_summary,
@@ -40,6 +38,8 @@ from s0.report.table_data import (
     select,
 )
 from s0.report.table_expressiveness import table_expressiveness
+from s0.run.mechanism import divergence_from_samples
+from s0.run.records import Results
 
 
 def _astr(alpha: float) -> str:

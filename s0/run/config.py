@@ -22,7 +22,7 @@ PROMPT_TEMPLATES = HUMANEVAL_PROMPTS  # every task's PROMPTS has these keys (s0/
 TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
 FAMILIES = ("qwen3_5", "falcon_h1", "qwen2", "mamba", "falcon_mamba", "kimi_linear", "recurrent_gemma")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
-# `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/plan.py,
+# `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/run/plan.py,
 # apply_method_overrides), because a value nothing reads would change the run id and nothing else.
 TRAINING_KEYS = (
     "lr",
@@ -309,7 +309,7 @@ class RunConfig:
     smoke: bool = _help("swap every model for its tiny counterpart (debug=smoke)", False)
     device: str = _help("auto, cpu, cuda or cuda:N", "auto")
     gpu: str | None = _help(
-        "GPU class plan=true estimates GPU time for: a10g, a100, h100 or h200 (s0/cost.py); null = the GPU "
+        "GPU class plan=true estimates GPU time for: a10g, a100, h100 or h200 (s0/run/cost.py); null = the GPU "
         "present, else h200",
         None,
     )

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s0.config import ConfigError
+from s0.run.config import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 # Spec memory bandwidth in GB/s (vendor data sheets: A10G 600 GB/s, A100 80GB 2.0 TB/s, H100 SXM 3.35 TB/s,
 # H200 4.8 TB/s). Decoding is bandwidth-bound, so these scale a measurement to a class not measured.

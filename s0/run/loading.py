@@ -1,10 +1,10 @@
-"""What a run needs before it can start, shared by the pipeline and the mechanism analyses (s0.analysis):
+"""What a run needs before it can start, shared by the pipeline and the mechanism analyses (s0.run.mechanism):
 the device, the task object of a TaskConfig, and the frozen base model with its tokenizer.
 
     model, tok = load_model(run, resolve_device("auto"))   # run: anything with a .model ModelConfig
     task = task_for(run.eval_task, isolation="required")
 
-A level below s0.pipeline, so s0.analysis can load models without importing the pipeline that calls it.
+A level below s0.run.pipeline, so s0.run.mechanism can load models without importing the pipeline that calls it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from s0.plan import PlannedRun
+from s0.run.plan import PlannedRun
 
 
 class PipelineError(RuntimeError):
@@ -51,7 +51,7 @@ def task_for(task_cfg, isolation: str | None = None):
     }
     if task_cfg.name == "spider":
         options["db_dir"] = task_cfg.db_dir
-    # the protocol's user message, every task (s0.plan.apply_protocol sets it)
+    # the protocol's user message, every task (s0.run.plan.apply_protocol sets it)
     options["prompt_template"] = task_cfg.prompt_template
     return get_task(task_cfg.name, **{k: v for k, v in options.items() if v is not None or k == "data_root"})
 

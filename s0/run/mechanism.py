@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s0 import records
 from s0.report import stats
+from s0.run import records
 
 EARLY_WINDOW = 0.10  # "within the first 10% of the completion" (Sec 6.3)
 
@@ -354,9 +354,9 @@ def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_pr
     from types import SimpleNamespace
 
     from s0.adapters import load_adapter
-    from s0.config import ModelConfig, TaskConfig
-    from s0.loading import load_model, resolve_device, task_for
     from s0.report.table_data import mechanism_pairs
+    from s0.run.config import ModelConfig, TaskConfig
+    from s0.run.loading import load_model, resolve_device, task_for
 
     results = Path(results_dir)
     res = records.load_results(results)

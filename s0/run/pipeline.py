@@ -1,6 +1,6 @@
 """The pipeline of one run: collect -> train -> evaluate -> record, each stage cached when its inputs repeat.
 
-    run_all(runs, cfg)   # runs from s0.plan.expand; cfg is the RunConfig they came from
+    run_all(runs, cfg)   # runs from s0.run.plan.expand; cfg is the RunConfig they came from
 
 - collect: sample `collect.samples` completions per training problem from the frozen base model, verify them
   in the sandbox, keep at most `collect.max_per_problem` passing ones per problem in problem order. Cached
@@ -10,7 +10,7 @@
   The frozen model's evaluation is cached by (model, eval task, decoding[, seed if sampled]) and reused.
 - selection.split=heldout (issue 12): the last selection.heldout training problems stay out of collection, and
   the selection arms are also evaluated on them (metrics.json "selection", samples_selection.jsonl).
-- record: s0.records' layout, `done` last. A run with `done` is skipped on rerun; one without is redone,
+- record: s0.run.records' layout, `done` last. A run with `done` is skipped on rerun; one without is redone,
   reusing its saved adapter if training had finished.
 """
 
@@ -32,15 +32,15 @@ from typing import Any
 
 import torch
 
-from s0 import records
 from s0.adapters.injection import kernel_notes
 from s0.adapters.kinds import recurrent_layers
-from s0.config import STATE_METHODS, RunConfig
 from s0.generation import GenerationSpec, GenerationStats, generate, resolve_engine
-from s0.loading import PipelineError, load_model, resolve_device, task_for
-from s0.plan import PlannedRun, config_hash
-from s0.preflight import PreflightError, check_generation, check_logit_change, check_prompts
-from s0.provenance import package_versions, provenance
+from s0.run import records
+from s0.run.config import STATE_METHODS, RunConfig
+from s0.run.loading import PipelineError, load_model, resolve_device, task_for
+from s0.run.plan import PlannedRun, config_hash
+from s0.run.preflight import PreflightError, check_generation, check_logit_change, check_prompts
+from s0.run.provenance import package_versions, provenance
 from s0.seeding import seed_everything
 
 log = logging.getLogger("s0")
@@ -300,7 +300,7 @@ class Pipeline:
     def evaluate(self, run: PlannedRun, task, adapter, checks: dict[str, Any]) -> list[dict]:
         """Per-sample records on the eval split, with the adapter active (cached for the frozen model).
 
-        Before anything is generated, the preflight checks (s0/preflight.py) run on the first prompts; their
+        Before anything is generated, the preflight checks (s0/run/preflight.py) run on the first prompts; their
         findings go into `checks`, and a failure stops the run.
         """
         e = run.eval
@@ -485,7 +485,7 @@ def _execute_run(pipe: Pipeline, run: PlannedRun, run_dir: Path) -> dict[str, fl
         records.write_json(run_dir / "provenance.json", {**prov, "preflight": checks})
         records.write_jsonl(run_dir / "samples.jsonl", rows)
         recorded = dict(metrics)
-        if selection_rows:  # nested: no reader pools them with eval numbers (s0.records: split=selection)
+        if selection_rows:  # nested: no reader pools them with eval numbers (s0.run.records: split=selection)
             recorded["selection"] = metrics_from(selection_rows, run.eval.ks, run.eval.mode == "sampled")
             records.write_jsonl(run_dir / "samples_selection.jsonl", selection_rows)
         records.write_json(run_dir / "metrics.json", recorded)
@@ -567,7 +567,7 @@ def run_all(
     if len(pending) > 1:
         log.info("%d runs done in %s", len(pending), _duration(time.perf_counter() - start))
     if cfg.analyses and cfg.experiment:
-        from s0.analysis import run_mechanism
+        from s0.run.mechanism import run_mechanism
 
         pipe.model = None  # the analyses load the model with the saved S0 state themselves
         for path in run_mechanism(cfg.paths.results, cfg.experiment, device=cfg.device):

@@ -20,7 +20,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from s0.config import (
+from s0.models import TINY_ARCH, n_recurrent_layers
+from s0.run.config import (
     METHOD_KEYS,
     SELECTION_HELDOUT,
     CollectConfig,
@@ -37,7 +38,6 @@ from s0.config import (
     validate_method,
     validate_model_method,
 )
-from s0.models import TINY_ARCH, n_recurrent_layers
 
 # Bump when the meaning of a run changes without its config changing (a fixed bug in training, say):
 # every run id changes with it, so stale results are never mixed with new ones.
@@ -156,7 +156,7 @@ def apply_method_overrides(cfg: RunConfig, given: list[str]) -> dict[str, list[s
 
     - `method.name` is refused everywhere: `method=<name>` chooses a method together with its defaults.
     - Without `arms`, `cfg.method` is the run's method; a `method.<key>` it does not read (METHOD_KEYS in
-      s0/config.py) is refused.
+      s0/run/config.py) is refused.
     - With `arms`, every arm names its own method and the `method` group is not used, so:
       - `method.<key>=v` sets <key> on every arm whose method reads it, over the arm's value in the experiment
         file (`method.alpha` goes to the s0 and state_offset arms, `method.lr` to every trained arm). The
@@ -298,7 +298,7 @@ def describe_protocol(p: ProtocolConfig) -> str:
 
 
 def apply_selection(run: PlannedRun, cfg: RunConfig) -> PlannedRun:
-    """selection.split (issue 12, validated in s0.config.validate_selection): `eval` (default) selects the best
+    """selection.split (issue 12, validated in s0.run.config.validate_selection): `eval` (default) selects the best
     grid point on the evaluated problems, as the paper does (Sec 4.3); `heldout` keeps the last
     selection.heldout training problems out of every trained arm's collection and evaluates the selection arms
     on them as well. The baseline trains nothing, so one baseline run serves both splits."""
@@ -435,7 +435,7 @@ def tiny_counterpart(model: ModelConfig, models: dict[str, ModelConfig]) -> Mode
 
 def format_plan(runs: list[PlannedRun], gpu: str | None = None) -> str:
     """The protocol of the runs, then a fixed-width listing, one line per run, then each run's estimated GPU
-    time on GPU class `gpu` (s0/cost.py)."""
+    time on GPU class `gpu` (s0/run/cost.py)."""
     header = f"{'#':>4}  {'run_id':12}  {'model':20} {'task':22} {'arm':18} {'seed':>5}  hyperparameters"
     protocols = list(dict.fromkeys(describe_protocol(r.protocol) for r in runs))
     selection = describe_selection(runs)
@@ -445,7 +445,7 @@ def format_plan(runs: list[PlannedRun], gpu: str | None = None) -> str:
         lines.append(
             f"{i:>4}  {r.run_id}  {r.model.name:20} {task:22} {r.arm:18} {r.seed:>5}  {r.describe()}"
         )
-    from s0.cost import plan_text
+    from s0.run.cost import plan_text
 
     lines.append(plan_text(runs, gpu))
     return "\n".join(lines)

@@ -132,7 +132,7 @@ def run_selection(run: dict) -> tuple[str, int | None]:
 
 def sandbox_weak(provenance: dict) -> bool:
     """True when the run was graded in weak isolation (sandbox.isolation=weak: provenance.json `sandbox.weak`,
-    s0.provenance, issue 14); False without the field (older runs, fixtures)."""
+    s0.run.provenance, issue 14); False without the field (older runs, fixtures)."""
     return (provenance.get("sandbox") or {}).get("weak") is True
 
 
