@@ -110,6 +110,22 @@ def test_gdn_qwen3_next_80b_a3b():
     assert round(c.model_params / 1e9) == 80 and round(100 * c.total / c.model_params, 2) == 0.02
 
 
+def test_mamba1_jamba_1_5_mini():
+    a, c = arch("jamba_1_5_mini"), state_counts.count("jamba_1_5_mini")
+    # 32 layers; layer i is attention when i % attn_layer_period (8) == attn_layer_offset (4): 4, 12, 20, 28
+    attention = [
+        i for i in range(a["num_hidden_layers"]) if i % a["attn_layer_period"] == a["attn_layer_offset"]
+    ]
+    assert attention == [4, 12, 20, 28]
+    layers = a["num_hidden_layers"] - len(attention)  # 28 Mamba-1 layers
+    # Mamba-1: diagonal state per layer d_inner x d_state, d_inner = mamba_expand x hidden = 2 x 4096 = 8192
+    d_inner = a["mamba_expand"] * a["hidden_size"]
+    per_layer = d_inner * a["mamba_d_state"]
+    assert (layers, d_inner, per_layer, layers * per_layer) == (28, 8192, 131_072, 3_670_016)
+    assert (c.kinds, c.n_layers, c.shapes, c.total) == (("mamba1",), 28, ((8192, 16),), layers * per_layer)
+    assert round(c.model_params / 1e9) == 52  # "52B total parameters"
+
+
 def test_kda_kimi_linear_48b():
     a, c = arch("kimi_linear_48b"), state_counts.count("kimi_linear_48b")
     # 27 layers; config.json's full_attn_layers (1-indexed) [4, 8, 12, 16, 20, 24, 27] are MLA -> 27 - 7 = 20 KDA
@@ -161,6 +177,7 @@ def test_command_unknown_name_is_one_line(capsys):
         "kimi_linear_48b",
         "falcon_h1_1_5b",
         "qwen3_next_80b_a3b",
+        "jamba_1_5_mini",
     ],
 )
 def test_new_entries_point_to_their_kinds_tiny_model(name):
@@ -172,7 +189,14 @@ def test_new_entries_point_to_their_kinds_tiny_model(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["recurrentgemma_2b", "tiny_recurrent_gemma", "kimi_linear_48b", "mamba_2_8b", "qwen3_next_80b_a3b"],
+    [
+        "recurrentgemma_2b",
+        "tiny_recurrent_gemma",
+        "kimi_linear_48b",
+        "mamba_2_8b",
+        "qwen3_next_80b_a3b",
+        "jamba_1_5_mini",
+    ],
 )
 def test_config_layer_count_equals_the_built_model(name):
     """`n_recurrent_layers` (config only, used to validate method.layers) agrees with the meta-device build; it
