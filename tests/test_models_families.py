@@ -8,7 +8,7 @@ with a family the kind tests already cover, exactly as those tests define exactn
   and differ from the plain model.
 
 The references are test_injection's (GatedDeltaNet, Mamba-2) and test_kind_mamba1's (Mamba-1), unchanged: each family's
-mixer is shown to them through a view that maps its weight layout onto the one they read (`as_reference_mixer`).
+mixer is shown to them through a view (VIEW) that maps its weight layout onto the one they read.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.test_kind_mamba1 import ref_mixer as ref_mamba1_mixer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# family -> the scale of its random S0: Mamba-2's decay forgets fast in the random tiny models, so a larger state
+# new family -> the scale of its random S0 in the decode test: Mamba-2's decay forgets fast in the random tiny models, so a larger state
 # keeps its effect measurable after a dozen tokens (as test_injection does for FalconH1)
 NEW = {
     "qwen3_next": 1.0,
@@ -45,8 +45,37 @@ NEW = {
     "zamba2": 30.0,
     "mamba2": 30.0,
     "jamba": 3.0,
+    "qwen3_5_moe": 1.0,
+    "lara_mini": 1.0,
 }
+# Families whose every layer is MoE run in float32 (the grouped expert matmul refuses float64); the same RTOL holds
+# (measured 1e-7 .. 4e-7: the kernels compute in float32 either way).
+FLOAT32 = {"qwen3_5_moe", "lara_mini"}
+# Lara Mini draws A from [1, 16] (Qwen3.5 from [0.01, 16]); at seed 0 every head of its first GDN layer decays by
+# ~e^-19 a token, which erases S0 at once and would make the test vacuous. Seed 1 keeps a slow head in each layer.
+SEED = {"lara_mini": 1}
 IDS = torch.tensor([[5, 77, 130, 9, 201, 18, 66, 240, 3, 100, 12, 44, 91]])  # 13 tokens: crosses a chunk of 8
+
+
+def model_for(family: str, **arch):
+    """The family's tiny model as test_injection.tiny builds it, in float32 for the MoE-only families."""
+    if family not in FLOAT32 and family not in SEED and not arch:
+        return tiny(family)
+    return build_model(
+        family,
+        {**TINY_ARCH[family], "initializer_range": 0.02, **arch},
+        dtype=dtype_of(family),
+        seed=SEED.get(family, 0),
+    )
+
+
+def dtype_of(family: str) -> torch.dtype:
+    return torch.float32 if family in FLOAT32 else torch.float64
+
+
+def same_layout(mod):
+    """Qwen3.5's GDN layout as is (qwen3_5_moe, lara_mini)."""
+    return mod
 
 
 def gdn_view(mod):
@@ -75,7 +104,7 @@ def mamba2_view(mod):
     return SimpleNamespace(
         **{n: getattr(mod, n) for n in (*names, "time_step_limit", "A_log", "D", "norm", "out_proj")},
         ssm_in_multiplier=1.0,
-        mup_vector=torch.ones(1, dtype=torch.float64),
+        mup_vector=torch.ones(1, dtype=mod.D.dtype),
         groups_time_state_size=mod.n_groups * mod.ssm_state_size,
         mamba_rms_norm=True,
     )
@@ -92,17 +121,27 @@ def jamba_view(mod):
     return SimpleNamespace(**{n: getattr(mod, n) for n in names}, x_proj=x_proj)
 
 
-REFERENCE = {  # kind -> (the kind tests' reference mixer, the view for the new families)
-    "gdn": (ref_gdn_mixer, gdn_view),
-    "mamba2": (ref_mamba2_mixer, mamba2_view),
-    "mamba1": (ref_mamba1_mixer, jamba_view),
+REFERENCE = {  # kind -> the kind tests' reference mixer
+    "gdn": ref_gdn_mixer,
+    "mamba2": ref_mamba2_mixer,
+    "mamba1": ref_mamba1_mixer,
+}
+VIEW = {  # family -> how its mixer is shown to that reference
+    "qwen3_next": gdn_view,
+    "qwen3_5_moe": same_layout,
+    "lara_mini": same_layout,
+    "bamba": mamba2_view,
+    "granitemoehybrid": mamba2_view,
+    "nemotron_h": mamba2_view,
+    "zamba2": mamba2_view,
+    "mamba2": mamba2_view,
+    "jamba": jamba_view,
 }
 
 
-def reference(layer, h, s0, offset=None) -> torch.Tensor:
-    ref, view = REFERENCE[layer.kind]
+def reference(family: str, layer, h, s0, offset=None) -> torch.Tensor:
     with torch.no_grad():
-        return ref(view(layer.module), h, s0, offset)
+        return REFERENCE[layer.kind](VIEW[family](layer.module), h, s0, offset)
 
 
 def mixer_outputs(model, adapter, **inputs) -> dict:
@@ -121,30 +160,30 @@ def mixer_outputs(model, adapter, **inputs) -> dict:
 def test_layer_outputs_match_reference_recurrence(family, cls):
     """Every recurrent layer, every position: the kind's reference recurrence from alpha * S0 (or the state-offset
     readout), and a real difference from the zero start."""
-    model = tiny(family)
-    adapter = random_s0(model, alpha=0.5, cls=cls)
+    dtype, model = dtype_of(family), model_for(family)
+    adapter = random_s0(model, alpha=0.5, cls=cls, dtype=dtype)
     seen = mixer_outputs(model, adapter, input_ids=IDS)
     for r in recurrent_layers(model):
         h_in, _, out = seen[r.index]
-        zero = torch.zeros(r.state_shape, dtype=torch.float64)
+        zero = torch.zeros(r.state_shape, dtype=dtype)
         state = 0.5 * adapter.states[str(r.index)]
         s0, offset = (zero, state) if cls is StateOffsetAdapter else (state, None)
-        ref = reference(r, h_in[0], s0, offset)
+        ref = reference(family, r, h_in[0], s0, offset)
         assert rel_err(out[0], ref) < RTOL, (r.index, rel_err(out[0], ref))
-        assert rel_err(reference(r, h_in[0], zero), ref) > 1e-3  # not a silent no-op
+        assert rel_err(reference(family, r, h_in[0], zero), ref) > 1e-3  # not a silent no-op
 
 
 @pytest.mark.parametrize("family", NEW)
 def test_padded_rows_match_reference_at_every_real_position(family):
-    model = tiny(family)
-    adapter = random_s0(model)
+    dtype, model = dtype_of(family), model_for(family)
+    adapter = random_s0(model, dtype=dtype)
     enc = tiny_tokenizer()(["ab", "a longer prompt here"], return_tensors="pt", padding=True)
     seen = mixer_outputs(model, adapter, **enc)
     n_real = int(enc.attention_mask[0].sum())
     for r in recurrent_layers(model):
         h_in, mask, out = seen[r.index]
         assert mask is not None and mask.shape == enc.attention_mask.shape
-        ref = reference(r, h_in[0, -n_real:], adapter.states[str(r.index)])
+        ref = reference(family, r, h_in[0, -n_real:], adapter.states[str(r.index)])
         assert rel_err(out[0, -n_real:], ref) < RTOL
 
 
@@ -163,8 +202,8 @@ def test_injected_once_decode_and_chunked_prefill_equal_full_forward(family):
     zero, S0 or not (s0/adapters/kinds/mamba1.py)."""
     from transformers import DynamicCache
 
-    model = build_model(family, {**TINY_ARCH[family], **DECODE_ARCH.get(family, {})}, dtype=torch.float64)
-    adapter = random_s0(model, scale=NEW[family], alpha=0.5)
+    dtype, model = dtype_of(family), model_for(family, **DECODE_ARCH.get(family, {}))
+    adapter = random_s0(model, scale=NEW[family], alpha=0.5, dtype=dtype)
     cuts = [0, 6, 7] if FAMILIES[family].kind == "mamba1" else [0, 6, 9]
     cuts += range(cuts[-1] + 1, IDS.shape[1] + 1)  # then one token at a time
     with adapter.active(), torch.no_grad():

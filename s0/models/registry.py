@@ -11,11 +11,13 @@ from s0.models import (
     granitemoehybrid,
     jamba,
     kimi_linear,
+    lara_mini,
     mamba,
     mamba2,
     nemotron_h,
     qwen2,
     qwen3_5,
+    qwen3_5_moe,
     qwen3_next,
     recurrent_gemma,
     zamba2,
@@ -39,6 +41,8 @@ FAMILIES: dict[str, Family] = {
         zamba2,
         mamba2,
         jamba,
+        qwen3_5_moe,
+        lara_mini,
     )
 }
 
