@@ -193,11 +193,13 @@ def time_engine(model, ids, mask, n: int, vocab: int, temperature: float | None,
     }
 
 
-def engine_sweep(model, seqs, vocab: int, args, device, bw, mean_len: float, save) -> dict[str, Any]:
+def engine_sweep(
+    model, seqs, vocab: int, args, device, bw, mean_len: float, save, out: dict[str, Any]
+) -> None:
     """s0.decode per-step time and fraction of the bandwidth bound at each `--engine-batches` size, greedy and
     sampled (temperature 0.7, top-p 0.95), for each `--gdn-decode` kernel. Rows beyond the prompts reuse them.
-    Batches above `--batch-size` probe the largest that fits: out of memory there is a finding, not a failure."""
-    out: dict[str, Any] = {}
+    Batches above `--batch-size` probe the largest that fits: out of memory there is a finding, not a failure.
+    Results go into `out` as they finish."""
     for b in _ints(args.engine_batches):
         sub = [seqs[i % len(seqs)] for i in range(b)]
         ids, mask = left_pad(sub, 0, device)
@@ -224,7 +226,6 @@ def engine_sweep(model, seqs, vocab: int, args, device, bw, mean_len: float, sav
 
                 out[key] = guarded(out, key, one)
                 save()
-    return out
 
 
 def _ints(text: str) -> list[int]:
@@ -422,10 +423,13 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
         tn = run_hf(model, tok, all_idx, args.batch_size, args.new_tokens, device)
         return engine_result(t1, tn, args.new_tokens, len(all_idx), 1, FULL_PROMPTS, args.batch_size)
 
-    engines["hf_single"] = guarded(engines, "hf_single", hf_single)
-    save()
-    engines["hf_batched"] = guarded(engines, "hf_batched", hf_batched)
-    save()
+    stages = set(args.stages.split(","))
+    if "hf_single" in stages:
+        engines["hf_single"] = guarded(engines, "hf_single", hf_single)
+        save()
+    if "hf_batched" in stages:
+        engines["hf_batched"] = guarded(engines, "hf_batched", hf_batched)
+        save()
 
     width = max(lengths)
     batch_seqs = seqs[: args.batch_size]
@@ -465,24 +469,28 @@ def measure(args, device: torch.device, res: dict[str, Any], save) -> dict[str, 
         )
         return r
 
-    engines["static_eager"] = guarded(engines, "static_eager", lambda: static(False))
-    save()
-    if device.type == "cuda":
-        engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
+    if "static" in stages:
+        engines["static_eager"] = guarded(engines, "static_eager", lambda: static(False))
         save()
-    engines["engine"] = guarded(engines, "engine", engine)
+        if device.type == "cuda":
+            engines["static_graph"] = guarded(engines, "static_graph", lambda: static(True))
+            save()
+    if "engine" in stages:
+        engines["engine"] = guarded(engines, "engine", engine)
     dec_holder.clear()  # release the batch-84 static cache and graph pool before the next stage
     free_memory()
     save()
-    res["engine_sweep"] = engine_sweep(
-        model, seqs, vocab, args, device, res["bandwidth_gbps"], mean_len, save
-    )
-    save()
+    if "sweep" in stages:
+        res["engine_sweep"] = {}  # filled config by config: a timed-out call keeps what finished
+        engine_sweep(
+            model, seqs, vocab, args, device, res["bandwidth_gbps"], mean_len, save, res["engine_sweep"]
+        )
+        save()
 
     # Bare decode steps at batch 1 and B: where does HF generate's per-step time go?
     bare: dict[str, Any] = {}
     res["bare_step"] = bare
-    for b in sorted({1, args.batch_size}):
+    for b in sorted({1, args.batch_size}) if "bare" in stages else []:
         sub = seqs[:b]
         bare[f"dynamic_sync_b{b}"] = guarded(
             bare, f"dynamic_sync_b{b}", lambda sub=sub: bare_dynamic_step(model, sub, args.bare_steps, device)
@@ -597,7 +605,14 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-batches", default="1,16,84", help="s0.decode sweep: batch sizes (comma-separated)"
     )
     ap.add_argument(
-        "--gdn-decode", default="native,inplace", help="s0.decode sweep: GatedDeltaNet decode kernels"
+        "--gdn-decode",
+        default="auto,native",
+        help="s0.decode sweep: GatedDeltaNet decode kernels, each optionally +compile or +eager",
+    )
+    ap.add_argument(
+        "--stages",
+        default="hf_single,hf_batched,static,engine,sweep,bare",
+        help="which measurements to run (comma-separated; the default runs all)",
     )
     args = ap.parse_args(argv)
     if args.tiny:

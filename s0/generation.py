@@ -36,8 +36,8 @@ class GenerationSpec:
     # "auto": s0.decode on CUDA, transformers' generate on CPU; "static": s0.decode anywhere; "hf": generate
     engine: str = "auto"
     prefill_chunk: int = 1024  # static engine: prompt tokens per prefill forward (bounds prefill memory)
-    # static engine: torch.compile the decode step; None: on CUDA unless an adapter acts at every step
-    compile: bool | None = None
+    # static engine: torch.compile the decode step (s0.decode.resolve_compile says why it is off by default)
+    compile: bool = False
 
 
 @dataclass

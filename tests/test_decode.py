@@ -304,22 +304,20 @@ def test_compiled_step_is_one_graph_equal_to_eager(family, gdn_decode, monkeypat
 
 def test_compile_is_refused_where_an_adapter_acts_at_every_step():
     """A compiled dispatcher cannot see the active call, so state-offset (a readout at every step) must never run
-    compiled: auto turns compilation off for it, and an explicit compile_step=True stops in one line."""
+    compiled: compile_step=True stops in one line; S0 (which acts only when a sequence starts) compiles."""
     from s0.adapters.injection import per_step_layers
     from s0.decode import resolve_compile
 
-    cuda = torch.device("cuda")  # resolve_compile only reads the device type
     offset, s0 = with_adapter("qwen3_5", "state_offset"), with_adapter("qwen3_5", "s0")
-    assert per_step_layers(offset.model) == [] and resolve_compile(None, offset.model, cuda, False)
+    assert per_step_layers(offset.model) == [] and resolve_compile(True, offset.model, False)
     with offset.active():
         assert len(per_step_layers(offset.model)) == 6  # the tiny model's GDN layers
-        assert not resolve_compile(None, offset.model, cuda, False)
+        assert not resolve_compile(False, offset.model, False)
         with pytest.raises(ValueError, match="every decode step"):
             tok = tiny_tokenizer()
             ids, mask = batch(tok)
             decode(offset.model, ids, mask, 2, [], tok.pad_token_id, compile_step=True)
     assert per_step_layers(offset.model) == []
     with s0.active():
-        assert per_step_layers(s0.model) == [] and resolve_compile(None, s0.model, cuda, False)
-        assert not resolve_compile(None, s0.model, torch.device("cpu"), False)
-        assert not resolve_compile(None, s0.model, cuda, True)  # kept scores: the eager path
+        assert per_step_layers(s0.model) == [] and resolve_compile(True, s0.model, False)
+        assert not resolve_compile(True, s0.model, True)  # kept scores: the eager path
