@@ -107,16 +107,22 @@ for s in "${steps[@]}"; do
   case $s in
     # The GPU-marked tests (tests/test_gpu.py, tests/test_backends.py), with their printed counts (-s), one pytest
     # per step so each gets its own time limit (the 4B model is rebuilt per step: ~1 s with random weights).
-    test_decode) run test_decode 240 $PYTEST "tests/test_gpu.py::test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32" ;;
+    test_decode) run test_decode 200 $PYTEST "tests/test_gpu.py::test_batched_greedy_equals_one_at_a_time_with_s0_in_fp32" ;;
     test_parity) run test_parity 200 $PYTEST "tests/test_gpu.py::test_s0_fla_vs_torch_within_torchs_own_bf16_error" ;;
     test_rest) run test_rest 150 $PYTEST "tests/test_gpu.py::test_decode_overhead_sanity" tests/test_backends.py ;;
     # s0.decode engine sweep at batch 1, 16, 84 and larger (helper D's benchmark; its own flags).
-    # auto: the engine's defaults (compiled step, fla_inplace); fla_inplace+eager: the same kernels, step not compiled
-    eval) run eval 300 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" \
-      --gdn-decode auto,fla_inplace+eager --new-tokens 64 $B ;;
+    # the engine's defaults (auto: fla_inplace, eager step) at each batch size; eval_compile: the same with the step
+    # compiled, at batch 84 (37-67 s of compile per graph); eval_all: every engine of the benchmark (HF included)
+    eval) run eval 200 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" \
+      --stages engine,sweep --gdn-decode auto --new-tokens 64 $B ;;
+    eval_compile) run eval_compile 200 python3 -m benchmarks.eval_throughput --engine-batches 84 \
+      --stages sweep --gdn-decode auto+compile,auto+eager --new-tokens 64 $B ;;
+    eval_all) run eval_all 400 python3 -m benchmarks.eval_throughput --engine-batches "$EVAL_BATCHES" \
+      --gdn-decode auto,auto+compile --new-tokens 64 $B ;;
     parity) run parity 100 python3 -m benchmarks.kernel_parity --models qwen3_5_4b $B ;;
     # S0 and LoRA r24, packed vs per-example, under the cap; the token budget is auto (measured under the cap).
     train_qwen) run train_qwen 270 $TRAIN --configs s0_qwen3_5_4b lora_r24_qwen3_5_4b ;;
+    train_s0) run train_s0 150 $TRAIN --configs s0_qwen3_5_4b ;;
     train_falcon) run train_falcon 300 $TRAIN --configs s0_falcon_h1_7b lora_r24_falcon_h1_7b ;;
     overhead) run overhead 220 python3 -m benchmarks.overhead $B ;;
     # The headline command, one seed, baseline + S0 (+ the experiment's other arms while time lasts), stage by
@@ -124,7 +130,7 @@ for s in "${steps[@]}"; do
     headline) run headline 560 python3 run.py experiment=main_qwen seed=42 model.weights=random \
       collect.fallback_to_reference=true "paths.results=$OUT/headline/runs" "paths.cache=$OUT/headline/cache" \
       "hydra.run.dir=$OUT/headline/hydra" ;;
-    *) echo "unknown step $s (test_decode test_parity test_rest eval parity train_qwen train_falcon overhead headline)" | tee -a "$LOG"; failed=1 ;;
+    *) echo "unknown step $s (test_decode test_parity test_rest eval eval_compile eval_all parity train_qwen train_s0 train_falcon overhead headline)" | tee -a "$LOG"; failed=1 ;;
   esac
 done
 collect
