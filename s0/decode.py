@@ -43,9 +43,12 @@ transformers 5.24; `python -m benchmarks.eval_throughput --engine-batches 1,16,8
     device-to-device copy of the fp32 GDN states (the cache's `update_recurrent_state` copy_; gone with
     fla_inplace), ~500 small copy_/mul/add/mean launches (dtype casts, contiguous(), RMSNorm) ~3 ms;
   * batch 1 is launch-bound: ~2.1k kernels per step at a few microseconds each is most of 6.8 ms (graph replay
-    removes their host cost, not their count). `compile_step=True` (torch.compile of the step's forward) measured
-    5.3 ms at batch 1 and 7.0 ms at batch 16 but nothing at batch 84, where it probably hit dynamo's recompile
-    limit (a new StaticCache per call) and ran eager: the next lever, not yet the default;
+    removes their host cost, not their count);
+  * later the same day: fla's tile picked by timing (`_fla_tile`; BV 64, 4 warps at batch 84) gave 12.04 ms
+    greedy (35%) and 14.9 ms sampled; `compile_step=True` 11.19 ms (38%) after 42 s of compiling
+    (benchmarks/results/h200_2026-11-30b/). Before, dynamo broke the graph at every dispatcher and, past its
+    recompile limit, ran the per-layer resumes eager: no gain at batch 84. Compiling stays opt-in
+    (`resolve_compile` says why);
   * sampling adds ~3 ms at batch 84: top-p sorts the whole vocabulary of every row at every step (as HF does);
   * without fla, the PyTorch decode kernel materialises four state-sized temporaries per step:
     gdn_decode="inplace" removes them (slower than fla's kernel on the H200; for CPU or fla-less boxes);
