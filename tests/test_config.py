@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import run
+from s0.models import FAMILIES
 from s0.run.config import METHOD_KEYS, ConfigError, MethodConfig, ModelConfig, TaskConfig
 from s0.run.plan import expand
 
@@ -135,6 +136,22 @@ def test_bad_values_name_the_key(compose, overrides, message):
         plan(compose, overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_registered_family_is_accepted(compose, family):
+    """model.family is checked against the registry (s0/models/registry.py): a new family needs no config line."""
+    overrides = [f"model.family={family}"]
+    assert run.to_run_config(compose(overrides), overrides)[0].model.family == family
+
+
+def test_unknown_family_is_refused_naming_the_known_ones(compose):
+    overrides = ["model.family=nope"]
+    with pytest.raises(ConfigError) as err:
+        run.to_run_config(compose(overrides), overrides)
+    message = str(err.value)
+    assert message.startswith("model.family: 'nope' is not one of") and "\n" not in message
+    assert all(name in message for name in FAMILIES)
 
 
 def by_arm(compose, *overrides: str) -> dict:

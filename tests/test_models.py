@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from s0.adapters.kinds import recurrent_layers, require_recurrent_layers
+from s0.adapters.kinds import KINDS, recurrent_layers, require_recurrent_layers
 from s0.models import (
     FAMILIES,
     TINY_ARCH,
@@ -102,6 +102,15 @@ def test_tiny_model_has_its_familys_kind_and_config_layer_count(family):
     kind = FAMILIES[family].kind
     assert {r.kind for r in layers} == ({kind} if kind else set())
     assert n_recurrent_layers(family, TINY_ARCH[family]) == len(layers) > (0 if kind else -1)
+
+
+@pytest.mark.parametrize("family", sorted(f for f in TINY_ARCH if FAMILIES[f].kind))
+def test_kind_lists_its_families_modeling_modules(family):
+    """install_known (backend routing, decode kernel overrides before any adapter) reaches a family only through
+    its kind's `modules`: each recurrent mixer's modeling module must be listed there."""
+    layers = recurrent_layers(build_model(family, TINY_ARCH[family], weights="meta"))
+    for mod, kind in {(type(r.module).__module__, r.kind) for r in layers}:
+        assert mod in KINDS[kind].modules, f"{mod} missing from s0/adapters/kinds/{kind}.py's modules"
 
 
 def test_tiny_recurrent_layers():

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from s0.models import FAMILIES  # the family registry (s0/models/registry.py): a new family needs no line here
+
 METHODS = ("baseline", "s0", "state_offset", "lora", "prefix")
 STATE_METHODS = ("s0", "state_offset")
 TASKS = ("humaneval", "math500", "gsm8k", "spider")
@@ -20,7 +22,6 @@ PROTOCOLS = ("reference", "harness")
 HUMANEVAL_PROMPTS = ("reference", "harness")  # the templates in s0/tasks/humaneval.py
 PROMPT_TEMPLATES = HUMANEVAL_PROMPTS  # every task's PROMPTS has these keys (s0/tasks/<task>.py)
 TRAIN_TARGETS = ("clean", "raw")  # s0/train.py:clean_target
-FAMILIES = ("qwen3_5", "falcon_h1", "qwen2", "mamba", "falcon_mamba", "kimi_linear", "recurrent_gemma")
 # The MethodConfig fields each method reads (the training loop's, then its adapter's). A command-line
 # `method.<key>` applies only where the method reads <key>; elsewhere it is refused (s0/run/plan.py,
 # apply_method_overrides), because a value nothing reads would change the run id and nothing else.
@@ -56,10 +57,16 @@ def _help(text: str, default: Any = None, factory: Any = None) -> Any:
 @dataclass
 class ModelConfig:
     name: str = _help("registry name, the file name in conf/model/", "")
-    family: str = _help("transformers family: qwen3_5, falcon_h1, qwen2 or mamba", "")
+    family: str = _help("transformers family: a key of s0.models.FAMILIES (qwen3_5, falcon_h1, ...)", "")
     hub_id: str | None = _help("Hugging Face Hub id of the weights", None)
     revision: str | None = _help("hub revision (commit) to pin", None)
     weights: str = _help("hub (pretrained), random (real-size architecture, random weights) or meta", "hub")
+    tokenizer: str = _help(
+        "auto, hub, proxy or tiny. auto: the hub's for hub weights, the offline Qwen3 proxy (s0/models/proxy/) for "
+        "random or meta real-size weights whose vocab_size holds its 151,669 ids (prompts as long as the real "
+        "model's), the byte-level tiny one otherwise and for tiny models",
+        "auto",
+    )
     dtype: str = _help("model dtype; states and adapters train in fp32 regardless", "bfloat16")
     tiny: str | None = _help("tiny counterpart in conf/model/ used by debug=smoke", None)
     params_b: float | None = _help("nominal size in billions, for tables", None)
@@ -446,8 +453,9 @@ def validate_selection(cfg: RunConfig) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Value checks for a whole run config; raises ConfigError naming the first bad key."""
-    _choice("model.family", cfg.model.family, FAMILIES)
+    _choice("model.family", cfg.model.family, tuple(FAMILIES))
     _choice("model.weights", cfg.model.weights, ("hub", "random", "meta"))
+    _choice("model.tokenizer", cfg.model.tokenizer, ("auto", "hub", "proxy", "tiny"))
     _choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16", "float64"))
     _choice("task.name", cfg.task.name, TASKS)
     for name in cfg.eval_tasks or []:

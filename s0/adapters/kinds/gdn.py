@@ -84,7 +84,13 @@ KIND = Kind(
     name="gdn",
     family="gdn",
     dispatchers={"torch_chunk_gated_delta_rule": dispatch, "torch_recurrent_gated_delta_rule": dispatch},
-    modules=("transformers.models.qwen3_5.modeling_qwen3_5",),
+    # Every registered GDN family (tests/test_models.py checks each tiny model's mixer module is listed).
+    modules=(
+        "transformers.models.qwen3_5.modeling_qwen3_5",
+        "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
+        "transformers.models.qwen3_next.modeling_qwen3_next",
+        "transformers.models.lara_mini.modeling_lara_mini",
+    ),
     state_shape=state_shape,
     kernel_note="GDN: the chunk kernel's initial_state argument (fla or PyTorch)",
 )

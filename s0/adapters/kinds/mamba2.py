@@ -109,7 +109,15 @@ KIND = Kind(
         "mamba2_selective_state_update": decode_dispatch,
         "mamba2_split_conv1d_scan_combined": fused_dispatch,
     },
-    modules=("transformers.models.falcon_h1.modeling_falcon_h1",),
+    # Every registered Mamba-2 family (tests/test_models.py checks each tiny model's mixer module is listed).
+    modules=(
+        "transformers.models.falcon_h1.modeling_falcon_h1",
+        "transformers.models.bamba.modeling_bamba",
+        "transformers.models.granitemoehybrid.modeling_granitemoehybrid",
+        "transformers.models.nemotron_h.modeling_nemotron_h",
+        "transformers.models.zamba2.modeling_zamba2",
+        "transformers.models.mamba2.modeling_mamba2",
+    ),
     state_shape=state_shape,
     kernel_note="Mamba-2: the chunk scan's initial_states argument (mamba-ssm or PyTorch); fused path declined",
 )
