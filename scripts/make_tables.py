@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s0.report.page import add_io_args, load_inputs, run_cli
 from s0.report.table_core import write_table
-from s0.report.table_data import scope_notes
 from s0.report.tables import all_tables, build_tables
+from s0.run.lookup import scope_notes
 
 
 def main(argv: list[str] | None = None) -> int:

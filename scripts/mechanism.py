@@ -22,8 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from s0.report.table_data import mechanism_pairs
-from s0.run.mechanism import run_mechanism
+from s0.run.mechanism import mechanism_pairs, run_mechanism
 from s0.run.records import load_results
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from s0.report.passk import mean_pass_at_k, pass_at_k, pass_at_k_from_records
+from s0.passk import mean_pass_at_k, pass_at_k, pass_at_k_from_records
 
 
 def _codex_numpy_form(n: int, c: int, k: int) -> float:

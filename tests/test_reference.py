@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s0.report import stats as st
+from s0 import stats as st
 from s0.report.reference import (
     KEY,
     load_paper_values,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import run
-from s0.report.table_data import select
 from s0.report.tables import build_tables, load_records
 from s0.run import pipeline, records
 from s0.run.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
+from s0.run.lookup import select
 from s0.run.plan import expand, format_plan
 
 LORA = "lora_r24_lr5e-4"
@@ -244,7 +244,7 @@ def test_without_heldout_runs_table1_has_one_lora_row(both_splits: Path) -> None
 
 
 def test_two_heldout_sizes_never_pool_in_one_row(both_splits: Path) -> None:
-    from s0.report.table_data import MixedRunsError
+    from s0.run.lookup import MixedRunsError
 
     run = json.loads((both_splits / "h-r24-42" / "run.json").read_text())
     run["selection"]["heldout"] = 8

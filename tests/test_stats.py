@@ -1,4 +1,4 @@
-"""s0.report.stats against scipy on random data, and against the p-values the paper prints.
+"""s0.stats against scipy on random data, and against the p-values the paper prints.
 
 The paper-side tests read their inputs (mean, std, n, printed p) from results/reference/paper_values.csv,
 so they check the transcription and the statistics together. A printed p-value is "reproduced" when the
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from s0.report import stats as st
+from s0 import stats as st
 from s0.report.reference import load_paper_values, paper_rows, rounding_halfwidth
 
 RTOL = 1e-12

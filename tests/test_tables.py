@@ -259,7 +259,7 @@ def test_only_tiny_runs_are_labelled_with_the_tiny_model(tmp_path: Path) -> None
 
 
 def test_a_cell_that_would_mix_models_stops_the_build(tmp_path: Path) -> None:
-    from s0.report.table_data import MixedRunsError
+    from s0.run.lookup import MixedRunsError
 
     # neither is the paper's model with hub weights, so nothing selects them apart
     write_run(tmp_path, "tb", "main_qwen", "baseline", "tiny_qwen3_5", 0.0, weights="random")

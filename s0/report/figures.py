@@ -23,13 +23,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from s0.report import stats
+from s0 import stats
 from s0.report.reference import load_paper_values, paper_rows, paper_value
-from s0.report.table_data import deltas, mechanism_pairs, scope_label, select
+from s0.report.table_data import deltas
 from s0.report.table_expressiveness import expressiveness_rows
 from s0.report.tables import best_lora, best_state_offset, experiment_arms, welch_test
 from s0.report.tables_appendix import SCALING, scaling_frames
-from s0.run.mechanism import divergence_from_samples
+from s0.run.lookup import scope_label, select
+from s0.run.mechanism import divergence_from_samples, mechanism_pairs
 from s0.run.records import Results
 
 TEAL = "#178f8f"  # S0, as in the paper

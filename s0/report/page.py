@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from s0.report.table_core import Cell, Table, esc
-from s0.report.table_data import MixedRunsError, scope_notes
+from s0.run.lookup import MixedRunsError, scope_notes
 from s0.run.records import Results
 
 REPRODUCED, NOT_REPRODUCED, NOT_RUN = "reproduced", "not reproduced", "not run"

@@ -106,7 +106,7 @@ def authors_summary(
     """Mean and sample std of the released per-seed deltas (pp), their count, and the two-sided one-sample t-test
     p of 'delta = 0' (NaN for a single run, whose seed is given), for one task (and one alpha, for Spider's
     single-seed sweep)."""
-    from s0.report.stats import one_sample_ttest
+    from s0.stats import one_sample_ttest
 
     df = load_authors_released() if df is None else df
     rows = df[df["task"] == task]

@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 
 from s0.report.reference import paper_rows, rounding_halfwidth
-from s0.report.stats import TestResult, format_pvalue, stars
 from s0.report.table_data import (
     DEFAULT_N_EVAL,
     MixedProtocolsError,
@@ -44,6 +43,7 @@ from s0.report.table_data import (
     run_ids_of,
     weak_runs,
 )
+from s0.stats import TestResult, format_pvalue, stars
 
 MARK = {"agree": "✓", "disagree": "✗"}
 DASH = "—"

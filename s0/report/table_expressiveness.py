@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from s0 import stats
 from s0.models import TINY_ARCH, build_config
-from s0.report import stats
 from s0.report.table_core import Cell, Table, data_cell, derived_cell, gap_se, p_cell, with_protocol
-from s0.report.table_data import select
+from s0.run.lookup import select
 from s0.run.records import Results
 
 EXPERIMENT = "expressiveness"

@@ -27,7 +27,7 @@ Semantics shared by all tables:
 - Every caption ends with the protocol of the runs behind it (table_core.stamp_protocol); Table 1's caption
   gives each arm's format failures (metric format_failure), "n/a (not recorded)" for records without it.
 - Tests: Welch two-sided for S0 vs LoRA, paired t for S0 vs state-offset (Table 3), one-sample t on
-  per-seed deltas for scaling and transfer (see s0.report.stats and tests/test_stats.py).
+  per-seed deltas for scaling and transfer (see s0.stats and tests/test_stats.py).
 
 Appendix and section tables (App D, E, H, Sec 5.6, 5.8, Sec 6) are in s0.report.tables_appendix.
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from s0.report import stats
+from s0 import stats
 from s0.report.reference import load_paper_values, paper_value
 from s0.report.table_core import (
     Cell,
@@ -55,20 +55,18 @@ from s0.report.table_core import (
     with_protocol,
 )
 from s0.report.table_data import (
-    MixedRunsError,
     best_lora,
     degraded_frame,
     deltas,
     experiment_arms,
     models_of,
     run_ids_of,
-    scope_label,
-    select,
     select_best,
     selection_arms,
 )
 from s0.report.tables_appendix import APPENDIX_TABLES
 from s0.report.tables_seeds import SEED_TABLES
+from s0.run.lookup import MixedRunsError, scope_label, select
 from s0.run.records import Results, load_results
 
 SELECTION_NOTE = (

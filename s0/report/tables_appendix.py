@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from s0.report import stats
+from s0 import stats
 from s0.report.reference import (
     authors_summary,
     load_authors_released,
@@ -30,15 +30,13 @@ from s0.report.table_core import (
 from s0.report.table_data import (
     deltas,
     experiment_arms,
-    mechanism_pairs,
     models_of,
     n_eval_of,
     run_ids_of,
-    scope_label,
-    select,
 )
 from s0.report.table_expressiveness import table_expressiveness
-from s0.run.mechanism import divergence_from_samples
+from s0.run.lookup import scope_label, select
+from s0.run.mechanism import divergence_from_samples, mechanism_pairs
 from s0.run.records import Results
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 
 from s0.report.reference import load_paper_values
 from s0.report.table_core import Table, count_negatives, data_cell, paper_ref, with_protocol
-from s0.report.table_data import MAIN_SEEDS, best_lora, degraded_frame, deltas, select
+from s0.report.table_data import MAIN_SEEDS, best_lora, degraded_frame, deltas
+from s0.run.lookup import select
 from s0.run.records import Results
 
 

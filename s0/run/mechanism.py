@@ -5,6 +5,7 @@
     f = probe_features(model, tokenizer, prompts, adapter)        # App H: states at the last prompt token
     r = probe(f, labels)                                          # PCA-64 + logistic regression, 5-fold AUC
     write_analysis(run_dir, persistence=p, divergence=d, probe=r) # records beside the S0 run
+    mechanism_pairs(res.metrics)                                  # (baseline run, S0 run, seed) of each seed
     run_mechanism("results/runs")                                 # all of it for experiment=mechanism
 
 Shapes (documented in each dataclass):
@@ -28,8 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s0.report import stats
+from s0 import stats
 from s0.run import records
+from s0.run.lookup import select
 
 EARLY_WINDOW = 0.10  # "within the first 10% of the completion" (Sec 6.3)
 
@@ -117,7 +119,7 @@ class Divergence:
     flips: one row per flip (a problem wrong under the baseline and right under S0, same seed): id, seed,
     position (first character where the two greedy completions differ), length (characters of the S0
     completion) and rel_position (position / length). sign_test: are positions concentrated inside the first
-    `window` of the completion (one-sided sign test against a median of `window`, s0.report.stats.sign_test)?
+    `window` of the completion (one-sided sign test against a median of `window`, s0.stats.sign_test)?
     """
 
     flips: pd.DataFrame
@@ -343,6 +345,13 @@ def load_detail(results_dir: str | Path, name: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------ the experiment
+def mechanism_pairs(m: pd.DataFrame, experiment: str = "mechanism") -> list[tuple[str, str, int]]:
+    """(baseline run, S0 run, seed) of every seed of the mechanism experiment."""
+    b, s = select(m, experiment, "baseline"), select(m, experiment, "s0")
+    j = b.merge(s, on="seed", suffixes=("_b", "_s"))
+    return [(r.run_id_b.split(";")[0], r.run_id_s.split(";")[0], int(r.seed)) for r in j.itertuples()]
+
+
 def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_prompts: int = 1000,
                   probe_model: str = "base", pca_dims: int = 64, folds: int = 5, device: str = "auto") -> list[Path]:  # fmt: skip
     """All three analyses for every seed of `experiment` (its baseline and s0 arms), written beside each S0 run.
@@ -354,7 +363,6 @@ def run_mechanism(results_dir: str | Path, experiment: str = "mechanism", max_pr
     from types import SimpleNamespace
 
     from s0.adapters import load_adapter
-    from s0.report.table_data import mechanism_pairs
     from s0.run.config import ModelConfig, TaskConfig
     from s0.run.loading import load_model, resolve_device, task_for
 

@@ -35,6 +35,7 @@ import torch
 from s0.adapters.injection import kernel_notes
 from s0.adapters.kinds import recurrent_layers
 from s0.generation import GenerationSpec, GenerationStats, generate, resolve_engine
+from s0.passk import pass_at_k_from_records
 from s0.run import records
 from s0.run.config import STATE_METHODS, RunConfig
 from s0.run.loading import PipelineError, load_model, resolve_device, task_for
@@ -392,8 +393,6 @@ def is_format_failure(row: dict) -> bool:
 def metrics_from(rows: list[dict], ks: list[int], sampled: bool) -> dict[str, float]:
     """pass@k in percent: the unbiased estimator over samples; for greedy runs, the share correct. Also
     `format_failure`: the percent of evaluated completions (every sample) with no extractable code or answer."""
-    from s0.report.passk import pass_at_k_from_records
-
     metrics = {m: 100.0 * v for m, v in pass_at_k_from_records(rows, ks if sampled else [1]).items()}
     failures = 100.0 * sum(map(is_format_failure, rows)) / max(len(rows), 1)
     return {"n_eval": float(len({r["id"] for r in rows})), **metrics, "format_failure": failures}
