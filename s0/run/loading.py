@@ -9,11 +9,14 @@ A level below s0.run.pipeline, so s0.run.mechanism can load models without impor
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from s0.run.plan import PlannedRun
+
+log = logging.getLogger("s0")
 
 
 class PipelineError(RuntimeError):
@@ -57,15 +60,61 @@ def task_for(task_cfg, isolation: str | None = None):
 
 
 def load_model(run: PlannedRun, device: torch.device):
-    """The frozen base model and its tokenizer, in the run's dtype (fp32 on CPU, where bf16 is slow)."""
-    from s0.models import TINY_ARCH, build_model, build_tokenizer
+    """The frozen base model and its tokenizer, in the run's dtype (fp32 on CPU, where bf16 is slow).
+
+    The tokenizer (model.tokenizer, resolved by `choose_tokenizer`) is logged and recorded in the model's load
+    report, which the pipeline writes to provenance.json as `model_load.tokenizer`."""
+    from s0.models import build_model, build_tokenizer
 
     m = run.model
-    tiny = m.name.startswith("tiny_")
+    kind = choose_tokenizer(m)  # before the build, so a refused model.tokenizer costs no build
     dtype = m.dtype if device.type == "cuda" else "float32"
-    arch = m.arch or (TINY_ARCH[m.family] if tiny else None)
     model = build_model(
-        m.family, arch, hub_id=m.hub_id, weights=m.weights, dtype=dtype, device=device, revision=m.revision
+        m.family,
+        _arch(m),
+        hub_id=m.hub_id,
+        weights=m.weights,
+        dtype=dtype,
+        device=device,
+        revision=m.revision,
     )
-    tokenizer = build_tokenizer(m.hub_id, tiny=tiny or m.weights != "hub", revision=m.revision)
+    tokenizer = build_tokenizer(m.hub_id, kind, revision=m.revision)
+    record = tokenizer_record(m, kind, tokenizer)
+    model.s0_load_report["tokenizer"] = record
+    log.info("tokenizer: %s (model.tokenizer=%s; %s)", kind, m.tokenizer, record["source"])
     return model, tokenizer
+
+
+def _is_tiny(m) -> bool:
+    return m.name.startswith("tiny_")
+
+
+def _arch(m) -> dict[str, Any] | None:
+    """The architecture fields of ModelConfig `m`: its own, or its family's tiny one for a tiny model."""
+    from s0.models import TINY_ARCH
+
+    return m.arch or (TINY_ARCH[m.family] if _is_tiny(m) else None)
+
+
+def choose_tokenizer(m) -> str:
+    """The tokenizer kind for ModelConfig `m` (hub, proxy or tiny), from its config alone: no weights built.
+
+    Random-weight real-size models get the Qwen3 proxy where their vocabulary holds its ids, so their prompts
+    are as long in tokens as the real model's (the byte-level tiny tokenizer makes them about 3.5x longer)."""
+    from s0.models.build import build_config, tokenizer_kind
+
+    arch = _arch(m)
+    vocab = build_config(m.family, arch).vocab_size if arch is not None else None
+    return tokenizer_kind(m.tokenizer, m.weights, _is_tiny(m), vocab)
+
+
+def tokenizer_record(m, kind: str, tokenizer) -> dict[str, Any]:
+    """What provenance.json says about the tokenizer a run used."""
+    from s0.models.build import PROXY_SOURCE
+
+    source = {
+        "hub": f"{m.hub_id} (revision {m.revision or 'latest'})",
+        "proxy": PROXY_SOURCE,
+        "tiny": "byte-level, one token per UTF-8 byte (s0.models.build.tiny_tokenizer)",
+    }[kind]
+    return {"kind": kind, "requested": m.tokenizer, "source": source, "vocab": len(tokenizer)}
