@@ -13,10 +13,10 @@ import torch
 import yaml
 
 import run
-from s0.adapters.kinds import recurrent_layers
-from s0.models import build_model
+from s0.adapters.kinds import KINDS, recurrent_layers
+from s0.models import TINY_ARCH, build_model, n_recurrent_layers
 from s0.report.figures import FIGURES, fig_expressiveness
-from s0.report.table_expressiveness import expressiveness_rows, n_state_layers, table_expressiveness
+from s0.report.table_expressiveness import KIND_LABEL, expressiveness_rows, table_expressiveness
 from s0.report.tables import all_tables
 from s0.run import records
 from s0.run.config import ConfigError, MethodConfig, ModelConfig, TaskConfig
@@ -133,11 +133,28 @@ def test_rows_keep_each_kind_apart_and_read_counts_from_the_records():
 
 
 def test_recurrent_gemma_counts_only_recurrent_blocks():
-    from s0.models import TINY_ARCH
-
-    assert n_state_layers("recurrent_gemma", TINY_ARCH["recurrent_gemma"]) == 2  # [rec, rec, attn]
+    assert n_recurrent_layers("recurrent_gemma", TINY_ARCH["recurrent_gemma"]) == 2  # [rec, rec, attn]
     arch = yaml.safe_load((run.CONF / "model" / "recurrentgemma_2b.yaml").read_text())["arch"]
-    assert n_state_layers("recurrent_gemma", arch) == 18  # 26 layers, every third is attention
+    assert n_recurrent_layers("recurrent_gemma", arch) == 18  # 26 layers, every third is attention
+
+
+def test_every_registered_family_gets_its_kind_and_recurrent_layer_count():
+    """Kind, structure and layer count come from the registries, so a family added after this table (Jamba,
+    Qwen3-Next: attention between their recurrent layers) is labelled and counted without a line here."""
+    assert set(KIND_LABEL) == set(KINDS)
+    rows = []
+    for model, family in (("tiny_jamba", "jamba"), ("tiny_qwen3_next", "qwen3_next")):
+        common = dict(experiment="expressiveness", seed=1, model=model, family=family, r=None)
+        rows.append(
+            {**common, "run_id": f"{model}-s0", "arm": "s0", "metric": "trainable_params", "value": 96.0}
+        )
+    gaps = {g.model: g for g in expressiveness_rows(pd.DataFrame(rows))}
+    assert (gaps["tiny_jamba"].kind, gaps["tiny_jamba"].structure) == ("Mamba-1", "diagonal")
+    assert (gaps["tiny_qwen3_next"].kind, gaps["tiny_qwen3_next"].structure) == ("GatedDeltaNet", "matrix")
+    for g in gaps.values():  # 4 decoder layers each, one of them attention
+        built = build_model(g.family, TINY_ARCH[g.family], weights="meta")
+        assert g.state_layers == len(recurrent_layers(built)) == 3
+        assert g.entries_per_layer == 32
 
 
 def test_table_shows_gap_p_counts_and_states_the_hypothesis():

@@ -18,21 +18,22 @@ import pandas as pd
 import yaml
 
 from s0 import stats
-from s0.models import TINY_ARCH, build_config
+from s0.models import FAMILIES, TINY_ARCH, n_recurrent_layers
 from s0.report.table_core import Cell, Table, data_cell, derived_cell, gap_se, p_cell, with_protocol
 from s0.run.lookup import select
 from s0.run.records import Results
 
 EXPERIMENT = "expressiveness"
 MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
-# family (transformers model_type, records' `family` column) -> (recurrence kind, state structure); issue 15's table
-FAMILY_KIND: dict[str, tuple[str, str]] = {
-    "qwen3_5": ("GatedDeltaNet", "matrix"),
-    "kimi_linear": ("Kimi Delta Attention", "matrix"),
-    "falcon_h1": ("Mamba-2", "matrix"),
-    "mamba": ("Mamba-1", "diagonal"),
-    "falcon_mamba": ("Mamba-1", "diagonal"),
-    "recurrent_gemma": ("RG-LRU", "diagonal"),
+# recurrence kind (s0.adapters.kinds.KINDS, a family's `kind` in s0.models.FAMILIES) -> (its name in the table,
+# state structure); issue 15's table. A records' `family` reaches it through the registry, so a new family of a
+# known kind needs no line here.
+KIND_LABEL: dict[str, tuple[str, str]] = {
+    "gdn": ("GatedDeltaNet", "matrix"),
+    "kda": ("Kimi Delta Attention", "matrix"),
+    "mamba2": ("Mamba-2", "matrix"),
+    "mamba1": ("Mamba-1", "diagonal"),
+    "rglru": ("RG-LRU", "diagonal"),
 }
 HYPOTHESIS = (
     "Hypothesis (paper Sec 2, Sec 8; untested there): S0 works when the recurrent state is matrix-valued "
@@ -42,16 +43,11 @@ HYPOTHESIS = (
 NO_PAPER = "The paper reports no numbers for this experiment: every cell is ours, none is judged."
 
 
-def n_state_layers(family: str, arch: dict[str, Any]) -> int:
-    """Layers holding a recurrent state, from the architecture config (conf/model/<name>.yaml or TINY_ARCH)."""
-    config = build_config(family, arch)
-    # recurrent_gemma: block_types cycles over the layers and only "recurrent" blocks hold a state
-    if family == "recurrent_gemma":
-        types = list(config.block_types)
-        return sum(types[i % len(types)] == "recurrent" for i in range(config.num_hidden_layers))
-    if family in ("qwen3_5", "kimi_linear"):
-        return sum(t == "linear_attention" for t in config.layer_types)
-    return int(config.num_hidden_layers)  # Mamba-1, FalconMamba, FalconH1: a recurrent mixer in every layer
+def kind_label(family: str) -> tuple[str, str]:
+    """(kind name, state structure) of a family; (family, "?") for one the registry does not know or a pure
+    Transformer."""
+    kind = FAMILIES[family].kind if family in FAMILIES else None
+    return KIND_LABEL.get(kind, (family, "?"))
 
 
 def model_arch(model: str, family: str) -> dict[str, Any] | None:
@@ -79,11 +75,11 @@ class ModelGap:
 
     @property
     def kind(self) -> str:
-        return FAMILY_KIND.get(self.family, (self.family, "?"))[0]
+        return kind_label(self.family)[0]
 
     @property
     def structure(self) -> str:
-        return FAMILY_KIND.get(self.family, (self.family, "?"))[1]
+        return kind_label(self.family)[1]
 
     @property
     def entries_per_layer(self) -> float | None:
@@ -134,7 +130,7 @@ def expressiveness_rows(metrics: pd.DataFrame) -> list[ModelGap]:
                 float(s0_n.value.iloc[0]) if len(s0_n) else None,
                 float(lora_n.value.iloc[0]) if len(lora_n) else None,
                 int(r) if r is not None and not (isinstance(r, float) and math.isnan(r)) else None,
-                n_state_layers(family, arch) if arch is not None and family else None,
+                n_recurrent_layers(family, arch) if arch is not None and family else None,
             )
         )  # fmt: skip
     return sorted(out, key=lambda g: (g.structure != "matrix", g.entries_per_layer or 0.0, g.model))
@@ -177,4 +173,4 @@ def table_expressiveness(res: Results, ref: pd.DataFrame | None = None) -> Table
                  caption, "Model", cells, static, notes)  # fmt: skip
 
 
-__all__ = ["FAMILY_KIND", "ModelGap", "expressiveness_rows", "n_state_layers", "table_expressiveness"]
+__all__ = ["KIND_LABEL", "ModelGap", "expressiveness_rows", "kind_label", "table_expressiveness"]
