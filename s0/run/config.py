@@ -391,7 +391,7 @@ def validate_layers(
 
 def validate_model_method(model: ModelConfig, method: MethodConfig, key: str = "method") -> None:
     """Checks that need both: state methods need recurrent layers, LoRA needs targets."""
-    if method.name in STATE_METHODS and model.family == "qwen2":
+    if method.name in STATE_METHODS and model.family in FAMILIES and FAMILIES[model.family].kind is None:
         raise ConfigError(
             f"{key}.name: {method.name} needs recurrent layers, but model '{model.name}' is a pure Transformer; "
             "use method=prefix (the paper's negative control, Sec 5.8) or method=lora"

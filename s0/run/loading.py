@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from s0.run.plan import PlannedRun
+from s0.run.plan import PlannedRun, choose_tokenizer, resolved_arch
 
 log = logging.getLogger("s0")
 
@@ -71,7 +71,7 @@ def load_model(run: PlannedRun, device: torch.device):
     dtype = m.dtype if device.type == "cuda" else "float32"
     model = build_model(
         m.family,
-        _arch(m),
+        resolved_arch(m),
         hub_id=m.hub_id,
         weights=m.weights,
         dtype=dtype,
@@ -83,29 +83,6 @@ def load_model(run: PlannedRun, device: torch.device):
     model.s0_load_report["tokenizer"] = record
     log.info("tokenizer: %s (model.tokenizer=%s; %s)", kind, m.tokenizer, record["source"])
     return model, tokenizer
-
-
-def _is_tiny(m) -> bool:
-    return m.name.startswith("tiny_")
-
-
-def _arch(m) -> dict[str, Any] | None:
-    """The architecture fields of ModelConfig `m`: its own, or its family's tiny one for a tiny model."""
-    from s0.models import TINY_ARCH
-
-    return m.arch or (TINY_ARCH[m.family] if _is_tiny(m) else None)
-
-
-def choose_tokenizer(m) -> str:
-    """The tokenizer kind for ModelConfig `m` (hub, proxy or tiny), from its config alone: no weights built.
-
-    Random-weight real-size models get the Qwen3 proxy where their vocabulary holds its ids, so their prompts
-    are as long in tokens as the real model's (the byte-level tiny tokenizer makes them about 3.5x longer)."""
-    from s0.models.build import build_config, tokenizer_kind
-
-    arch = _arch(m)
-    vocab = build_config(m.family, arch).vocab_size if arch is not None else None
-    return tokenizer_kind(m.tokenizer, m.weights, _is_tiny(m), vocab)
 
 
 def tokenizer_record(m, kind: str, tokenizer) -> dict[str, Any]:

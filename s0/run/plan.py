@@ -131,7 +131,33 @@ def config_hash(obj: Any, length: int = 12) -> str:
 def _model_key(model: ModelConfig) -> dict[str, Any]:
     # Names, notes and sizes do not change results; the weights, architecture and precision do.
     keep = ("family", "hub_id", "revision", "weights", "dtype", "arch", "lora_targets")
-    return {k: getattr(model, k) for k in keep}
+    key = {k: getattr(model, k) for k in keep}
+    if model.weights != "hub":  # random weights tokenize with the proxy or the tiny tokenizer: other prompts
+        key["tokenizer"] = choose_tokenizer(model)
+    return key
+
+
+def is_tiny_model(m) -> bool:
+    return m.name.startswith("tiny_")
+
+
+def resolved_arch(m) -> dict[str, Any] | None:
+    """The architecture fields of ModelConfig `m`: its own, or its family's tiny one for a tiny model."""
+    from s0.models import TINY_ARCH
+
+    return m.arch or (TINY_ARCH[m.family] if is_tiny_model(m) else None)
+
+
+def choose_tokenizer(m) -> str:
+    """The tokenizer kind for ModelConfig `m` (hub, proxy or tiny), from its config alone: no weights built.
+
+    Random-weight real-size models get the Qwen3 proxy where their vocabulary holds its ids, so their prompts
+    are as long in tokens as the real model's (the byte-level tiny tokenizer makes them about 3.5x longer)."""
+    from s0.models.build import build_config, tokenizer_kind
+
+    arch = resolved_arch(m)
+    vocab = build_config(m.family, arch).vocab_size if arch is not None else None
+    return tokenizer_kind(m.tokenizer, m.weights, is_tiny_model(m), vocab)
 
 
 def _ranges(xs: list[int]) -> str:
