@@ -29,7 +29,9 @@ them, as `PrefixAdapter`'s generation inputs do for `generate`.
 Supported: models whose layer types are full attention, linear attention (Qwen3.5 GatedDeltaNet) or hybrid
 (FalconH1 Mamba-2 + attention), and whose forward takes a dict of masks (Qwen3.5, FalconH1, Qwen2; tested with
 transformers 5.24, whose forward takes the cache as `cache`; before, `past_key_values`, which is passed then).
-`unsupported_reason(model)` says why another model is not.
+Every registered family with a tiny model is checked against `generate` in tests/test_decode.py (Qwen3-Next,
+Bamba, Granite-hybrid, Zamba2, Jamba, Kimi-Linear too); pure recurrent models (Mamba, Mamba-2) are not run here.
+`unsupported_reason(model)` says why a model is not.
 
 Where the time goes (H200, Qwen3.5-4B architecture, random bf16 weights, S0 active, 64 new tokens, fla 0.6,
 transformers 5.24; `python -m benchmarks.eval_throughput --engine-batches 1,16,84 --gdn-decode ...`, 2026-11-30):
@@ -87,6 +89,10 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return f"{type(base).__name__} declares no layer_types"
     if types - SUPPORTED_LAYER_TYPES:
         return f"{type(base).__name__} has layer types {sorted(types - SUPPORTED_LAYER_TYPES)} (static engine: {sorted(SUPPORTED_LAYER_TYPES)})"
+    if not types & {"full_attention", "hybrid"}:
+        # Pure recurrent models (Mamba, Mamba-2) read `attention_mask` as one tensor, not the per-layer-type dict
+        # this engine passes (it crashed on them); `generate` runs them.
+        return f"{type(base).__name__} has no attention layer (static engine: attention or hybrid models)"
     if not {"cache", "past_key_values"} & set(inspect.signature(base.forward).parameters):
         return f"{type(base).__name__}.forward takes no cache argument"
     if prefix is not None and prefix[1] is None:
