@@ -129,7 +129,14 @@ def test_shared_runs_share_ids(compose):
         (["method=lora", "method.alpha=0.5"], "method.alpha: method 'lora' does not use alpha"),
         (["method=baseline", "method.steps=5"], "method.steps: method 'baseline' does not use steps"),
         (["experiment=main_qwen", "+arms.s0.merge=true"], "arms.s0.merge: only LoRA folds into the weights"),
-        (["model=tiny_qwen2", "method=s0"], "needs recurrent layers, but model 'tiny_qwen2' is a pure Transformer"),
+        (
+            ["model=tiny_qwen2", "method=s0"],
+            "needs recurrent layers, but model 'tiny_qwen2' is a pure Transformer",
+        ),
+        (
+            ["model=tiny_qwen3_5", "method=prefix"],
+            "prefix tuning needs a pure Transformer, but model 'tiny_qwen3_5'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(compose, overrides, message):

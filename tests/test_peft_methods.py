@@ -240,3 +240,13 @@ def test_prefix_encoder_hidden_size_reaches_peft_and_is_validated():
         validate_method(MethodConfig(name="prefix", encoder_hidden_size=0))
     with pytest.raises(ConfigError, match="prefix_projection"):
         validate_method(MethodConfig(name="prefix", encoder_hidden_size=16, prefix_projection=False))
+
+
+def test_prefix_on_a_hybrid_model_is_refused_in_one_line():
+    """peft's prefix cache holds no recurrent state: on Qwen3.5 or FalconH1 the forward used to stop deep in
+    transformers ("Cannot get conv state ..."). Refused when the adapter is built, naming the reason."""
+    for family in ("qwen3_5", "falcon_h1"):
+        model = build_model(family, TINY_ARCH[family], dtype=torch.float32)
+        with pytest.raises(AdapterError, match="needs a pure Transformer") as err:
+            build_adapter("prefix", model, num_virtual_tokens=4, seed=0)
+        assert "\n" not in str(err.value)

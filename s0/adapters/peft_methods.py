@@ -213,6 +213,15 @@ class PrefixAdapter(_PeftAdapter):
     config_cls = PrefixAdapterConfig
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any):
+        from s0.adapters.kinds import recurrent_layers
+
+        if recurrent_layers(model):
+            # peft puts the prefix in a DynamicCache, which hybrid models cannot read their conv and recurrent
+            # states from: the forward stopped deep in transformers ("Cannot get conv state ...").
+            raise AdapterError(
+                f"prefix tuning needs a pure Transformer; {type(model).__name__} has recurrent layers (peft's "
+                "prefix cache holds no recurrent state). The paper runs it on Qwen2.5 only (Sec 5.8)"
+            )
         super().__init__(model, *args, **kwargs)
         # peft's generate calls the PeftModel's prepare_inputs_for_generation; an instance attribute wins over
         # the class's, and peft's disable_adapter saves and restores it, so `inactive()` still generates plainly.

@@ -396,6 +396,11 @@ def validate_model_method(model: ModelConfig, method: MethodConfig, key: str = "
             f"{key}.name: {method.name} needs recurrent layers, but model '{model.name}' is a pure Transformer; "
             "use method=prefix (the paper's negative control, Sec 5.8) or method=lora"
         )
+    if method.name == "prefix" and model.family in FAMILIES and FAMILIES[model.family].kind is not None:
+        raise ConfigError(
+            f"{key}.name: prefix tuning needs a pure Transformer, but model '{model.name}' has recurrent layers "
+            "(peft's prefix cache holds no recurrent state); the paper runs it on Qwen2.5 only (Sec 5.8)"
+        )
     if method.name == "lora" and not model.lora_targets:
         raise ConfigError(f"model.lora_targets: empty for '{model.name}'; LoRA needs target module names")
 
