@@ -217,3 +217,19 @@ def test_injected_once_decode_and_chunked_prefill_equal_full_forward(family):
     with torch.no_grad():
         plain = model(input_ids=IDS).logits
     assert rel_err(plain, full) > 1e-4  # S0 really changed the outputs
+
+
+@pytest.mark.parametrize("family", sorted(f for f, spec in FAMILIES.items() if spec.kind and spec.tiny_arch))
+def test_every_family_sends_gradients_to_every_s0_tensor(family):
+    """Training reaches each layer's state on every registered family, through a left-padded batch: a tensor
+    with no gradient (a kernel route that drops the initial state under autograd) would train nothing there."""
+    model = build_model(family, TINY_ARCH[family], dtype=torch.float32)
+    adapter = S0Adapter(model, alpha=0.5)
+    ids = torch.randint(1, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with adapter.active():
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    params = list(adapter.parameters())
+    assert len(params) == len(recurrent_layers(model))
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in params), "an S0 tensor got no gradient"
