@@ -18,16 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "s0"
-
-# Circles that are known and not yet broken: {frozenset of the modules in the circle: why it is still there}.
-# Each entry is an xfail while its circle is there and a failure once it is gone, so the list cannot go stale.
-KNOWN_CYCLES: dict[frozenset[str], str] = {}
-# Modules still using private names of other modules: {path under the repo: why}; xfails, like the above.
-KNOWN_PRIVATE: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -224,7 +216,7 @@ def test_graph_sees_every_kind_of_import() -> None:
 
 def test_no_import_cycles() -> None:
     edges = import_edges()
-    cycles = [c for c in _strongly_connected(edges) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = _strongly_connected(edges)
     function_level = sorted(str(e) for e in edges if e.in_function)
     assert not cycles, (
         "import circles in s0/ (move the shared piece down a level; a function-level import does not count as "
@@ -261,14 +253,6 @@ def test_no_import_cycles_between_subpackages() -> None:
     assert not report, (
         "import circles between subpackages of s0/ (move the shared piece down):\n" + "\n".join(report)
     )
-
-
-@pytest.mark.parametrize("modules", sorted(KNOWN_CYCLES, key=sorted), ids=lambda m: "+".join(sorted(m)))
-def test_known_cycle_is_still_there(modules: frozenset[str]) -> None:
-    """Known circles are xfails; once one is broken this fails, until its KNOWN_CYCLES entry goes."""
-    if modules in {frozenset(c) for c in _strongly_connected(import_edges())}:
-        pytest.xfail(KNOWN_CYCLES[modules])
-    pytest.fail(f"circle {sorted(modules)} is gone: remove it from KNOWN_CYCLES")
 
 
 def _private(name: str) -> bool:
@@ -320,18 +304,10 @@ def private_imports() -> list[str]:
 
 
 def test_no_private_names_imported_across_modules() -> None:
-    found = [f for f in private_imports() if f.split(":")[0] not in KNOWN_PRIVATE]
+    found = private_imports()
     assert not found, "private names used across modules (make them public or move them):\n" + "\n".join(
         found
     )
-
-
-@pytest.mark.parametrize("path", sorted(KNOWN_PRIVATE))
-def test_known_private_use_is_still_there(path: str) -> None:
-    """Known private-name users are xfails; once one is clean this fails, until its KNOWN_PRIVATE entry goes."""
-    if any(f.split(":")[0] == path for f in private_imports()):
-        pytest.xfail(KNOWN_PRIVATE[path])
-    pytest.fail(f"{path} no longer uses private names of other modules: remove it from KNOWN_PRIVATE")
 
 
 def test_readme_layout_matches_the_tree() -> None:
