@@ -446,7 +446,10 @@ def decode(
             cuda_graph, stop_check_every, prefill_chunk, forced, keep_scores, timings, compile_step)  # fmt: skip
     with contextlib.ExitStack() as stack:
         if compile_step:
+            from s0.adapters.kinds.common import step_without_calls
+
             stack.enter_context(torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT))
+            stack.enter_context(step_without_calls())  # resolve_compile checked that no adapter acts per step
         if gdn_decode == "native":
             return _decode(*args)
         install_known()  # the kernel names go through s0's dispatchers, which honour the override

@@ -349,3 +349,20 @@ def test_every_family_is_decoded_exactly_or_refused(family):
     base = decode(model, ids, mask, n, [], pad, keep_scores=True)
     assert torch.equal(mine.tokens, ref)
     assert (mine.scores[:, 0] - base.scores[:, 0]).abs().max() > 1e-3, "S0 did not reach the engine's prefill"
+
+
+def test_s0_survives_a_users_torch_compile_of_the_model():
+    """Outside s0.decode's compiled step the dispatchers read the active call as always, also inside a trace: a
+    user's torch.compile of a model with S0 active must still inject S0 (a trace that read "no call" would drop
+    it without a word)."""
+    adapter = with_adapter("qwen3_5", "s0")
+    tok = tiny_tokenizer()
+    ids, mask = batch(tok)
+    compiled = torch.compile(adapter.model, backend="eager")
+    with torch.no_grad():
+        base = adapter.model(input_ids=ids, attention_mask=mask).logits
+        with adapter.active():
+            eager = adapter.model(input_ids=ids, attention_mask=mask).logits
+            traced = compiled(input_ids=ids, attention_mask=mask).logits
+    assert (eager - base).abs().max() > 1e-3, "S0 does not move the logits: the test shows nothing"
+    torch.testing.assert_close(traced, eager)

@@ -9,10 +9,11 @@ s0, so every kind file stays a leaf of the import graph.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,15 +45,29 @@ class Call:
 CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("s0_injection_call", default=None)
 
 
-def current_call() -> Call | None:
-    """The active call, which a dispatcher reads; None inside a torch.compile trace.
+# On while s0.decode runs a compiled decode step in which it checked that no adapter acts (per_step_layers).
+STEP_WITHOUT_CALLS = {"on": False}
 
-    dynamo cannot trace ContextVar.get: every dispatcher would break the compiled graph, and the per-layer resumed
-    frames (one per layer_idx) exhaust its recompile limit, after which it runs eager without a word (issue 13).
-    A trace reads None, so s0.decode compiles only decode steps in which no hook sets a call: it checks
-    `s0.adapters.injection.per_step_layers` first and refuses a compiled step when an adapter acts at every step
-    (state-offset's readout); S0's hooks skip cached one-token steps, so S0 decode steps have no call anyway."""
-    if torch.compiler.is_compiling():
+
+@contextlib.contextmanager
+def step_without_calls() -> Iterator[None]:
+    """s0.decode's compiled step: inside it a trace reads "no call" without touching the context variable."""
+    STEP_WITHOUT_CALLS["on"] = True
+    try:
+        yield
+    finally:
+        STEP_WITHOUT_CALLS["on"] = False
+
+
+def current_call() -> Call | None:
+    """The active call, which a dispatcher reads.
+
+    dynamo cannot trace ContextVar.get: it breaks the graph there, at every dispatcher, and its per-layer resumed
+    frames exhaust the recompile limit, after which it runs them eager without a word (slow, issue 13). Inside
+    s0.decode's compiled step (`step_without_calls`, entered only when no adapter acts at a cached step: S0's
+    hooks skip those steps, state-offset is refused) a trace reads None. Anywhere else, e.g. a user's
+    torch.compile of a model with S0 active, the context variable is read as always: correct, graph break and all."""
+    if STEP_WITHOUT_CALLS["on"] and torch.compiler.is_compiling():
         return None
     return CURRENT.get()
 
