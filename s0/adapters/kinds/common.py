@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -152,6 +153,32 @@ def declining(family: str) -> Callable[[str, Callable], Callable]:
             if current_call() is not None:
                 return None
             return resolve(name, family, orig, *args[:1])(*args, **kwargs)
+
+        run._s0_original = orig
+        return run
+
+    return factory
+
+
+def gated_decode(readout: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """Dispatcher factory for a Mamba decode-step kernel (Mamba-1 and Mamba-2 alike). Only state-offset acts at a
+    decode step: its readout is added before the output gate, as in the scan, y = (C (S_t + dS) + D x) * silu(z).
+    `readout(C, offset, x)` is the kind's C dS in the kernel's output layout."""
+
+    def factory(name: str, orig: Callable) -> Callable:
+        @functools.wraps(orig)
+        def run(state, hidden_states, dt, A, B, C, *args, **kwargs):
+            call = current_call()
+            impl = resolve(name, "mamba", orig, hidden_states, B, C)
+            if call is None or call.inj.readout_offset is None:
+                return impl(state, hidden_states, dt, A, B, C, *args, **kwargs)
+            z = kwargs.pop("z", None)
+            out = impl(state, hidden_states, dt, A, B, C, *args, z=None, **kwargs)
+            offset = call.inj.readout_offset().to(out.dtype)
+            out = out + readout(C.to(out.dtype), offset, hidden_states)
+            if z is not None:
+                out = out * F.silu(z.to(out.dtype))
+            return out.to(hidden_states.dtype)
 
         run._s0_original = orig
         return run

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s0.adapters.kinds.common import Kind, current_call, declining, keep_mask, resolve
+from s0.adapters.kinds.common import Kind, current_call, declining, gated_decode, keep_mask, resolve
 
 
 def scan_dispatch(name: str, orig: Callable) -> Callable:
@@ -90,23 +90,8 @@ def scan_dispatch(name: str, orig: Callable) -> Callable:
     return run
 
 
-def decode_dispatch(name: str, orig: Callable) -> Callable:
-    @functools.wraps(orig)
-    def run(state, hidden_states, dt, A, B, C, *args, **kwargs):
-        call = current_call()
-        impl = resolve(name, "mamba", orig, hidden_states, B, C)
-        if call is None or call.inj.readout_offset is None:
-            return impl(state, hidden_states, dt, A, B, C, *args, **kwargs)
-        # Offset read before the output gate, as in the scan: y = (C (h_t + dS) + D x) * silu(z).
-        z = kwargs.pop("z", None)
-        out = impl(state, hidden_states, dt, A, B, C, *args, z=None, **kwargs)  # (B, D)
-        out = out + torch.einsum("bn,dn->bd", C.to(out.dtype), call.inj.readout_offset().to(out.dtype))
-        if z is not None:
-            out = out * F.silu(z.to(out.dtype))
-        return out.to(hidden_states.dtype)
-
-    run._s0_original = orig
-    return run
+# decode step, (B, D) output: C (B, N) read through the offset (D, N)
+decode_dispatch = gated_decode(lambda c, offset, x: torch.einsum("bn,dn->bd", c, offset))
 
 
 def state_shape(module: nn.Module) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ from s0.adapters.kinds.common import (
     Kind,
     current_call,
     declining,
+    gated_decode,
     heads,
     keep_mask,
     resolve,
@@ -70,24 +71,10 @@ def chunk_dispatch(name: str, orig: Callable) -> Callable:
     return run
 
 
-def decode_dispatch(name: str, orig: Callable) -> Callable:
-    @functools.wraps(orig)
-    def run(state, hidden_states, dt, A, B, C, *args, **kwargs):
-        call = current_call()
-        impl = resolve(name, "mamba", orig, hidden_states, B, C)
-        if call is None or call.inj.readout_offset is None:
-            return impl(state, hidden_states, dt, A, B, C, *args, **kwargs)
-        # Offset is read before the output gate, as in the chunk path: y = (C (S_t + dS) + D x) * silu(z).
-        z = kwargs.pop("z", None)
-        out = impl(state, hidden_states, dt, A, B, C, *args, z=None, **kwargs)  # (B, H, P)
-        c = heads(C, hidden_states.shape[1], dim=1).to(out.dtype)  # (B, H, N)
-        out = out + torch.einsum("bhn,hpn->bhp", c, call.inj.readout_offset().to(out.dtype))
-        if z is not None:
-            out = out * F.silu(z.to(out.dtype))
-        return out.to(hidden_states.dtype)
-
-    run._s0_original = orig
-    return run
+# decode step, (B, H, P) output: C (B, G, N) expanded to the heads of x (B, H, P), read through the offset (H, P, N)
+decode_dispatch = gated_decode(
+    lambda c, offset, x: torch.einsum("bhn,hpn->bhp", heads(c, x.shape[1], dim=1), offset)
+)
 
 
 # mamba-ssm's fused conv+scan takes no initial state; FalconH1 takes its unfused path when this returns None.
