@@ -171,13 +171,15 @@ def sample_from(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(scores.shape[-1] - 1)
 
 
-def _fallback(query, key, value, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel, kwargs):
-    """The kernel transformers resolved, for any call the in-place decode step does not take (prefill, no state)."""
+def _fallback(fla: bool, query, key, value, g, beta, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+              kwargs):  # fmt: skip
+    """For any call the in-place decode step does not take (prefill, no state): with `fla`, the kernel transformers
+    resolved; else transformers' PyTorch one (the in-place PyTorch step must run where fla cannot, e.g. on CPU)."""
     from transformers.models.qwen3_5 import modeling_qwen3_5 as qm
 
-    from s0.adapters.injection import original
+    from s0.adapters.injection import original, pytorch_kernel
 
-    return original(qm, "torch_recurrent_gated_delta_rule")(
+    return (original if fla else pytorch_kernel)(qm, "torch_recurrent_gated_delta_rule")(
         query, key, value, g=g, beta=beta, initial_state=initial_state, output_final_state=output_final_state,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, **kwargs,
     )  # fmt: skip
@@ -296,7 +298,7 @@ def _gdn_decode(fla: bool):
             or (fla and not query.is_cuda)
             or kwargs.get("cu_seqlens") is not None
         ):
-            return _fallback(query, key, value, g, beta, initial_state, output_final_state,
+            return _fallback(fla, query, key, value, g, beta, initial_state, output_final_state,
                              use_qk_l2norm_in_kernel, kwargs)  # fmt: skip
         q, k, v, g, beta = (t.contiguous() for t in (query, key, value, g, beta))
         out = torch.ops.s0.gdn_decode_step(q, k, v, g, beta, state, use_qk_l2norm_in_kernel, fla)
