@@ -110,6 +110,19 @@ def test_shared_runs_share_ids(compose):
     assert a[0].run_id == b[0].run_id
 
 
+def test_random_weight_run_ids_name_their_tokenizer(compose):
+    """A random-weight run tokenized by the proxy and one by the tiny tokenizer see other prompts: their ids (and so
+    their caches) differ. Hub runs always use the hub's tokenizer: their ids do not depend on model.tokenizer."""
+
+    def run_id(*overrides: str) -> str:
+        return plan(compose, ["experiment=main_qwen", "seed=42", "arm=s0", *overrides])[1][0].run_id
+
+    random = ["model.weights=random"]
+    assert run_id(*random, "model.tokenizer=proxy") != run_id(*random, "model.tokenizer=tiny")
+    assert run_id(*random) == run_id(*random, "model.tokenizer=proxy")  # auto picks the proxy for Qwen3.5-4B
+    assert run_id() == run_id("model.tokenizer=hub")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
